@@ -1,0 +1,35 @@
+"""User-facing errors: one clear line, a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+
+class PtqError(Exception):
+    """A mistake or condition the user can act on. The CLI prints ``error: <message>``."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class UsageError(PtqError):
+    """Bad input: missing path, unknown name, existing output without --force."""
+
+    exit_code = 2
+
+
+class NotRunnableHere(PtqError):
+    """The scheme or option cannot run on this hardware / vLLM build."""
+
+    exit_code = 3
+
+
+class NotBuiltYet(PtqError):
+    exit_code = 4
