@@ -219,9 +219,10 @@ app.command("inspect", help="[not built yet] what is in a checkpoint and will it
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns typer.Exit's code here
+        sys.exit(rc if isinstance(rc, int) else 0)
     except PtqError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -236,7 +237,7 @@ def main() -> None:
         sys.exit(e.exit_code)
     except __import__("pydantic").ValidationError as e:
         err = e.errors()[0]
-        console.print(f"[red]error:[/red] invalid {'.'.join(map(str, err['loc']))}: {err['msg']}", highlight=False)
+        console.print(f"[red]error:[/red] invalid {'.'.join(map(str, err['loc']))}: {err['msg']}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -7,6 +7,7 @@ llmcompressor all load it like any HF model.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -102,11 +103,14 @@ def gguf_to_hf(gguf: Path, cache_dir: Path | None = None) -> ModelSource:
         try:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                          dtype=torch.bfloat16)
+                                                          dtype=torch.float32)
         except Exception as e:
             raise UsageError(f"cannot load GGUF {gguf.name}: {str(e).splitlines()[0]}") from None
         # Models loaded from GGUF are flagged non-serializable: rebuild a plain model and copy weights.
-        plain = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.bfloat16)
+        config = copy.deepcopy(loaded.config)
+        if hasattr(config, "quantization_config"):  # the GGUF marker; the copy is plain bf16
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
         missing = [m for m in missing if m not in ("lm_head.weight",)]
         if missing or unexpected:

@@ -1,0 +1,122 @@
+"""Shared fixtures: a tiny random Llama built in-session, compressed checkpoints, shared vLLM engines."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _build_tiny_llama(out: Path) -> Path:
+    """A 2-layer Llama (hidden 192, head_dim 64) with a BPE tokenizer trained on the bundled corpus."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from ptq_deploy.data import BUNDLED, _read_file
+
+    texts = [r["text"] for r in _read_file(BUNDLED["austen"])[:300]]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=512, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                     pad_token="<pad>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=192, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=3, num_key_value_heads=1, head_dim=64, max_position_embeddings=1024,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(out)
+    hf_tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return _build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def ckpt_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ckpts")
+
+
+_COMPRESSED: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def compressed(tiny_model, ckpt_dir):
+    """``compressed(scheme, **opts)`` -> checkpoint path, made once per session via the real product path."""
+    from ptq_deploy.compress import CompressConfig, compress
+
+    def make(scheme: str, **opts) -> Path:
+        key = scheme + repr(sorted(opts.items()))
+        if key not in _COMPRESSED:
+            out = ckpt_dir / f"{scheme}-{len(_COMPRESSED)}"
+            compress(CompressConfig(model=str(tiny_model), scheme=scheme, output=out, num_samples=8,
+                                    max_seq_len=64, **opts))
+            _COMPRESSED[key] = out
+        return _COMPRESSED[key]
+
+    return make
+
+
+class _Engines:
+    """One vLLM engine at a time, shared across tests; switching checkpoints shuts the old one down."""
+
+    def __init__(self):
+        self.path, self.llm, self.info = None, None, None
+
+    def get(self, path: Path):
+        from ptq_deploy import engine
+
+        if self.path != str(path):
+            self.close()
+            self.llm, self.info = engine.load(engine.EngineConfig(model=str(path), max_model_len=512))
+            self.path = str(path)
+        return self.llm, self.info
+
+    def close(self):
+        if self.llm is not None:
+            from ptq_deploy import engine
+
+            engine.shutdown(self.llm)
+            self.llm, self.path = None, None
+
+
+@pytest.fixture(scope="session")
+def engines():
+    e = _Engines()
+    yield e
+    e.close()
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess."""
+    exe = Path(sys.executable).parent / "ptq-deploy"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ptq_deploy.cli"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def no_temp_siblings(out: Path) -> bool:
+    return not list(out.parent.glob(f".ptq-tmp-{out.name}-*"))
+
+
+__all__ = ["run_cli", "no_temp_siblings", "shutil"]

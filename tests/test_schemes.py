@@ -1,0 +1,84 @@
+import pytest
+import yaml
+
+from ptq_deploy import schemes
+from ptq_deploy.errors import UsageError
+
+EXPECTED = ["BF16", "FP8-W8A8", "INT8-W8A8", "INT8-W8A16", "INT8-W8A16-RTN", "INT4-W4A16",
+            "INT4-W4A16-AWQ", "INT4-W4A16-RTN"]
+
+
+def test_registry_has_every_scheme_in_order():
+    assert schemes.names() == EXPECTED
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_scheme_files_are_real_recipes(name):
+    s = schemes.get(name)
+    assert s.description and s.hardware_notes
+    if name == "BF16":
+        assert s.recipe is None and not s.calibration
+        return
+    mods = dict(schemes._modifiers(s.recipe))
+    quant = [m for m in mods if m in schemes.QUANT_MODIFIERS]
+    assert len(quant) == 1
+    args = mods[quant[0]]
+    assert "lm_head" in args["ignore"]
+    w = args["config_groups"]["group_0"]["weights"]
+    assert w["num_bits"] == s.weight_bits
+    assert (w["strategy"] == "group") == (s.group_size is not None)
+    # calibration-free schemes use only data-free modifiers
+    assert s.calibration == any(m in mods for m in ("GPTQModifier", "AWQModifier", "SmoothQuantModifier"))
+
+
+def test_lookup_is_case_insensitive_and_unknown_is_clear():
+    assert schemes.get("int8-w8a8").name == "INT8-W8A8"
+    with pytest.raises(UsageError, match="unknown scheme 'W3A5'.*FP8-W8A8"):
+        schemes.get("W3A5")
+
+
+def test_group_size_override_and_validation():
+    r = schemes.get("INT4-W4A16").resolve(group_size=64)
+    assert r.group_size == 64
+    assert "group_size: 64" in r.to_yaml()
+    assert schemes.get("INT4-W4A16").recipe["quant_stage"]["quant_modifiers"]["GPTQModifier"][
+        "config_groups"]["group_0"]["weights"]["group_size"] == 128  # registry copy untouched
+    with pytest.raises(UsageError, match="power of two"):
+        schemes.get("INT4-W4A16").resolve(group_size=96)
+    with pytest.raises(UsageError, match="not group-quantized"):
+        schemes.get("FP8-W8A8").resolve(group_size=64)
+
+
+def test_kv_cache_fp8_is_added_to_the_quantization_modifier_and_forces_calibration():
+    r = schemes.get("FP8-W8A8").resolve(kv_cache="fp8")
+    assert r.needs_calibration
+    kv = r.recipe["quant_stage"]["quant_modifiers"]["QuantizationModifier"]["kv_cache_scheme"]
+    assert kv == {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False, "symmetric": True}
+    assert "kv_cache_scheme" in schemes.get("INT8-W8A8").resolve(kv_cache="fp8").recipe["quant_stage"][
+        "quant_modifiers"]["GPTQModifier"]
+    bf16 = schemes.get("BF16").resolve(kv_cache="fp8")
+    assert bf16.recipe["quant_stage"]["quant_modifiers"]["QuantizationModifier"]["kv_cache_scheme"]["num_bits"] == 8
+    with pytest.raises(UsageError, match="--kv-cache"):
+        schemes.get("BF16").resolve(kv_cache="int4")
+
+
+def test_group_check_names_layer_size_and_fitting_groups():
+    layers = {"model.layers.0.self_attn.q_proj": 576, "model.layers.0.mlp.down_proj": 1536, "lm_head": 576}
+    schemes.check_group_size(layers, ["lm_head"], 64)  # fits
+    with pytest.raises(UsageError) as e:
+        schemes.check_group_size(layers, ["lm_head"], 128)
+    msg = str(e.value)
+    assert "576" in msg and "model.layers.0.self_attn.q_proj" in msg and "64, 32, 16" in msg
+    # ignored layers don't count; regex ignores work
+    schemes.check_group_size({"a.q_proj": 512, "lm_head": 100}, ["re:.*lm_head"], 128)
+
+
+def test_user_recipe_file(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text(yaml.safe_dump({"stage": {"mods": {"QuantizationModifier": {
+        "ignore": ["lm_head"], "config_groups": {"g": {"targets": ["Linear"], "weights": {
+            "num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 32}}}}}}}))
+    s = schemes.from_recipe_file(f)
+    assert (s.name, s.weights, s.activations, s.group_size, s.calibration) == ("custom:mine", "int4", "bf16", 32, False)
+    with pytest.raises(UsageError, match="not found"):
+        schemes.from_recipe_file(tmp_path / "nope.yaml")
