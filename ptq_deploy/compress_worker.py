@@ -87,6 +87,11 @@ def _compress(job: WorkerJob) -> WorkerResult:
     from ptq_deploy.ui import console, status
 
     t0 = time.perf_counter()
+    log = _log_path()
+    # llmcompressor's per-module INFO lines go to a log file; the console keeps warnings + progress bars
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_FILE", str(log))
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_FILE_LEVEL", "INFO")
     torch.manual_seed(job.seed)
     _cpu_settings(job)
     src = job.source
@@ -124,7 +129,7 @@ def _compress(job: WorkerJob) -> WorkerResult:
             kwargs["sequential_targets"] = job.sequential_targets
         t1 = time.perf_counter()
         console.print(f"[bold]{job.scheme}[/bold]: running llmcompressor oneshot "
-                      f"({'with' if dataset is not None else 'without'} calibration)")
+                      f"({'with' if dataset is not None else 'without'} calibration; log: {log})")
         try:
             oneshot(model=model, recipe=recipe_path, dataset=dataset, tokenizer=tokenizer,
                     num_calibration_samples=job.num_samples, max_seq_length=job.max_seq_len,
