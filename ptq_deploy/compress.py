@@ -204,8 +204,11 @@ def _run_worker(job: WorkerJob, python: str | None) -> WorkerResult:
         job_file, res_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_file.write_text(job.model_dump_json())
         try:
+            env = envs.subprocess_env()
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spin-waiting threads on a busy CPU
+            env.setdefault("TOKENIZERS_PARALLELISM", "false")
             proc = subprocess.run([py, "-m", "ptq_deploy.compress_worker", str(job_file), str(res_file)],
-                                  env=envs.subprocess_env())
+                                  env=env)
         except KeyboardInterrupt:
             raise PtqError("compression interrupted; nothing was written to the output", exit_code=130) from None
         if res_file.exists():

@@ -120,3 +120,36 @@ def no_temp_siblings(out: Path) -> bool:
 
 
 __all__ = ["run_cli", "no_temp_siblings", "shutil"]
+
+
+_EMBEDDED: dict[str, Path] = {}
+# INT4 schemes need group 64 on SmolLM2-135M (hidden size 576 is not a multiple of 128)
+EMBEDDED_GROUP = 64
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> Path:
+    from ptq_deploy.models import resolve
+
+    return Path(resolve("default").path)
+
+
+@pytest.fixture(scope="session")
+def embedded_compressed(embedded_model, ckpt_dir):
+    """``embedded_compressed(scheme)`` -> SmolLM2-135M checkpoint, compressed once per session
+    (small calibration: 16 samples x 128 tokens, to keep CI fast)."""
+    from ptq_deploy import schemes
+    from ptq_deploy.compress import CompressConfig, compress
+
+    def make(scheme: str, **opts) -> Path:
+        key = scheme + repr(sorted(opts.items()))
+        if key not in _EMBEDDED:
+            out = ckpt_dir / f"smollm2-{scheme}-{len(_EMBEDDED)}"
+            if schemes.get(scheme).group_size:
+                opts.setdefault("group_size", EMBEDDED_GROUP)
+            compress(CompressConfig(model="default", scheme=scheme, output=out, num_samples=16,
+                                    max_seq_len=128, **opts))
+            _EMBEDDED[key] = out
+        return _EMBEDDED[key]
+
+    return make
