@@ -93,7 +93,7 @@ def _compress(job: WorkerJob) -> WorkerResult:
     t0 = time.perf_counter()
     log = _log_path()
     # llmcompressor's per-module INFO lines go to a log file; the console keeps warnings + progress bars
-    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
     os.environ.setdefault("LLM_COMPRESSOR_LOG_FILE", str(log))
     os.environ.setdefault("LLM_COMPRESSOR_LOG_FILE_LEVEL", "INFO")
     torch.manual_seed(job.seed)

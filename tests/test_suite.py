@@ -1,0 +1,119 @@
+"""The suite on the tiny model: plan, run, resume without redoing work, failures recorded."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from ptq_deploy.suite import layout
+from ptq_deploy.suite.experiment import Experiment
+from ptq_deploy.suite.runner import RunOptions, plan, run
+
+pytestmark = pytest.mark.integration
+
+PERF = {"num_prompts": 4, "input_len": 16, "output_len": 8, "iterations": 1, "warmup": 0, "serving": False,
+        "latency_prompts": 2}
+
+
+def _exp(tiny_model, **kw):
+    d = {"name": "tiny", "models": [{"name": "tiny", "source": str(tiny_model), "max_model_len": 256}],
+         "schemes": ["BF16", "FP8-W8A8", "INT8-W8A16-RTN"], "compress": {"num_samples": 4, "max_seq_len": 32},
+         "perf": PERF, "eval": {"tasks": ["austen_cloze"], "limit": 4}}
+    d.update(kw)
+    return Experiment(**d).check()
+
+
+def test_plan_marks_what_cannot_run_here(tiny_model, tmp_path):
+    steps = plan(_exp(tiny_model), RunOptions(results_dir=tmp_path))
+    by = {(s.cell, s.step): s for s in steps}
+    assert by[("INT8-W8A16-RTN", "perf")].state == "not_runnable"
+    assert "uint4" in by[("INT8-W8A16-RTN", "perf")].reason
+    assert by[("INT8-W8A16-RTN", "eval")].backend == "hf"   # fallback, and then the baseline needs hf too
+    assert by[("BF16", "eval-hf")].backend == "hf" and by[("BF16", "eval")].backend == "vllm"
+    assert all(s.state == "pending" for s in steps if s.step == "compress")
+    assert [s.cell for s in steps][0] == "BF16"
+    only = plan(_exp(tiny_model), RunOptions(results_dir=tmp_path, include_schemes=["FP8-W8A8"]))
+    assert {s.cell for s in only} == {"BF16", "FP8-W8A8"}  # the baseline comes along for recovery
+
+
+@pytest.fixture(scope="module")
+def suite_run(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    exp = _exp(tiny_model)
+    summary = run(exp, RunOptions(results_dir=root))
+    return exp, root, summary
+
+
+def test_suite_runs_every_step_and_records_it(suite_run):
+    exp, root, summary = suite_run
+    states = {(s.cell, s.step): s.state for s in summary.steps}
+    assert states[("INT8-W8A16-RTN", "perf")] == "not_runnable"
+    assert not summary.failed, [(s.cell, s.step, s.reason) for s in summary.failed]
+    recs = {(r.cell, r.step): r for r in layout.records(root)}
+    assert len(recs) == len(summary.steps)
+    perf = json.loads((root / recs[("FP8-W8A8", "perf")].result).read_text())
+    assert perf["kind"] == "perf" and perf["vllm_quantization"] == "compressed-tensors"
+    ev = json.loads((root / recs[("INT8-W8A16-RTN", "eval")].result).read_text())
+    assert ev["settings"]["backend"] == "hf"
+    assert (layout.log_file(root, "tiny", "FP8-W8A8", "compress")).stat().st_size > 0
+    assert yaml.safe_load((root / "experiment.yaml").read_text())["name"] == "tiny"
+
+
+def test_rerun_skips_finished_steps(suite_run):
+    exp, root, _ = suite_run
+    before = {p: p.stat().st_mtime_ns for p in (root / "steps").rglob("*.json")}
+    t0 = time.perf_counter()
+    again = run(exp, RunOptions(results_dir=root))
+    assert time.perf_counter() - t0 < 30
+    assert {s.state for s in again.steps} <= {"done", "not_runnable"}
+    after = {p: p.stat().st_mtime_ns for p in (root / "steps").rglob("*.json")}
+    assert {p: m for p, m in after.items() if "not_runnable" not in p.read_text()} == \
+           {p: m for p, m in before.items() if "not_runnable" not in p.read_text()}
+    forced = plan(exp, RunOptions(results_dir=root, force=["inspect"]))
+    assert {s.step for s in forced if s.state == "pending"} == {"inspect"}
+
+
+def test_failures_are_recorded_and_the_suite_goes_on(tiny_model, tmp_path, cli):
+    exp = {"name": "bad", "models": [{"name": "tiny", "source": str(tiny_model)}],
+           "schemes": ["BF16", "INT4-W4A16-RTN", "FP8-W8A8"], "steps": ["compress", "inspect"],
+           "compress": {"num_samples": 4, "max_seq_len": 32}}
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(exp))
+    p = cli("run", str(f), "-o", str(tmp_path / "res"))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "tiny/INT4-W4A16-RTN/compress: failed: group size 128 does not divide input size 192" in p.stdout
+    recs = {(r.cell, r.step): r.status for r in layout.records(tmp_path / "res")}
+    assert recs == {("BF16", "compress"): "ok", ("BF16", "inspect"): "ok", ("INT4-W4A16-RTN", "compress"): "failed",
+                    ("FP8-W8A8", "compress"): "ok", ("FP8-W8A8", "inspect"): "ok"}
+
+
+def test_killed_halfway_then_rerun_finishes_without_redoing(tiny_model, tmp_path):
+    exp = {"name": "kill", "models": [{"name": "tiny", "source": str(tiny_model)}],
+           "schemes": ["BF16", "FP8-W8A8"], "steps": ["compress", "inspect"],
+           "compress": {"num_samples": 4, "max_seq_len": 32}}
+    f = tmp_path / "kill.yaml"
+    f.write_text(yaml.safe_dump(exp))
+    root = tmp_path / "res"
+    cmd = [sys.executable, "-m", "ptq_deploy.cli", "run", str(f), "-o", str(root)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = layout.step_file(root, "tiny", "BF16", "compress")
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert first.exists(), "first step never finished"
+    os.killpg(proc.pid, signal.SIGKILL)  # as hard as it gets: no cleanup handlers run
+    proc.wait()
+    mtime = first.stat().st_mtime_ns
+    done_before = {r.step + r.cell for r in layout.records(root)}
+    assert len(done_before) < 4
+    summary = run(Experiment(**exp).check(), RunOptions(results_dir=root))
+    assert not summary.failed
+    assert first.stat().st_mtime_ns == mtime  # not redone
+    assert {s.state for s in summary.steps if s.step + s.cell in done_before} == {"done"}
+    assert len(layout.records(root)) == 4
+    assert (layout.checkpoint_dir(root, "tiny", "FP8-W8A8") / "config.json").exists()
