@@ -1,0 +1,106 @@
+"""Every option of ``ptq-deploy perf``; engine settings are derived through ``engine.EngineConfig``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from ptq_deploy.engine import EngineConfig
+
+SLO_KEYS = ("ttft", "tpot", "e2el")
+
+
+class PerfConfig(BaseModel):
+    checkpoint: str = Field(description="checkpoint directory")
+    # engine (identical for baseline and quantized runs: all through engine.EngineConfig)
+    dtype: str = "auto"
+    kv_cache_dtype: str = "auto"
+    max_model_len: int = Field(1024, ge=16)
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    enforce_eager: bool | None = None
+    seed: int = 0
+    cpu_kvcache_space_gib: int = Field(1, ge=1)
+    extra_engine_args: dict[str, Any] = {}
+    # workload
+    dataset: Literal["random", "text"] = "random"
+    num_prompts: int = Field(16, ge=1)
+    input_len: int = Field(128, ge=4)
+    output_len: int = Field(32, ge=2)
+    latency_prompts: int | None = Field(None, ge=1, description="prompts for sequential batch-1 latency (default min(num_prompts, 8))")
+    iterations: int = Field(3, ge=1)
+    warmup: int = Field(1, ge=0)
+    # serving
+    concurrency: list[int] = [1, 2, 4, 8]
+    request_rate: float | None = Field(None, gt=0, description="requests/s (Poisson); None = all at once, bounded by concurrency")
+    goodput: dict[str, float] = Field({}, description="SLOs in ms: ttft, tpot, e2el")
+    server_timeout_s: float = Field(600, gt=0)
+    # what to run
+    offline: bool = True
+    serving: bool = True
+    roofline: bool = True
+    output_dir: Path = Path("perf_results")
+    write: bool = True
+
+    @field_validator("concurrency")
+    @classmethod
+    def _conc(cls, v: list[int]) -> list[int]:
+        if not v or any(c < 1 for c in v):
+            raise ValueError("concurrency levels must be positive integers")
+        return v
+
+    @field_validator("goodput")
+    @classmethod
+    def _slo(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k in v if k not in SLO_KEYS]
+        if bad:
+            raise ValueError(f"unknown SLO {bad[0]!r}; use {', '.join(SLO_KEYS)} (milliseconds)")
+        return v
+
+    @property
+    def n_latency_prompts(self) -> int:
+        return self.latency_prompts or min(self.num_prompts, 8)
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(model=self.checkpoint, dtype=self.dtype, max_model_len=self.max_model_len,
+                            kv_cache_dtype=self.kv_cache_dtype, enforce_eager=self.enforce_eager, seed=self.seed,
+                            tensor_parallel_size=self.tensor_parallel_size,
+                            gpu_memory_utilization=self.gpu_memory_utilization,
+                            cpu_kvcache_space_gib=self.cpu_kvcache_space_gib, extra=dict(self.extra_engine_args))
+
+
+def parse_kv_args(items: list[str]) -> dict[str, Any]:
+    """``["max_num_seqs=8", "block_size=16"]`` -> typed dict (int/float/bool/JSON where it parses)."""
+    import json
+
+    from ptq_deploy.errors import UsageError
+
+    out: dict[str, Any] = {}
+    for it in items:
+        if "=" not in it:
+            raise UsageError(f"engine arg {it!r} must be KEY=VALUE")
+        k, v = it.split("=", 1)
+        k = k.strip().lstrip("-").replace("-", "_")
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def parse_slos(items: list[str]) -> dict[str, float]:
+    """``["ttft:500", "tpot:50"]`` (ms), as ``vllm bench serve --goodput``."""
+    from ptq_deploy.errors import UsageError
+
+    out = {}
+    for it in items:
+        k, sep, v = it.partition(":")
+        if not sep or k not in SLO_KEYS:
+            raise UsageError(f"--goodput {it!r}: expected one of {', '.join(SLO_KEYS)} as NAME:MS")
+        try:
+            out[k] = float(v)
+        except ValueError:
+            raise UsageError(f"--goodput {it!r}: {v!r} is not a number of milliseconds") from None
+    return out

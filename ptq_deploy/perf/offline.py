@@ -1,0 +1,125 @@
+"""Offline benchmarks on an in-process engine: latency (batch 1 and batch N) and throughput.
+
+Sampling follows ``vllm bench latency/throughput``: temperature 1.0, top_p 1.0, ``ignore_eos`` and
+``max_tokens = output_len``, so every request generates exactly ``output_len`` tokens — which is
+checked, request by request, against what the engine returned.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel
+
+from ptq_deploy.errors import PtqError
+from ptq_deploy.perf.workload import Request
+from ptq_deploy.stats import Summary
+
+
+def _params(max_tokens: int, seed: int | None = None):
+    from vllm import SamplingParams
+
+    return SamplingParams(n=1, temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=max_tokens, seed=seed)
+
+
+class TokenCheck(BaseModel):
+    prompt_tokens_requested: int
+    prompt_tokens_counted: int
+    output_tokens_requested: int
+    output_tokens_counted: int
+
+    @property
+    def ok(self) -> bool:
+        return (self.prompt_tokens_counted == self.prompt_tokens_requested
+                and self.output_tokens_counted == self.output_tokens_requested)
+
+
+def _run(llm, reqs: list[Request], max_tokens: int | None = None):
+    """Generate; returns (seconds, TokenCheck). Raises if the engine returned other token counts."""
+    params = [_params(max_tokens or r.output_len) for r in reqs]
+    t0 = time.perf_counter()
+    outs = llm.generate([r.prompt for r in reqs], params, use_tqdm=False)
+    dt = time.perf_counter() - t0
+    chk = TokenCheck(prompt_tokens_requested=sum(r.prompt_len for r in reqs),
+                     prompt_tokens_counted=sum(len(o.prompt_token_ids or []) for o in outs),
+                     output_tokens_requested=sum(max_tokens or r.output_len for r in reqs),
+                     output_tokens_counted=sum(len(c.token_ids) for o in outs for c in o.outputs))
+    if not chk.ok:
+        raise PtqError(f"token counts differ from the workload: {chk.model_dump()}")
+    return dt, chk
+
+
+class LatencyStats(BaseModel):
+    """Sequential (batch 1) per-request latencies and whole-batch latencies, after warm-up."""
+
+    prompts: int
+    iterations: int
+    warmup: int
+    batch1_e2e: Summary  # s per request (n = prompts x iterations)
+    batch1_prefill: Summary  # s per request with max_tokens=1 (time to first token, offline)
+    batch1_decode_per_token: Summary  # s, (e2e - prefill of the same prompt) / (output_len - 1)
+    batch_size: int
+    batch_e2e: Summary  # s per batch (n = iterations)
+    tokens: TokenCheck  # of one timed batch
+
+
+def measure_latency(llm, reqs: list[Request], batch_reqs: list[Request], iterations: int,
+                    warmup: int) -> tuple[LatencyStats, list[float]]:
+    """Returns the stats and the raw per-request decode times (s/token) for the roofline."""
+    out_len = reqs[0].output_len
+    for _ in range(warmup):
+        _run(llm, reqs[:1])
+        _run(llm, reqs[:1], max_tokens=1)
+        _run(llm, batch_reqs)
+    e2e, pre, dec = [], [], []
+    for _ in range(iterations):
+        for r in reqs:
+            p, _ = _run(llm, [r], max_tokens=1)
+            t, _ = _run(llm, [r])
+            pre.append(p)
+            e2e.append(t)
+            dec.append((t - p) / (out_len - 1))
+    batch, chk = [], None
+    for _ in range(iterations):
+        t, chk = _run(llm, batch_reqs)
+        batch.append(t)
+    stats = LatencyStats(prompts=len(reqs), iterations=iterations, warmup=warmup, batch1_e2e=Summary.of(e2e, "s"),
+                         batch1_prefill=Summary.of(pre, "s"), batch1_decode_per_token=Summary.of(dec, "s"),
+                         batch_size=len(batch_reqs), batch_e2e=Summary.of(batch, "s"), tokens=chk)
+    return stats, dec
+
+
+class ThroughputStats(BaseModel):
+    """A fixed workload submitted at once (``llm.generate`` schedules it), timed per iteration."""
+
+    num_requests: int
+    iterations: int
+    warmup: int
+    elapsed: Summary  # s
+    requests_per_s: Summary
+    output_tokens_per_s: Summary
+    total_tokens_per_s: Summary
+    tokens: TokenCheck  # per iteration (identical every iteration)
+
+
+def measure_throughput(llm, reqs: list[Request], iterations: int, warmup: int) -> ThroughputStats:
+    for _ in range(warmup):
+        _run(llm, reqs)
+    el, chk = [], None
+    for _ in range(iterations):
+        t, chk = _run(llm, reqs)
+        el.append(t)
+    out_tok, tot_tok = chk.output_tokens_counted, chk.output_tokens_counted + chk.prompt_tokens_counted
+    return ThroughputStats(num_requests=len(reqs), iterations=iterations, warmup=warmup, elapsed=Summary.of(el, "s"),
+                           requests_per_s=Summary.of([len(reqs) / t for t in el], "req/s"),
+                           output_tokens_per_s=Summary.of([out_tok / t for t in el], "tok/s"),
+                           total_tokens_per_s=Summary.of([tot_tok / t for t in el], "tok/s"), tokens=chk)
+
+
+def kv_capacity(llm) -> tuple[int | None, int | None]:
+    """(blocks, block size) of the KV cache vLLM allocated."""
+    try:
+        cc = llm.llm_engine.vllm_config.cache_config
+        return cc.num_gpu_blocks, cc.block_size
+    except AttributeError:
+        return None, None

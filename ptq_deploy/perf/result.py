@@ -1,0 +1,47 @@
+"""PerfResult: one versioned JSON per ``perf`` run (every figure with its n and spread)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from ptq_deploy.engine import EngineInfo
+from ptq_deploy.perf.config import PerfConfig
+from ptq_deploy.perf.memory import MemoryStats
+from ptq_deploy.perf.offline import LatencyStats, ThroughputStats
+from ptq_deploy.perf.roofline import Roofline
+from ptq_deploy.perf.serving import ServingStats
+from ptq_deploy.perf.workload import WorkloadInfo
+from ptq_deploy.provenance import Provenance
+from ptq_deploy.results import SCHEMA_VERSION
+from ptq_deploy.stats import Summary
+
+
+class LoadStats(BaseModel):
+    engine_init_s: Summary | None  # in-process LLM(...) construction (None: engine passed in, not measured)
+    compile_cache: str  # "not used (eager)" or "torch.compile: cold/warm unknown"
+    server: str = "see serving.server.startup_s / weights_load_s"
+
+
+class PerfResult(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["perf"] = "perf"
+    checkpoint: str
+    model: str
+    scheme: str
+    vllm_quantization: str | None  # the quantization method vLLM chose
+    engine: EngineInfo | None  # resolved in-process engine settings (None when offline was skipped)
+    config: PerfConfig
+    workload: WorkloadInfo
+    load: LoadStats | None
+    memory: MemoryStats | None
+    latency: LatencyStats | None
+    throughput: ThroughputStats | None
+    roofline: Roofline | None
+    serving: ServingStats | None
+    threads: dict[str, str | int | None] = {}  # torch threads / OMP_NUM_THREADS of the in-process engine
+    wall_time_s: float
+    started_at: str
+    provenance: Provenance
+    output_path: str | None = None

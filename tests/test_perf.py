@@ -1,0 +1,232 @@
+"""perf: JSON invariants on real vLLM runs of the tiny model (BF16, FP8-W8A8, INT8-W8A8), one serving
+sweep, refusals before loading, and no orphan processes after a crashed server or Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+# This 2-core box is shared: with 2 OpenMP threads per engine, an in-process vLLM engine spins
+# itself 20-40x slower (vllm serve drops to 1 thread by itself). Must be set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import psutil  # noqa: E402
+import pytest  # noqa: E402
+
+from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError  # noqa: E402
+from ptq_deploy.perf import PerfConfig, PerfResult, run_perf  # noqa: E402
+from ptq_deploy.stats import Summary  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = dict(num_prompts=8, input_len=32, output_len=16, iterations=2, warmup=1, max_model_len=512)
+
+
+def ordered(s: Summary, n: int | None = None):
+    assert s.n > 0 and (n is None or s.n == n), s
+    assert s.min <= s.median <= s.p90 <= s.p99 <= s.max, s
+    assert s.stdev >= 0
+
+
+def check_offline(r: PerfResult, cfg: PerfConfig):
+    assert r.schema_version >= 1 and r.kind == "perf"
+    lat, thr = r.latency, r.throughput
+    k = cfg.n_latency_prompts
+    for s in (lat.batch1_e2e, lat.batch1_prefill, lat.batch1_decode_per_token):
+        ordered(s, k * cfg.iterations)
+    ordered(lat.batch_e2e, cfg.iterations)
+    assert lat.batch1_prefill.median < lat.batch1_e2e.median  # first token before the last
+    for chk in (lat.tokens, thr.tokens):
+        assert chk.output_tokens_counted == chk.output_tokens_requested == cfg.num_prompts * cfg.output_len
+        assert chk.prompt_tokens_counted == chk.prompt_tokens_requested == r.workload.total_prompt_tokens
+    for s in (thr.elapsed, thr.requests_per_s, thr.output_tokens_per_s, thr.total_tokens_per_s):
+        ordered(s, cfg.iterations)
+    # throughput x time = tokens (the fastest iteration is the shortest one)
+    assert thr.requests_per_s.max * thr.elapsed.min == pytest.approx(cfg.num_prompts, rel=1e-6)
+    assert thr.output_tokens_per_s.max * thr.elapsed.min == pytest.approx(thr.tokens.output_tokens_counted, rel=1e-6)
+    assert thr.total_tokens_per_s.max * thr.elapsed.min == pytest.approx(
+        thr.tokens.output_tokens_counted + thr.tokens.prompt_tokens_counted, rel=1e-6)
+    m = r.memory
+    assert m.peak_rss_bytes >= m.rss_after_load_bytes > 0 and m.rss_samples > 1
+    assert m.kv_cache_tokens and m.kv_cache_tokens == m.kv_cache_blocks * m.kv_cache_block_size
+    rf = r.roofline
+    ordered(rf.achieved_gbps, k * cfg.iterations)
+    ordered(rf.mbu, k * cfg.iterations)
+    assert rf.peak.gbps > 0 and rf.peak.measured is not None and rf.peak.measured.n > 1
+    assert 0 < rf.weights.decode_bytes < rf.bytes_per_output_token
+    assert r.engine is not None and r.provenance.packages and r.config == cfg
+
+
+def check_serving(r: PerfResult, cfg: PerfConfig):
+    sv = r.serving
+    assert [lv.concurrency for lv in sv.levels] == cfg.concurrency
+    assert sv.server.startup_s.n == 1 and sv.server.kv_cache_tokens and sv.server.rss_after_start_bytes > 0
+    for lv in sv.levels:
+        assert lv.completed == lv.num_requests == cfg.num_prompts and lv.failed == 0, lv.errors
+        for s in (lv.ttft_ms, lv.tpot_ms, lv.e2el_ms):
+            ordered(s, cfg.num_prompts)
+        ordered(lv.itl_ms)
+        assert lv.ttft_ms.max < lv.e2el_ms.min or lv.ttft_ms.mean < lv.e2el_ms.mean
+        assert lv.ttft_ms.mean < lv.e2el_ms.mean
+        assert lv.output_tokens_counted == lv.output_tokens_requested == cfg.num_prompts * cfg.output_len
+        assert lv.prompt_tokens_counted == lv.prompt_tokens_requested
+        assert lv.output_throughput * lv.duration_s == pytest.approx(lv.output_tokens_counted, rel=1e-6)
+        assert lv.request_throughput * lv.duration_s == pytest.approx(lv.completed, rel=1e-6)
+        assert lv.request_goodput is not None and lv.request_goodput <= lv.request_throughput + 1e-9
+        # our per-request spreads agree with vLLM's own aggregate maths
+        assert lv.ttft_ms.mean == pytest.approx(lv.vllm_reported["mean_ttft_ms"], rel=1e-6)
+        assert lv.e2el_ms.median == pytest.approx(lv.vllm_reported["median_e2el_ms"], rel=1e-6)
+        assert lv.tpot_ms.mean == pytest.approx(lv.vllm_reported["mean_tpot_ms"], rel=1e-6)
+
+
+def reload(r: PerfResult) -> PerfResult:
+    p = Path(r.output_path)
+    assert p.is_file() and not list(p.parent.glob(f".{p.name}.*.tmp"))
+    assert p.name.startswith(f"{r.model}_{r.scheme}_") and p.suffix == ".json"
+    return PerfResult.model_validate(json.loads(p.read_text()))
+
+
+# ---------------------------------------------------------------- refusals (no engine)
+def test_refuses_unsupported_scheme_before_loading(compressed, cli, tmp_path):
+    path = compressed("INT8-W8A16-RTN")
+    t0 = time.perf_counter()
+    with pytest.raises(NotRunnableHere, match="cannot run in vLLM here"):
+        run_perf(PerfConfig(checkpoint=str(path), output_dir=tmp_path))
+    assert time.perf_counter() - t0 < 10
+    p = cli("perf", str(path), "--output-dir", str(tmp_path))
+    assert p.returncode == 3
+    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "W8A16" in lines[0], lines
+    assert not list(tmp_path.iterdir())
+
+
+def test_refusals_one_line(tiny_model, cli, tmp_path):
+    with pytest.raises(NotRunnableHere, match="kv_cache_dtype=fp8"):
+        run_perf(PerfConfig(checkpoint=str(tiny_model), kv_cache_dtype="fp8"))
+    with pytest.raises(UsageError, match="exceeds --max-model-len"):
+        run_perf(PerfConfig(checkpoint=str(tiny_model), input_len=400, output_len=200, max_model_len=512))
+    p = cli("perf", str(tiny_model), "--goodput", "latency:5")
+    assert p.returncode == 2 and (p.stdout + p.stderr).strip().count("\n") == 0
+    p = cli("perf", str(tmp_path / "nope"))
+    assert p.returncode == 2 and "not found" in p.stdout + p.stderr
+
+
+# ---------------------------------------------------------------- offline, shared engine
+@pytest.mark.parametrize("variant", ["BF16", "FP8-W8A8", "INT8-W8A8"])
+def test_offline_invariants(variant, tiny_model, compressed, engines, tmp_path):
+    path = tiny_model if variant == "BF16" else compressed(variant)
+    llm, info = engines.get(path)
+    cfg = PerfConfig(checkpoint=str(path), serving=False, output_dir=tmp_path, **SMALL)
+    r = run_perf(cfg, llm=llm, info=info)
+    check_offline(r, cfg)
+    assert r.load.engine_init_s is None  # engine passed in: its load time is not measured here
+    if variant == "BF16":
+        assert r.scheme == "BF16" and r.vllm_quantization is None
+    else:
+        assert r.scheme == variant and r.vllm_quantization == "compressed-tensors"
+        # int8/fp8 weights: fewer bytes per decode step than the fp32 the dense model runs in
+        assert r.roofline.weights.decode_bytes < r.roofline.weights.checkpoint_bytes * 2
+    back = reload(r)
+    assert back.throughput == r.throughput and back.config == cfg
+
+
+# ---------------------------------------------------------------- serving (vllm serve)
+def _our_processes() -> set[int]:
+    me = psutil.Process()
+    return {p.pid for p in me.children(recursive=True)}
+
+
+def test_serving_sweep(tiny_model, tmp_path):
+    before = _our_processes()
+    cfg = PerfConfig(checkpoint=str(tiny_model), offline=False, concurrency=[1, 2], goodput={"ttft": 60000},
+                     output_dir=tmp_path, **{**SMALL, "num_prompts": 4})
+    r = run_perf(cfg)
+    check_serving(r, cfg)
+    assert r.latency is None and r.throughput is None
+    check_serving(reload(r), cfg)
+    time.sleep(0.5)
+    assert _our_processes() <= before  # the server and its engine core are gone
+
+
+def _wait_for_tree(root_pid: int, n: int, timeout: float = 240) -> dict[int, float]:
+    """pids (with create times) of root's descendants once there are >= n (server + engine core)."""
+    seen: dict[int, float] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            for p in psutil.Process(root_pid).children(recursive=True):
+                seen.setdefault(p.pid, p.create_time())
+        except psutil.Error:
+            break
+        if any("EngineCore" in _name(pid) for pid in seen) and len(seen) >= n:
+            return seen
+        time.sleep(0.3)
+    return seen
+
+
+def _name(pid: int) -> str:
+    try:
+        p = psutil.Process(pid)
+        return p.name() + " " + " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _alive(seen: dict[int, float]) -> list[int]:
+    out = []
+    for pid, ct in seen.items():
+        try:
+            p = psutil.Process(pid)
+            if abs(p.create_time() - ct) < 1e-3 and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_crashed_server_leaves_no_orphans(tiny_model):
+    from ptq_deploy import engine
+    from ptq_deploy.hardware import detect
+    from ptq_deploy.perf.serving import Server
+
+    hw = detect()
+    cfg = engine.resolve_settings(engine.EngineConfig(model=str(tiny_model), max_model_len=512), hw)
+    srv = Server(cfg, gpus=False, timeout_s=300)
+    seen: dict[int, float] = {}
+
+    def crash():
+        while srv.proc is None:
+            time.sleep(0.1)
+        seen.update(_wait_for_tree(os.getpid(), 2))
+        os.kill(srv.proc.pid, signal.SIGKILL)  # the API server dies; its engine core would survive it
+
+    t = threading.Thread(target=crash, daemon=True)
+    t.start()
+    with pytest.raises(PtqError, match="exited with code -9|died with code -9"):
+        with srv:
+            srv.check_alive()
+            time.sleep(600)  # healthy before the crash: wait for it to die
+    t.join(timeout=5)
+    assert any("EngineCore" in n or "VLLM" in n for n in map(str, seen)) or len(seen) >= 2
+    time.sleep(0.5)
+    assert _alive(seen) == [] and srv.descendants_alive() == []
+
+
+def test_sigint_leaves_no_orphans(tiny_model, tmp_path):
+    cmd = [sys.executable, "-m", "ptq_deploy.cli", "perf", str(tiny_model), "--no-offline", "--concurrency", "1",
+           "--num-prompts", "2", "--input-len", "16", "--output-len", "4", "--max-model-len", "256",
+           "--output-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = _wait_for_tree(proc.pid, 2)
+    assert seen, "vllm serve never started"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:]
+    time.sleep(0.5)
+    assert _alive(seen) == [], [_name(p) for p in _alive(seen)]
+    assert not list(tmp_path.glob("*.json"))
