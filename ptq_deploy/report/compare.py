@@ -1,0 +1,113 @@
+"""``report A B``: two result sets side by side, per model x cell, with B - A for each figure.
+
+Cells are matched by model and cell name; a cell present on one side only is listed with the other
+side empty. Deltas are computed from the rounded report values (and rounded the same way).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Literal
+
+from pydantic import BaseModel
+
+from ptq_deploy.report.collect import sig
+from ptq_deploy.report.fmt import MISSING, num
+from ptq_deploy.report.leaderboard import Report
+
+METRICS: dict[str, str] = {  # Row field -> header
+    "recovery_pct": "recovery %",
+    "acc_avg": "acc avg",
+    "ppl": "perplexity",
+    "throughput_tok_s": "out tok/s",
+    "speedup": "speedup",
+    "ttft_p50_ms": "TTFT p50 ms",
+    "tpot_p50_ms": "TPOT p50 ms",
+    "load_s": "load s",
+    "weights_gb": "weights GB",
+    "memory_gb": "peak mem GB",
+}
+
+
+class CompareRow(BaseModel):
+    model: str
+    cell: str
+    only_in: Literal["a", "b"] | None = None
+    verdict_a: str | None = None
+    verdict_b: str | None = None
+    a: dict[str, float | None]
+    b: dict[str, float | None]
+    delta: dict[str, float | None]  # b - a
+
+
+class Comparison(BaseModel):
+    schema_version: int = 1
+    kind: Literal["report-compare"] = "report-compare"
+    a: str
+    b: str
+    generated_at: str
+    metrics: dict[str, str] = METRICS
+    rows: list[CompareRow]
+
+
+def compare(a: Report, b: Report) -> Comparison:
+    ra = {(r.model, r.cell): r for r in a.rows()}
+    rb = {(r.model, r.cell): r for r in b.rows()}
+    rows = []
+    for key in dict.fromkeys([*ra, *rb]):
+        x, y = ra.get(key), rb.get(key)
+        va = {m: getattr(x, m) if x else None for m in METRICS}
+        vb = {m: getattr(y, m) if y else None for m in METRICS}
+        d = {m: sig(vb[m] - va[m]) if va[m] is not None and vb[m] is not None else None for m in METRICS}
+        rows.append(CompareRow(model=key[0], cell=key[1], only_in=None if x and y else "a" if x else "b",
+                               verdict_a=x.verdict if x else None, verdict_b=y.verdict if y else None,
+                               a=va, b=vb, delta=d))
+    return Comparison(a=a.results_dir, b=b.results_dir, rows=rows,
+                      generated_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def _cell(r: CompareRow, m: str) -> str:
+    a, b, d = r.a[m], r.b[m], r.delta[m]
+    if a is None and b is None:
+        return MISSING
+    return f"{num(a)} → {num(b)}" + (f" ({num(d, sign=True)})" if d is not None else "")
+
+
+def table_frame(c: Comparison, model: str):
+    import pandas as pd
+
+    rows = [[r.cell + (f" (only in {r.only_in.upper()})" if r.only_in else ""),
+             f"{r.verdict_a or MISSING} → {r.verdict_b or MISSING}", *(_cell(r, m) for m in METRICS)]
+            for r in c.rows if r.model == model]
+    return pd.DataFrame(rows, columns=["scheme", "verdict", *(f"{h} A → B (Δ)" for h in METRICS.values())])
+
+
+def markdown(c: Comparison) -> str:
+    lines = ["# ptq-deploy report: A vs B", "", f"A: {c.a}  ", f"B: {c.b}  ", f"Generated {c.generated_at}.", ""]
+    for model in dict.fromkeys(r.model for r in c.rows):
+        lines += [f"## {model}", "", table_frame(c, model).to_markdown(index=False, tablefmt="github",
+                                                                        disable_numparse=True), ""]
+    return "\n".join(lines)
+
+
+def to_csv(c: Comparison) -> str:
+    import pandas as pd
+
+    flat = [{"model": r.model, "cell": r.cell, "only_in": r.only_in, "verdict_a": r.verdict_a,
+             "verdict_b": r.verdict_b, **{f"{m}.a": r.a[m] for m in METRICS}, **{f"{m}.b": r.b[m] for m in METRICS},
+             **{f"{m}.delta": r.delta[m] for m in METRICS}} for r in c.rows]
+    return pd.DataFrame(flat).to_csv(index=False)
+
+
+def html(c: Comparison) -> str:
+    from html import escape
+
+    from ptq_deploy.report.html import CSS
+
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ptq-deploy report A vs B</title>"
+             f"<style>{CSS}</style></head><body><h1>ptq-deploy report: A vs B</h1>",
+             f"<p class='small'>A: {escape(c.a)}<br>B: {escape(c.b)}<br>Generated {escape(c.generated_at)}</p>"]
+    for model in dict.fromkeys(r.model for r in c.rows):
+        parts += [f"<h2>{escape(model)}</h2>", table_frame(c, model).to_html(index=False, escape=True, border=0)]
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,52 @@
+"""One self-contained HTML page: the leaderboards (same cell texts as the Markdown) and the plots
+embedded as base64 PNGs; no external file, script or font."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+
+from ptq_deploy.report.leaderboard import Report
+from ptq_deploy.report.render import LEGEND, notes, table_frame
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
+th { background: #2f4b7c; color: #fff; }
+td:nth-child(2), td:nth-child(3) { text-align: left; }
+tr:nth-child(even) { background: #f3f6fb; }
+tr.baseline { background: #fff4d6; font-weight: 600; }
+.rec { background: #e3f4e1; border-left: 4px solid #3a9a3a; padding: 8px 12px; }
+.small { font-size: 12px; color: #555; }
+.scroll { overflow-x: auto; max-width: 100%; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 6px 0; }
+"""
+
+
+def _table(lb) -> str:
+    html = table_frame(lb).to_html(index=False, escape=True, border=0)
+    if lb.rows and lb.rows[0].baseline:  # mark the baseline row (the first one)
+        html = html.replace("<tbody>\n    <tr>", '<tbody>\n    <tr class="baseline">', 1)
+    return f"<div class='scroll'>{html}</div>"
+
+
+def page(rep: Report, plots: dict[str, bytes]) -> str:
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ptq-deploy report</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>ptq-deploy report: {escape(rep.results_dir)}</h1>",
+             f"<p class='small'>Generated {escape(rep.generated_at)}. Constraints: "
+             f"{escape(rep.constraints.describe())}. Ranking: {escape(rep.ranking_rule)}.</p>"]
+    for lb in rep.leaderboards:
+        parts += [f"<h2>{escape(lb.model)} (baseline {escape(lb.baseline)})</h2>",
+                  f"<p class='rec'><b>Recommendation:</b> {escape(lb.recommendation.why)}</p>", _table(lb)]
+        n = notes(lb)
+        if n:
+            parts.append("<ul class='small'>" + "".join(f"<li>{escape(x)}</li>" for x in n) + "</ul>")
+    parts.append(f"<p class='small'>{escape(LEGEND)}</p>")
+    for name, png in plots.items():
+        parts.append(f"<h2>{escape(name.replace('_', ' '))}</h2>"
+                     f"<img alt='{escape(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

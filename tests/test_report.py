@@ -1,0 +1,338 @@
+"""report: leaderboards from a results dir built with the real steps (tiny model, BF16 + FP8-W8A8) plus
+synthetic variants with known numbers (ranking, recommendation, verdicts, Markdown == JSON, HTML)."""
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ptq_deploy.compress import METADATA_FILE, CompressResult
+from ptq_deploy.errors import UsageError
+from ptq_deploy.eval.result import MetricValue, PerSample, TaskResult
+from ptq_deploy.report import build_report, compare_reports, write_comparison, write_report
+from ptq_deploy.report import render
+from ptq_deploy.report.collect import flat, to_frame
+from ptq_deploy.report.leaderboard import pareto
+from ptq_deploy.results import atomic_write_json
+from ptq_deploy.stats import Summary
+from ptq_deploy.suite.layout import StepRecord, result_file, step_file
+
+TASKS = ["austen_cloze", "austen_ppl"]
+INT4_REASON = "INT4-W4A16 needs the AVX-512 build of vLLM (CPU WNA16 kernels); this CPU has AVX2 only"
+
+
+def put(root: Path, model: str, cell: str, step: str, result=None, status: str = "ok", reason: str | None = None,
+        scheme: str | None = None, kv: str = "none") -> None:
+    rel = None
+    if result is not None:
+        path = result_file(root, model, cell, step)
+        atomic_write_json(path, result, force=True)
+        rel = str(path.relative_to(root))
+    rec = StepRecord(model=model, cell=cell, scheme=scheme or cell.split("+")[0], kv_cache=kv, step=step, key="test",
+                     status=status, reason=reason, started_at=StepRecord.now(), duration_s=1.5, result=rel)
+    atomic_write_json(step_file(root, model, cell, step), rec, force=True)
+
+
+# ---------------------------------------------------------------- real steps on the tiny model
+@pytest.fixture(scope="session")
+def real_results(tiny_model, compressed, engines, tmp_path_factory) -> Path:
+    """BF16 (the tiny model itself, no compress step) and FP8-W8A8 (compressed through the product path):
+    inspect, perf (offline) and eval (bundled tasks) on one shared engine per checkpoint."""
+    from ptq_deploy.eval import EvalConfig, run_eval
+    from ptq_deploy.inspect import InspectConfig, inspect_checkpoint
+    from ptq_deploy.perf import PerfConfig, run_perf
+
+    root = tmp_path_factory.mktemp("report") / "results"
+    root.mkdir()
+    (root / "experiment.yaml").write_text("name: report-test\nbaseline: BF16\n")
+    fp8 = compressed("FP8-W8A8")
+    for cell, ckpt in (("BF16", tiny_model), ("FP8-W8A8", fp8)):
+        if (ckpt / METADATA_FILE).is_file() and cell != "BF16":
+            put(root, "tiny", cell, "compress", CompressResult.model_validate_json((ckpt / METADATA_FILE).read_text()))
+        put(root, "tiny", cell, "inspect", inspect_checkpoint(InspectConfig(checkpoint=ckpt)))
+        llm, info = engines.get(ckpt)
+        put(root, "tiny", cell, "perf", run_perf(PerfConfig(checkpoint=str(ckpt), num_prompts=4, input_len=16, output_len=8,
+                                                              iterations=2, warmup=0, serving=False, write=False),
+                                                   llm=llm, info=info))
+        put(root, "tiny", cell, "eval", run_eval(EvalConfig(checkpoint=str(ckpt), tasks=TASKS, limit=8, max_model_len=512,
+                                                             write=False), llm=llm))
+    engines.close()
+    return root
+
+
+def _read(root: Path, cell: str, step: str, model: str = "tiny"):
+    from ptq_deploy.eval.result import EvalResult
+    from ptq_deploy.perf.result import PerfResult
+
+    return {"perf": PerfResult, "eval": EvalResult}[step].model_validate_json(
+        result_file(root, model, cell, step).read_text())
+
+
+# ---------------------------------------------------------------- synthetic variants with known numbers
+N_DOCS = 40
+SYNTH = {  # cell -> (correct of 40, throughput tok/s, weights bytes, kv)
+    "BF16": (36, 100.0, 400e6, "none"),
+    "FP8-W8A8": (35, 150.0, 200e6, "none"),
+    "INT8-W8A8": (36, 180.0, 250e6, "none"),
+    "FP8-W8A8+kv-fp8": (36, 120.0, 200e6, "fp8"),
+    "INT8-W8A16": (10, 300.0, 250e6, "none"),  # fastest, but regressed
+}
+EXPECTED_ORDER = ["BF16", "INT8-W8A8", "FP8-W8A8", "FP8-W8A8+kv-fp8", "INT8-W8A16", "INT4-W4A16"]
+
+
+def _synth_eval(base_eval, correct: int, kv: str, ppl_scale: float):
+    acc = [1.0] * correct + [0.0] * (N_DOCS - correct)
+    mean = sum(acc) / N_DOCS
+    cloze = TaskResult(task="austen_cloze", n_samples={"effective": N_DOCS},
+                       metrics={"acc": MetricValue(value=mean, stderr=math.sqrt(mean * (1 - mean) / (N_DOCS - 1)),
+                                                   stderr_source="lm-eval", higher_is_better=True, aggregation="mean")},
+                       per_sample=PerSample(doc_ids=list(range(N_DOCS)), values={"acc": acc}))
+    ppl = base_eval.tasks["austen_ppl"]
+    m = ppl.primary_metric()
+    ppl = ppl.model_copy(update={"per_sample": None, "metrics": {
+        m: ppl.metrics[m].model_copy(update={"value": ppl.metrics[m].value * ppl_scale})}})
+    settings = base_eval.settings.model_copy(update={"kv_cache_dtype": "fp8"}) if kv != "none" else base_eval.settings
+    return base_eval.model_copy(update={"model_name": "synth", "tasks": {"austen_cloze": cloze, "austen_ppl": ppl},
+                                        "settings": settings})
+
+
+def _synth_perf(base_perf, tok_s: float, weights: float):
+    tp = base_perf.throughput
+    return base_perf.model_copy(update={
+        "model": "synth",
+        "throughput": tp.model_copy(update={"output_tokens_per_s": Summary.of([tok_s * 0.98, tok_s, tok_s * 1.02], "tok/s")}),
+        "memory": base_perf.memory.model_copy(update={"weight_bytes_checkpoint": int(weights)})})
+
+
+@pytest.fixture(scope="session")
+def results(real_results, tmp_path_factory) -> Path:
+    """The real results plus a second model "synth" with controlled numbers and a not-runnable cell."""
+    root = tmp_path_factory.mktemp("report-synth") / "results"
+    shutil.copytree(real_results, root)
+    base_eval, base_perf = _read(real_results, "BF16", "eval"), _read(real_results, "BF16", "perf")
+    for cell, (correct, tok_s, weights, kv) in SYNTH.items():
+        put(root, "synth", cell, "eval", _synth_eval(base_eval, correct, kv, 1.5 if correct < 20 else 1.0), kv=kv)
+        put(root, "synth", cell, "perf", _synth_perf(base_perf, tok_s, weights), kv=kv)
+    put(root, "synth", "INT4-W4A16", "compress", status="ok")
+    for step in ("perf", "eval"):
+        put(root, "synth", "INT4-W4A16", step, status="not_runnable", reason=INT4_REASON)
+    return root
+
+
+@pytest.fixture(scope="session")
+def report(results):
+    return build_report(results)
+
+
+@pytest.fixture(scope="session")
+def written(report, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report-out")
+    write_report(report, out)
+    return out
+
+
+def _lb(rep, model):
+    return next(lb for lb in rep.leaderboards if lb.model == model)
+
+
+# ---------------------------------------------------------------- tests
+def test_real_rows_have_every_figure(report):
+    lb = _lb(report, "tiny")
+    assert [r.cell for r in lb.rows] == ["BF16", "FP8-W8A8"] and lb.baseline == "BF16"
+    base, fp8 = lb.rows
+    assert base.baseline and base.rank == 1 and base.verdict == "baseline" and base.recovery_pct == 100
+    assert base.speedup == 1 and base.compress_s is None  # the tiny model stands as baseline: no compress step
+    assert set(base.tasks) == set(TASKS) and base.eval_backend == "vllm"
+    for r in (base, fp8):
+        assert r.status_text == "ok" and r.acc_avg is not None and r.acc_avg_stderr is not None
+        assert r.ppl is not None and r.ppl > 1 and r.ppl_task == "austen_ppl"
+        assert r.throughput_tok_s > 0 and r.throughput_n == 2
+        assert r.ttft_p50_ms > 0 and r.tpot_p99_ms > 0 and r.latency_source == "offline, batch 1"
+        assert r.weights_gb > 0 and r.memory_gb > 0 and r.roofline_pct is not None
+    assert fp8.compress_s > 0 and fp8.weights_gb < base.weights_gb
+    assert fp8.recovery_pct > 0 and fp8.recovery_pct_stderr is not None
+    assert fp8.verdict in ("not distinguishable", "regressed", "improved")
+    assert fp8.tasks["austen_cloze"].method.startswith("paired bootstrap")
+    assert fp8.ppl_delta is not None and fp8.ppl_verdict is not None
+    assert fp8.speedup == pytest.approx(fp8.throughput_tok_s / base.throughput_tok_s, rel=1e-3)
+
+
+def test_ranking_order_and_verdicts(report):
+    lb = _lb(report, "synth")
+    assert [r.cell for r in lb.rows] == EXPECTED_ORDER
+    assert [r.rank for r in lb.rows] == list(range(1, 7))
+    v = {r.cell: r.verdict for r in lb.rows}
+    assert v == {"BF16": "baseline", "INT8-W8A8": "not distinguishable", "FP8-W8A8": "not distinguishable",
+                 "FP8-W8A8+kv-fp8": "not distinguishable", "INT8-W8A16": "regressed", "INT4-W4A16": None}
+    rows = {r.cell: r for r in lb.rows}
+    assert rows["FP8-W8A8"].recovery_pct == pytest.approx(35 / 36 * 100, abs=0.01)
+    assert rows["FP8-W8A8"].speedup == 1.5 and rows["INT8-W8A16"].ppl_verdict is not None
+    assert rows["INT8-W8A16"].ppl_delta > 0  # perplexity got worse
+    assert rows["FP8-W8A8+kv-fp8"].recovery_pct == 100  # kv cell compared despite the KV dtype difference
+    int4 = rows["INT4-W4A16"]
+    assert int4.status == {"compress": "ok", "perf": "not_runnable", "eval": "not_runnable"}
+    assert int4.reasons["perf"] == INT4_REASON and "not runnable here" in int4.status_text
+    assert int4.throughput_tok_s is None and int4.recovery_pct is None
+    assert pareto(lb.rows) == {r.cell for r in lb.rows if r.pareto} == {"INT8-W8A8", "INT8-W8A16"}
+
+
+@pytest.mark.parametrize("cons, expected", [
+    ({}, "INT8-W8A8"),  # 99% recovery: only exact matches of the baseline, the fastest of them
+    ({"min_recovery": 0.95, "max_memory_gb": 0.22}, "FP8-W8A8"),
+    ({"min_recovery": 0.2}, "INT8-W8A16"),  # the user accepts a big loss: the fastest wins
+    ({"min_recovery": 0.99, "max_memory_gb": 0.1}, None),
+    ({"min_throughput": 1000}, None),
+])
+def test_recommendation_under_constraints(results, cons, expected):
+    rec = _lb(build_report(results, bootstrap_iters=200, **cons), "synth").recommendation
+    assert rec.cell == expected
+    assert "." in rec.why and rec.why.count(". ") == 0  # one sentence
+    if expected:
+        assert rec.why.startswith(expected) and "tok/s" in rec.why
+    else:
+        assert rec.why.startswith("No scheme meets")
+
+
+_NUM = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def _md_tables(md: str) -> dict[str, list[list[str]]]:
+    """model -> table rows (cells) of each leaderboard section in the Markdown."""
+    out, model = {}, None
+    for line in md.splitlines():
+        if line.startswith("## ") and "(baseline" in line:
+            model = line[3:].split(" (baseline")[0]
+            out[model] = []
+        elif model and line.startswith("|") and not set(line) <= set("|-: "):
+            out[model].append([c.strip() for c in line.strip().strip("|").split("|")])
+    return out
+
+
+def test_every_markdown_number_equals_the_json(written):
+    md = (written / "leaderboard.md").read_text()
+    data = json.loads((written / "report.json").read_text())
+    from ptq_deploy.report.leaderboard import Report
+
+    rep = Report.model_validate(data)
+    tables = _md_tables(md)
+    checked = 0
+    for lb in rep.leaderboards:
+        header, *rows = tables[lb.model]
+        cols = render.columns(lb)
+        assert header == [c.header for c in cols]
+        assert len(rows) == len(lb.rows)
+        for md_row, row in zip(rows, lb.rows):
+            assert md_row[1].startswith(row.cell)
+            values = flat(row)
+            for text, col in zip(md_row, cols):
+                if not col.fields:
+                    continue
+                expected = [values[f] for f in col.fields if values.get(f) is not None]
+                got = [float(x) for x in _NUM.findall(text)]
+                assert got == expected, (lb.model, row.cell, col.header, text, expected)
+                checked += len(got)
+        assert f"**Recommendation:** {lb.recommendation.why}" in md
+    assert checked > 100
+    assert "not distinguishable" in md and "regressed" in md and INT4_REASON in md
+    assert "![recovery_vs_throughput](plots/recovery_vs_throughput.png)" in md
+
+
+def test_csv_and_frame_match_the_json(written, report):
+    import pandas as pd
+
+    csv = pd.read_csv(written / "leaderboard.csv")
+    assert len(csv) == len(report.rows()) == 8
+    for r, (_, c) in zip(report.rows(), csv.iterrows()):
+        assert (c["model"], c["cell"], c["rank"]) == (r.model, r.cell, r.rank)
+        for f in ("recovery_pct", "throughput_tok_s", "weights_gb", "tasks.austen_cloze.value"):
+            v = flat(r).get(f)
+            assert (pd.isna(c[f]) and v is None) or c[f] == pytest.approx(v, rel=1e-12), (r.cell, f)
+    assert list(to_frame(report.rows())["cell"]) == list(csv["cell"])
+
+
+def test_plots_written_and_survive_missing_data(written, report, tmp_path):
+    from PIL import Image
+
+    from ptq_deploy.report import plots
+
+    for name in plots.PLOTS:
+        img = Image.open(written / "plots" / f"{name}.png")
+        assert img.size[0] > 600 and len(img.convert("RGB").getcolors(1 << 20)) > 50
+    empty = report.model_copy(deep=True)
+    for lb in empty.leaderboards:  # every figure missing: each plot says "no data", none crashes
+        lb.rows = [r.model_copy(update={k: None for k in type(r).model_fields if k.endswith(("_ms", "_gb", "_pct", "_tok_s"))
+                                        or k in ("acc_avg", "acc_avg_stderr")}) for r in lb.rows]
+    assert all(png.startswith(b"\x89PNG") for png in plots.render_all(empty).values())
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_html_opens_in_headless_chromium(written, tmp_path):
+    from PIL import Image
+
+    page = written / "report.html"
+    html = page.read_text()
+    assert "<img" in html and "data:image/png;base64," in html and "src='plots/" not in html  # self-contained
+    assert "<table" in html and "INT8-W8A16" in html and "Recommendation" in html
+    shot = tmp_path / "shot.png"
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tempfile.mkdtemp()}", f"--screenshot={shot}", "--window-size=1400,2000",
+                    page.as_uri()], capture_output=True, timeout=120, check=False)
+    assert shot.is_file(), "chromium wrote no screenshot"
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1400, 2000)
+    colours = img.getcolors(1 << 22)
+    assert len(colours) > 500  # text, table shading and plots, not a blank page
+    white = max(n for n, c in colours if c == (255, 255, 255)) if any(c == (255, 255, 255) for _, c in colours) else 0
+    assert white < 0.9 * img.size[0] * img.size[1]
+
+
+def test_compare_two_result_sets(results, report, tmp_path):
+    b_dir = tmp_path / "b"
+    shutil.copytree(results, b_dir)
+    perf = _read(results, "FP8-W8A8", "perf", model="synth")
+    put(b_dir, "synth", "FP8-W8A8", "perf", _synth_perf(perf, 200.0, 200e6))
+    shutil.rmtree(b_dir / "steps" / "synth" / "INT4-W4A16")
+    comp = compare_reports(report, build_report(b_dir, bootstrap_iters=200))
+    rows = {(r.model, r.cell): r for r in comp.rows}
+    fp8 = rows["synth", "FP8-W8A8"]
+    assert fp8.a["throughput_tok_s"] == 150 and fp8.b["throughput_tok_s"] == 200 and fp8.delta["throughput_tok_s"] == 50
+    assert fp8.delta["speedup"] == 0.5 and fp8.delta["weights_gb"] == 0
+    assert rows["synth", "INT4-W4A16"].only_in == "a"
+    paths = write_comparison(comp, tmp_path / "cmp")
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert {p.name for p in paths} == {"compare.md", "compare.json", "compare.csv", "compare.html"}
+    assert "150 → 200 (+50)" in md and "INT4-W4A16 (only in A)" in md
+
+
+def test_errors_are_one_line(cli, tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        build_report(tmp_path / "nope")
+    with pytest.raises(UsageError, match="no suite results"):
+        build_report(tmp_path)
+    for args in (["report", str(tmp_path / "nope")], ["report", str(tmp_path)],
+                 ["report", str(tmp_path), "--format", "pdf"]):
+        p = cli(*args)
+        err = p.stderr.strip()
+        assert p.returncode != 0 and "Traceback" not in p.stderr + p.stdout
+        assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+
+
+def test_cli_report_and_compare(cli, results, tmp_path):
+    p = cli("report", str(results), "-o", str(tmp_path / "r"), "--min-recovery", "0.95", "--max-memory-gb", "0.22")
+    assert p.returncode == 0, p.stderr
+    assert "recommendation:" in p.stdout and "FP8-W8A8: the fastest" in p.stdout.replace("\n", " ")
+    assert {f.name for f in (tmp_path / "r").iterdir()} >= {"leaderboard.md", "report.json", "leaderboard.csv",
+                                                           "report.html", "plots"}
+    p = cli("report", str(results), str(results), "-o", str(tmp_path / "c"), "--format", "md,json")
+    assert p.returncode == 0, p.stderr
+    assert sorted(f.name for f in (tmp_path / "c").iterdir()) == ["compare.json", "compare.md"]
