@@ -6,8 +6,9 @@ RUNTIME_PY = $(shell $(PYTHON) -m ptq_deploy.envs python runtime)
 setup:  ## create/update the two pinned environments (idempotent, quick when nothing changed)
 	$(PYTHON) -m ptq_deploy.envs setup
 
-demo: setup  ## the main job on the embedded SmolLM2-135M model
-	$(RUNTIME_PY) -m ptq_deploy.cli demo
+demo: setup  ## the main job: every scheme of the embedded SmolLM2-135M, compressed, measured, ranked
+	$(RUNTIME_PY) -m ptq_deploy.cli run experiments/smollm2-135m.yaml; rc=$$?; \
+	$(RUNTIME_PY) -m ptq_deploy.cli report results/smollm2-135m && exit $$rc
 
 test: setup  ## the test suite (real vLLM, real llmcompressor)
 	$(RUNTIME_PY) -m pytest -q $(PYTEST_ARGS)
