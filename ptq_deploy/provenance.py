@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata as md
 import platform
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ptq_deploy import __version__
+from ptq_deploy import __version__, envs
 from ptq_deploy.hardware import HardwareInfo, detect
 
 KEY_PACKAGES = ("ptq-deploy", "torch", "transformers", "compressed-tensors", "llmcompressor",
@@ -20,13 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def package_versions(names=KEY_PACKAGES) -> dict[str, str]:
-    out = {}
-    for n in names:
-        try:
-            out[n] = md.version(n)
-        except md.PackageNotFoundError:
-            continue
-    return out
+    return envs.package_versions(names)
 
 
 def git_revision() -> str | None:
