@@ -141,6 +141,7 @@ def compress(
     calibration_dtype: str = typer.Option("auto", help="auto (fp32 on CPU, model dtype on GPU) | float32 | bfloat16 | float16"),
     device_map: Optional[str] = typer.Option(None, help="passed to from_pretrained (e.g. auto) for offloading"),
     pipeline: Optional[str] = typer.Option(None, help="llmcompressor pipeline: independent | sequential | basic | datafree"),
+    sequential_targets: Optional[list[str]] = typer.Option(None, "--sequential-targets", help="module class names onloaded one at a time (llmcompressor sequential pipeline), e.g. LlamaDecoderLayer"),
     threads: Optional[int] = typer.Option(None, help="torch threads for CPU calibration"),
     force: bool = typer.Option(False, "--force", help="replace an existing output directory"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved recipe and plan, then exit"),
@@ -153,7 +154,7 @@ def compress(
                          kv_cache=kv_cache, dataset=dataset, num_samples=num_samples, max_seq_len=max_seq_len,
                          seed=seed, revision=revision, trust_remote_code=trust_remote_code,
                          calibration_dtype=calibration_dtype, device_map=device_map, pipeline=pipeline,
-                         threads=threads, force=force, dry_run=dry_run, compress_python=compress_python)
+                         sequential_targets=sequential_targets or None, threads=threads, force=force, dry_run=dry_run, compress_python=compress_python)
     res = run(cfg)
     if isinstance(res, Plan):
         out.print(f"plan: {res.scheme.name} on {res.source.spec} ({res.source.kind}: {res.source.path}), "
@@ -200,6 +201,99 @@ def demo(
     run_demo(workdir, schemes_, num_samples, max_seq_len, compress_python)
 
 
+# ---------------------------------------------------------------- eval
+@app.command("eval")
+def eval_(
+    checkpoint: str = typer.Argument(..., help="checkpoint directory, hub id, .gguf file or 'default'"),
+    tasks: list[str] = typer.Option(["austen_cloze,austen_ppl"], "--tasks", "-t",
+                                    help="lm-eval task names (comma-separated or repeated); bundled offline: "
+                                         "austen_cloze, austen_ppl; hub set: gsm8k,hellaswag,piqa,arc_easy"),
+    num_fewshot: Optional[int] = typer.Option(None, help="few-shot examples (default: each task's own)"),
+    limit: Optional[float] = typer.Option(None, help="examples per task (a fraction if < 1)"),
+    batch_size: str = typer.Option("auto", help="auto or an integer"),
+    apply_chat_template: bool = typer.Option(False, "--apply-chat-template"),
+    add_bos_token: bool = typer.Option(True, "--add-bos-token/--no-add-bos-token"),
+    dtype: str = typer.Option("auto", help="auto (float32 on CPUs without AVX-512) | float32 | bfloat16 | float16"),
+    max_model_len: Optional[int] = typer.Option(None, help="default: the model's, capped at 2048"),
+    kv_cache_dtype: str = typer.Option("auto"),
+    tensor_parallel_size: int = typer.Option(1),
+    data_parallel_size: int = typer.Option(1),
+    gpu_memory_utilization: float = typer.Option(0.85),
+    seed: int = typer.Option(0),
+    backend: str = typer.Option("vllm", help="vllm | hf (transformers; for schemes vLLM cannot run here)"),
+    include_path: list[Path] = typer.Option([], "--include-path", help="extra lm-eval task directory (repeatable)"),
+    baseline: Optional[str] = typer.Option(None, help="baseline checkpoint, or a previous eval result JSON"),
+    log_samples: bool = typer.Option(False, "--log-samples", help="store lm-eval's per-sample records"),
+    output_dir: Path = typer.Option(Path("eval_results"), help="where the result JSON goes"),
+):
+    """Score CHECKPOINT with lm-eval (vLLM backend) and, with --baseline, report recovery and whether it is real."""
+    from ptq_deploy.eval import EvalConfig, run_eval
+
+    cfg = EvalConfig(checkpoint=checkpoint, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
+                     batch_size=batch_size,
+                     apply_chat_template=apply_chat_template, add_bos_token=add_bos_token, dtype=dtype,
+                     max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype,
+                     tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
+                     gpu_memory_utilization=gpu_memory_utilization, seed=seed, backend=backend,
+                     include_path=include_path, baseline=baseline, log_samples=log_samples, output_dir=output_dir)
+    res = run_eval(cfg)
+    rec = {(r.task, r.metric): r for r in res.recovery or []}
+    t = Table(title=f"{res.model_name} [{res.scheme}] via lm-eval/{res.backend} "
+                    f"({res.settings.dtype}, limit {res.settings.limit or 'none'})")
+    cols = ("task", "metric", "value ± stderr", "n") + (("baseline", "delta (95% CI)", "recovery", "verdict") if rec else ())
+    for c in cols:
+        t.add_column(c, no_wrap=c in ("task", "metric"))
+    colour = {"regressed": "red", "improved": "green", "not distinguishable": "yellow"}
+    for task, tr in res.tasks.items():
+        for name, mv in tr.metrics.items():
+            r = rec.get((task, name))
+            val = f"{mv.value:.4g}" + (f" ± {mv.stderr:.2g}" if mv.stderr is not None else "")
+            ci = f"{r.delta:+.4g} ({r.ci95[0]:+.3g}, {r.ci95[1]:+.3g})" if r and r.ci95 else (f"{r.delta:+.4g}" if r else "")
+            row = [task, name, val, str(tr.n_samples.get("effective", ""))]
+            if rec:
+                row += [f"{r.baseline:.4g}" if r else "", ci, f"{r.recovery:.1%}" if r and r.recovery is not None else "",
+                        f"[{colour[r.verdict]}]{r.verdict}[/{colour[r.verdict]}]" if r else ""]
+            t.add_row(*row)
+    out.print(t, width=None if out.is_terminal else max(out.width, 140))
+    if res.path:
+        out.print(f"[green]wrote[/green] {res.path}")
+
+
+# ---------------------------------------------------------------- run (suite)
+@app.command("run")
+def run_suite(
+    experiment: Path = typer.Argument(..., help="experiment YAML (models x schemes x kv-cache, perf and eval settings)"),
+    results_dir: Optional[Path] = typer.Option(None, "--results-dir", "-o", help="default: results/<experiment name>"),
+    include_models: list[str] = typer.Option([], "--include-models", help="only these models (repeatable)"),
+    exclude_models: list[str] = typer.Option([], "--exclude-models"),
+    include_schemes: list[str] = typer.Option([], "--include-schemes", help="only these schemes (repeatable)"),
+    exclude_schemes: list[str] = typer.Option([], "--exclude-schemes"),
+    force: list[str] = typer.Option([], "--force", help="rerun this step even if done: compress|inspect|perf|eval|all"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print every step with what is already done, run nothing"),
+    compress_python: Optional[str] = COMPRESS_PY,
+):
+    """Run an experiment matrix (compress -> inspect -> perf -> eval); reruns skip finished steps."""
+    from ptq_deploy.suite import experiment as exp_mod
+    from ptq_deploy.suite.runner import RunOptions, matrix_table, run
+
+    exp = exp_mod.load(experiment)
+    opts = RunOptions(results_dir=results_dir or Path("results") / exp.name, include_models=include_models,
+                      exclude_models=exclude_models, include_schemes=include_schemes,
+                      exclude_schemes=exclude_schemes, force=force, dry_run=dry_run, compress_python=compress_python)
+    summary = run(exp, opts, console=console)
+    if dry_run:
+        out.print(matrix_table(summary.steps, f"plan: {exp.name} -> {opts.results_dir}"))
+        return
+    for s in summary.steps:
+        if s.state in ("failed", "not_runnable", "blocked"):
+            out.print(f"{s.model}/{s.cell}/{s.step}: {s.state}: {s.reason}", highlight=False)
+    n_fail = len(summary.failed)
+    out.print(f"{exp.name}: {sum(s.state in ('ok', 'done') for s in summary.steps)} steps done, "
+              f"{n_fail} failed, results in {opts.results_dir} ({summary.wall_time_s:.0f} s)")
+    if n_fail:
+        raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------- not built yet
 def _not_yet(name: str, issue: str):
     def cmd(args: Optional[list[str]] = typer.Argument(None)):
@@ -209,12 +303,107 @@ def _not_yet(name: str, issue: str):
     return cmd
 
 
-app.command("perf", help="[not built yet] measure load time, memory, latency, throughput and serving metrics in vLLM")(
-    _not_yet("perf", "perf: vLLM latency/throughput/serving measurements"))
-app.command("eval", help="[not built yet] lm-eval with the vLLM backend, recovery vs baseline")(
-    _not_yet("eval", "eval: lm-eval through vLLM with recovery vs baseline"))
-app.command("inspect", help="[not built yet] what is in a checkpoint and will it run here")(
-    _not_yet("inspect", "inspect: checkpoint contents and hardware fit"))
+@app.command("perf")
+def perf(
+    checkpoint: Path = typer.Argument(..., help="checkpoint directory"),
+    kv_cache_dtype: str = typer.Option("auto", help="auto | fp8 | fp8_e4m3 | fp8_e5m2"),
+    max_model_len: int = typer.Option(1024),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", "--tp"),
+    dtype: str = typer.Option("auto", help="auto (fp32 on AVX2 CPUs) | bfloat16 | float16 | float32"),
+    gpu_memory_utilization: float = typer.Option(0.85),
+    enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager", help="default: eager on CPU"),
+    seed: int = typer.Option(0),
+    num_prompts: int = typer.Option(16),
+    input_len: int = typer.Option(128),
+    output_len: int = typer.Option(32),
+    dataset: str = typer.Option("random", help="random (vLLM's RandomDataset) | text (bundled Austen)"),
+    concurrency: str = typer.Option("1,2,4,8", help="serving concurrency levels, comma-separated"),
+    request_rate: Optional[float] = typer.Option(None, help="serving request rate (req/s, Poisson); default: all at once"),
+    iterations: int = typer.Option(3),
+    warmup: int = typer.Option(1),
+    goodput: list[str] = typer.Option([], "--goodput", help="SLO NAME:MS for goodput (ttft, tpot, e2el); repeatable"),
+    engine_arg: list[str] = typer.Option([], "--engine-arg", help="extra vLLM engine arg KEY=VALUE; repeatable"),
+    offline: bool = typer.Option(True, "--offline/--no-offline", help="in-process latency/throughput/roofline"),
+    serving: bool = typer.Option(True, "--serving/--no-serving", help="vllm serve sweep"),
+    output_dir: Path = typer.Option(Path("perf_results"), help="where the JSON result goes"),
+):
+    """Measure CHECKPOINT in vLLM: load, memory, latency, throughput, serving (TTFT/TPOT/ITL), roofline."""
+    from ptq_deploy.errors import UsageError
+    from ptq_deploy.perf import PerfConfig, run_perf
+    from ptq_deploy.perf.config import parse_kv_args, parse_slos
+
+    try:
+        levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    except ValueError:
+        raise UsageError(f"--concurrency {concurrency!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
+    cfg = PerfConfig(checkpoint=str(checkpoint), kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
+                     tensor_parallel_size=tensor_parallel_size, dtype=dtype,
+                     gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
+                     num_prompts=num_prompts, input_len=input_len, output_len=output_len, dataset=dataset,
+                     concurrency=levels, request_rate=request_rate, iterations=iterations, warmup=warmup,
+                     goodput=parse_slos(goodput), extra_engine_args=parse_kv_args(engine_arg), offline=offline,
+                     serving=serving, output_dir=output_dir)
+    res = run_perf(cfg, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    from ptq_deploy.perf.report import summary_tables
+
+    for t in summary_tables(res):
+        out.print(t)
+    out.print(f"[green]wrote[/green] {res.output_path}")
+
+
+# ---------------------------------------------------------------- inspect
+@app.command("inspect")
+def inspect_cmd(
+    checkpoint: Path = typer.Argument(..., help="checkpoint directory (any HF checkpoint: compressed-tensors, GPTQ, AWQ, dense)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    device: str = typer.Option("local", "--device", help="local | cpu | t4 | a10g | a100 | l4 | l40s | h100 | h200 | b200"),
+    runtime: bool = typer.Option(False, "--runtime", help="also load it in vLLM: quantization method, linear kernel, load time"),
+):
+    """What is really in a checkpoint (format, proof of quantization, size) and will it run here. Exit 1 on errors."""
+    from ptq_deploy.inspect import InspectConfig, inspect_checkpoint, render
+
+    rep = inspect_checkpoint(InspectConfig(checkpoint=checkpoint, device=device, runtime=runtime))
+    if as_json:
+        out.print_json(rep.model_dump_json())
+    else:
+        render(rep, out)
+    raise typer.Exit(0 if rep.ok else 1)
+
+
+# ---------------------------------------------------------------- report
+@app.command("report")
+def report_cmd(
+    results_dir: Path = typer.Argument(..., help="a suite results dir (`ptq-deploy run`)"),
+    results_dir_b: Optional[Path] = typer.Argument(None, help="a second results dir: compare A and B side by side"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="where the report goes (default: RESULTS_DIR/report)"),
+    min_recovery: Optional[float] = typer.Option(0.99, help="recommend only schemes keeping this fraction of the baseline's accuracy"),
+    max_memory_gb: Optional[float] = typer.Option(None, help="recommend only schemes whose weights take at most this many GB"),
+    min_throughput: Optional[float] = typer.Option(None, help="recommend only schemes reaching this many output tokens/s"),
+    formats: str = typer.Option("md,json,csv,html", "--format", help="comma-separated: md, json, csv, html"),
+):
+    """Leaderboard per model (Markdown/JSON/CSV/HTML + plots) and a recommendation, from result files alone."""
+    from ptq_deploy.report import build_report, compare_reports, parse_formats, write_comparison, write_report
+    from ptq_deploy.report.render import table_frame
+
+    fmts = parse_formats(formats)
+    rep = build_report(results_dir, min_recovery=min_recovery, max_memory_gb=max_memory_gb, min_throughput=min_throughput)
+    if results_dir_b is not None:
+        rep_b = build_report(results_dir_b, min_recovery=min_recovery, max_memory_gb=max_memory_gb,
+                             min_throughput=min_throughput)
+        paths = write_comparison(compare_reports(rep, rep_b), output or results_dir / "report", fmts)
+    else:
+        for lb in rep.leaderboards:
+            df = table_frame(lb)
+            t = Table(title=f"{lb.model} (baseline {lb.baseline})")
+            for c in df.columns:
+                t.add_column(c)
+            for row in df.itertuples(index=False):
+                t.add_row(*row)
+            out.print(t)
+            out.print(f"[bold]recommendation:[/bold] {lb.recommendation.why}", highlight=False)
+        paths = write_report(rep, output or results_dir / "report", fmts)
+    for p in paths:
+        out.print(f"[green]wrote[/green] {p}")
 
 
 def main() -> None:

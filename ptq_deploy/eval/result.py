@@ -1,0 +1,132 @@
+"""EvalResult: one versioned JSON per eval run (``eval_results/<model>_<scheme>_<timestamp>.json``)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel
+
+from ptq_deploy.errors import UsageError
+from ptq_deploy.eval.config import EvalConfig
+from ptq_deploy.provenance import Provenance
+from ptq_deploy.results import SCHEMA_VERSION, atomic_write_json
+
+
+class EvalSettings(BaseModel):
+    """The resolved settings a score depends on; a baseline must match them to be compared."""
+
+    backend: Literal["vllm", "hf"]
+    dtype: str
+    max_model_len: int
+    kv_cache_dtype: str
+    enforce_eager: bool | None
+    add_bos_token: bool
+    apply_chat_template: bool
+    num_fewshot: int | None
+    limit: int | float | None
+    seed: int
+    batch_size: int | str
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+
+    # fields that may differ between two comparable runs (they do not change the scores)
+    NOT_COMPARED: ClassVar[tuple[str, ...]] = ("batch_size", "tensor_parallel_size", "data_parallel_size")
+
+    def differences(self, other: "EvalSettings") -> dict[str, tuple[Any, Any]]:
+        a, b = self.model_dump(), other.model_dump()
+        return {k: (a[k], b[k]) for k in a if k not in self.NOT_COMPARED and a[k] != b[k]}
+
+
+class MetricValue(BaseModel):
+    value: float
+    stderr: float | None = None
+    stderr_source: Literal["lm-eval", "bootstrap"] | None = None
+    higher_is_better: bool | None = None
+    aggregation: str | None = None
+
+
+class PerSample(BaseModel):
+    """Compact per-document metric values (what lm-eval aggregates), kept for paired comparisons."""
+
+    doc_ids: list[int]
+    values: dict[str, list[Any]]
+
+
+class TaskResult(BaseModel):
+    task: str
+    metrics: dict[str, MetricValue]
+    n_shot: int | None = None
+    n_samples: dict[str, int] = {}
+    version: Any = None
+    config: dict[str, Any] = {}
+    per_sample: PerSample | None = None
+    samples: list[dict[str, Any]] | None = None  # lm-eval's full records, with --log-samples
+
+    def primary_metric(self) -> str:
+        for m in ("acc_norm", "acc", "exact_match", "word_perplexity", "perplexity"):
+            if m in self.metrics:
+                return m
+        return next(iter(self.metrics))
+
+
+class EngineSummary(BaseModel):
+    quantization: str | None = None
+    dtype: str | None = None
+
+
+class Recovery(BaseModel):
+    task: str
+    metric: str
+    baseline: float
+    quantized: float
+    delta: float
+    recovery: float | None
+    higher_is_better: bool
+    stderr: float | None
+    ci95: tuple[float, float] | None
+    method: str
+    n_paired: int | None = None
+    verdict: Literal["not distinguishable", "regressed", "improved"]
+
+
+class EvalResult(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["eval"] = "eval"
+    checkpoint: str
+    model_name: str
+    scheme: str
+    backend: Literal["vllm", "hf"]
+    settings: EvalSettings
+    tasks: dict[str, TaskResult]
+    engine: EngineSummary = EngineSummary()
+    lm_eval: dict[str, Any] = {}
+    wall_time_s: float = 0.0
+    config: EvalConfig
+    baseline: str | None = None
+    recovery: list[Recovery] | None = None
+    provenance: Provenance | None = None
+    path: str | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> "EvalResult":
+        try:
+            res = cls.model_validate_json(Path(path).read_text())
+        except OSError as e:
+            raise UsageError(f"cannot read eval result {path}: {e.strerror}") from None
+        except ValueError as e:
+            raise UsageError(f"{path} is not a ptq-deploy eval result: {str(e).splitlines()[0]}") from None
+        return res.model_copy(update={"path": str(path)})
+
+    def write(self, out_dir: Path) -> Path:
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        safe = lambda s: re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-") or "model"  # noqa: E731
+        base = Path(out_dir) / f"{safe(self.model_name)}_{safe(self.scheme)}_{stamp}"
+        path, i = base.with_suffix(".json"), 1
+        while path.exists():
+            i += 1
+            path = Path(f"{base}-{i}.json")
+        self.path = str(path)
+        return atomic_write_json(path, self)
