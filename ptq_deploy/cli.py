@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ptq_deploy import __version__
-from ptq_deploy.errors import NotBuiltYet, PtqError
+from ptq_deploy.errors import PtqError
 from ptq_deploy.ui import console, out
 
 app = typer.Typer(
@@ -294,15 +294,7 @@ def run_suite(
         raise typer.Exit(1)
 
 
-# ---------------------------------------------------------------- not built yet
-def _not_yet(name: str, issue: str):
-    def cmd(args: Optional[list[str]] = typer.Argument(None)):
-        raise NotBuiltYet(f"`ptq-deploy {name}` is not built yet ({issue}); nothing was run")
-
-    cmd.__doc__ = f"[not built yet] {issue}"
-    return cmd
-
-
+# ---------------------------------------------------------------- perf
 @app.command("perf")
 def perf(
     checkpoint: Path = typer.Argument(..., help="checkpoint directory"),

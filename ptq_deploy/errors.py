@@ -29,7 +29,3 @@ class NotRunnableHere(PtqError):
     """The scheme or option cannot run on this hardware / vLLM build."""
 
     exit_code = 3
-
-
-class NotBuiltYet(PtqError):
-    exit_code = 4

@@ -56,9 +56,10 @@ def test_dry_run_prints_plan_and_writes_nothing(cli, tiny_model, tmp_path):
     assert not out.exists()
 
 
-def test_not_built_commands_say_so(cli):
-    p = cli("perf", "x")
-    assert p.returncode != 0 and "not built yet" in p.stderr and "Traceback" not in p.stderr
+def test_measuring_commands_refuse_a_missing_checkpoint_in_one_line(cli, tmp_path):
+    for cmd in ("perf", "eval", "inspect"):
+        err = _one_clear_line(cli(cmd, str(tmp_path / "nope")))
+        assert "not found" in err, (cmd, err)
 
 
 def test_schemes_show_prints_recipe(cli):
