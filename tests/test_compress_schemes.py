@@ -7,6 +7,7 @@ import pytest
 from safetensors import safe_open
 
 from ptq_deploy import engine, schemes
+from ptq_deploy.inspect import InspectConfig, inspect_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +87,12 @@ def test_every_scheme_writes_what_it_promises(embedded_compressed, embedded_mode
     meta = json.loads((ck / "ptq_deploy.json").read_text())
     assert meta["scheme"] == scheme and meta["group_size"] == (64 if s.group_size else None)
     assert (meta["calibration"] is not None) == s.calibration
+    # inspect agrees: every targeted Linear proven quantized, bits/weight as the scheme promises
+    rep = inspect_checkpoint(InspectConfig(checkpoint=ck))
+    assert rep.ok, [f.message for f in rep.errors]
+    extra = 16 / 64 + (4 / 64 if scheme == "INT4-W4A16-AWQ" else 0) if s.group_size else 16 / 576
+    assert bits <= rep.linear_bits_per_weight <= bits + extra + 0.02, rep.linear_bits_per_weight
+    assert rep.compression_ratio > (1.5 if bits == 8 else 2.2)
 
 
 def test_kv_cache_fp8_writes_k_and_v_scales(compressed):

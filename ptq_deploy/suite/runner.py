@@ -337,6 +337,10 @@ def run(exp: Experiment, opts: RunOptions, console: Console | None = None) -> Su
                 ps.state = "running"
                 live.update(matrix_table(steps, exp.name, time.perf_counter() - t0))
                 runner.run_step(ps)
+                if not live_console.is_terminal:  # no live redraws in a log: one line per step
+                    live_console.print(f"[{time.perf_counter() - t0:6.0f} s] {ps.model}/{ps.cell}/{ps.step}: "
+                                       f"{ps.state} ({ps.duration_s:.0f} s){': ' + ps.reason if ps.reason else ''}",
+                                       highlight=False, soft_wrap=True)
                 if ps.state == "failed" and ps.step in ("compress", "inspect"):
                     failed_cells.add((ps.model, ps.cell))
                 nxt = next((s for s in steps[i + 1:] if s.state == "pending"), None)
