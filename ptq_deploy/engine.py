@@ -41,7 +41,9 @@ class EngineInfo(BaseModel):
     quantization: str | None
     dtype: str
     kv_cache_dtype: str
-    load_time_s: float
+    load_time_s: float  # LLM(...) construction, measured here
+    weights_load_s: float | None = None  # vLLM's own "Loading weights took ... seconds"
+    model_load_s: float | None = None  # vLLM's own "Model loading took ... seconds"
     device: str
     settings: EngineConfig
 
@@ -100,6 +102,65 @@ def preflight(cfg: EngineConfig, hw: HardwareInfo) -> None:
         raise NotRunnableHere(f"kv_cache_dtype={cfg.kv_cache_dtype} cannot run here: {kv.reason}")
 
 
+def parse_load_log(text: str) -> dict[str, Any]:
+    """The load figures vLLM logs (engine or ``vllm serve`` log text)."""
+    import re
+
+    def num(pat):
+        m = re.findall(pat, text)
+        return float(m[-1].replace(",", "")) if m else None
+
+    kv = num(r"KV cache size: ([\d,]+) tokens")
+    return {"weights_load_s": num(r"Loading weights took ([\d.]+) seconds"),
+            "model_load_s": num(r"Model loading took [\d.]+ GiB memory and ([\d.]+) seconds"),
+            "kv_cache_tokens": int(kv) if kv is not None else None}
+
+
+# vLLM logs its load timings at INFO from these loggers; ``load`` listens to them whatever the console level
+_LOAD_LOGGERS = ("vllm.model_executor.model_loader", "vllm.v1.worker")
+
+
+class _LoadLog:
+    """Collect vLLM's INFO lines about loading without showing them on the console."""
+
+    def __enter__(self):
+        import logging
+
+        try:  # vLLM applies its logging dictConfig once per process, resetting child loggers: do it first
+            from vllm.config.logging import LoggingConfig
+            from vllm.logger import configure_logging_if_needed
+
+            configure_logging_if_needed(LoggingConfig())
+        except ImportError:
+            pass
+
+        self.lines: list[str] = []
+        outer = self
+
+        class _H(logging.Handler):
+            def emit(self, record):
+                try:
+                    outer.lines.append(record.getMessage())
+                except Exception:
+                    pass
+
+        self.handler = _H(level=logging.INFO)
+        self.saved = []
+        for name in _LOAD_LOGGERS:
+            lg = logging.getLogger(name)
+            self.saved.append((lg, lg.level))
+            lg.setLevel(logging.INFO)
+            lg.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        for lg, level in self.saved:
+            lg.removeHandler(self.handler)
+            lg.setLevel(level)
+        self.parsed = parse_load_log("\n".join(self.lines))
+        return False
+
+
 def load(cfg: EngineConfig, hw: HardwareInfo | None = None):
     """Build a ``vllm.LLM``; returns ``(llm, EngineInfo)``."""
     hw = hw or detect()
@@ -119,14 +180,17 @@ def load(cfg: EngineConfig, hw: HardwareInfo | None = None):
         kwargs["max_num_seqs"] = cfg.max_num_seqs
     t0 = time.perf_counter()
     try:
-        llm = LLM(**kwargs)
+        with _LoadLog() as log:
+            llm = LLM(**kwargs)
     except Exception as e:  # engine crash / OOM / unsupported: one line, details in vLLM's log above
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PtqError(f"vLLM failed to load {cfg.model}: {type(e).__name__}: {msg}") from None
     load_s = time.perf_counter() - t0
     mc = llm.llm_engine.model_config
     info = EngineInfo(model=cfg.model, quantization=mc.quantization, dtype=str(mc.dtype).replace("torch.", ""),
-                      kv_cache_dtype=cfg.kv_cache_dtype, load_time_s=load_s, device=hw.device, settings=cfg)
+                      kv_cache_dtype=cfg.kv_cache_dtype, load_time_s=load_s,
+                      weights_load_s=log.parsed["weights_load_s"], model_load_s=log.parsed["model_load_s"],
+                      device=hw.device, settings=cfg)
     return llm, info
 
 

@@ -1,13 +1,20 @@
 """Compare ptq-deploy's offline throughput with ``vllm bench throughput`` on the same checkpoint,
 engine settings and workload, in the same run; write the ratio to perf_results/.
 
-    python scripts/bench_throughput_vs_vllm.py [--checkpoint DIR] [--num-prompts 16 --input-len 64 --output-len 32]
+    python scripts/bench_throughput_vs_vllm.py [--checkpoint DIR] [--rounds 5] [--num-prompts 32 --input-len 128 --output-len 64]
 
-Both sides: an in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) built from the settings
-``engine.resolve_settings`` picks (dtype, eager, max_model_len, seed, KV-cache space), vLLM's
-``RandomDataset`` prompts for the same seed, temperature 1 / ignore_eos, one warm-up pass of the
-workload. Runs are interleaved (vLLM, ptq-deploy, vLLM, ...) so that load from other jobs on the
-machine hits both; the ratio is ptq-deploy's median over vLLM's median (target >= 0.98).
+Both sides run the same way, so that the only difference is the code that measures:
+- each round starts one fresh process per side (``vllm bench throughput`` exits after one timed pass,
+  so ptq-deploy's side is a fresh ``--side ours`` process too), and the order alternates between
+  rounds (vLLM first, then ptq-deploy first, ...) so that drift on the machine hits both;
+- the engine is built from the settings ``engine.resolve_settings`` picks (dtype, eager,
+  max_model_len, seed, KV-cache space), in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``);
+- prompts are vLLM's ``RandomDataset`` for the same seed, temperature 1 / ``ignore_eos``, one warm-up
+  pass of the workload before timing; ptq-deploy's side is ``perf``'s own ``measure_throughput``
+  (median of ``--iterations`` timed passes, prefix cache emptied before each).
+
+The figure is the per-round ratio ptq-deploy / vLLM (requests/s), with its spread over rounds and a
+95% t-interval of its mean; the target is a median ratio >= 0.98.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -37,10 +45,14 @@ from ptq_deploy.results import SCHEMA_VERSION, atomic_write_json  # noqa: E402
 from ptq_deploy.stats import Summary  # noqa: E402
 
 
-class Side(BaseModel):
-    requests_per_s: Summary
-    total_tokens_per_s: Summary
-    output_tokens_per_s: Summary | None = None
+class Round(BaseModel):
+    order: str  # "vllm,ours" or "ours,vllm"
+    vllm_requests_per_s: float
+    vllm_total_tokens_per_s: float
+    ours_requests_per_s: float  # median of the side's timed passes
+    ours_total_tokens_per_s: float
+    ours_passes: int
+    ratio: float  # ours / vllm, requests/s
 
 
 class BenchResult(BaseModel):
@@ -52,18 +64,20 @@ class BenchResult(BaseModel):
     input_len: int
     output_len: int
     seed: int
-    ptq_deploy: Side
-    vllm_bench: Side
-    vllm_command: list[str]
-    ratio_requests_per_s: float  # ptq-deploy median / vllm median
-    ratio_total_tokens_per_s: float
+    rounds: list[Round]
+    ptq_deploy_requests_per_s: Summary  # over rounds
+    vllm_requests_per_s: Summary
+    ratio: Summary  # per-round ratios
+    ratio_ci95: tuple[float, float]  # t-interval of the mean per-round ratio
+    ratio_of_medians: float
     target: float = 0.98
-    meets_target: bool
+    meets_target: bool  # median per-round ratio >= target
+    vllm_command: list[str]
     env: dict[str, str]
     provenance: Provenance
 
 
-def vllm_bench(cfg: engine.EngineConfig, a) -> tuple[dict, list[str]]:
+def vllm_side(cfg: engine.EngineConfig, a) -> tuple[dict, list[str]]:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "vllm.json"
         cmd = [*vllm_cli.command(), "bench", "throughput", "--model", cfg.model, "--dataset-name", "random",
@@ -79,27 +93,54 @@ def vllm_bench(cfg: engine.EngineConfig, a) -> tuple[dict, list[str]]:
         return json.loads(out.read_text()), cmd
 
 
-def ours(cfg: engine.EngineConfig, hw, a) -> offline.ThroughputStats:
-    llm, info = engine.load(cfg, hw)
+def ours_side(a) -> dict:
+    """A fresh process running perf's throughput measurement; returns its ThroughputStats as a dict."""
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "ours.json"
+        cmd = [sys.executable, __file__, "--side", "ours", "--side-output", str(out), "--checkpoint", a.checkpoint,
+               "--num-prompts", str(a.num_prompts), "--input-len", str(a.input_len), "--output-len", str(a.output_len),
+               "--iterations", str(a.iterations), "--max-model-len", str(a.max_model_len), "--seed", str(a.seed)]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            sys.exit(f"error: ptq-deploy side failed ({p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
+        return json.loads(out.read_text())
+
+
+def run_ours(cfg: engine.EngineConfig, hw, a) -> None:
+    llm, _ = engine.load(cfg, hw)
     try:
         tok = workload.load_tokenizer(cfg.model)
         reqs = workload.build(tok, "random", a.num_prompts, a.input_len, a.output_len, cfg.seed)
-        return offline.measure_throughput(llm, reqs, a.iterations, warmup=1)
+        t = offline.measure_throughput(llm, reqs, a.iterations, warmup=1)
     finally:
         engine.shutdown(llm)
+    Path(a.side_output).write_text(t.model_dump_json())
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    m = statistics.fmean(values)
+    if n < 2:
+        return (m, m)
+    from scipy.stats import t
+
+    h = t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return (m - h, m + h)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="default: the embedded SmolLM2-135M (BF16)")
-    ap.add_argument("--num-prompts", type=int, default=16)
-    ap.add_argument("--input-len", type=int, default=64)
-    ap.add_argument("--output-len", type=int, default=32)
-    ap.add_argument("--iterations", type=int, default=3, help="timed passes per ptq-deploy engine")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each: vllm bench, then ptq-deploy)")
+    ap.add_argument("--num-prompts", type=int, default=32)
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--iterations", type=int, default=3, help="timed passes in ptq-deploy's process (perf's default)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds, each one fresh process per side, order alternating")
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output-dir", type=Path, default=Path("perf_results"))
+    ap.add_argument("--side", choices=["ours"], help=argparse.SUPPRESS)
+    ap.add_argument("--side-output", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.checkpoint is None:
         from ptq_deploy.models import resolve
@@ -110,35 +151,45 @@ def main() -> None:
     engine.preflight(cfg, hw)
     cfg = engine.resolve_settings(cfg, hw)
     engine.configure_environment(cfg, hw)
-    v_rps, v_tps, o_rps, o_tps, o_out, cmd = [], [], [], [], [], []
+    if a.side == "ours":
+        return run_ours(cfg, hw, a)
+
+    rounds, cmd = [], []
     for r in range(a.rounds):
-        res, cmd = vllm_bench(cfg, a)
-        v_rps.append(res["requests_per_second"])
-        v_tps.append(res["tokens_per_second"])
-        print(f"round {r}: vllm bench throughput {res['requests_per_second']:.3f} req/s", flush=True)
-        t = ours(cfg, hw, a)
-        o_rps.append(t.requests_per_s.median)
-        o_tps.append(t.total_tokens_per_s.median)
-        o_out.append(t.output_tokens_per_s.median)
-        print(f"round {r}: ptq-deploy {t.requests_per_s}", flush=True)
-    ratio_r = statistics.median(o_rps) / statistics.median(v_rps)
-    ratio_t = statistics.median(o_tps) / statistics.median(v_tps)
+        order = ["vllm", "ours"] if r % 2 == 0 else ["ours", "vllm"]
+        got = {}
+        for side in order:
+            if side == "vllm":
+                got["vllm"], cmd = vllm_side(cfg, a)
+            else:
+                got["ours"] = ours_side(a)
+        v, o = got["vllm"], got["ours"]
+        rnd = Round(order=",".join(order), vllm_requests_per_s=v["requests_per_second"],
+                    vllm_total_tokens_per_s=v["tokens_per_second"],
+                    ours_requests_per_s=o["requests_per_s"]["median"],
+                    ours_total_tokens_per_s=o["total_tokens_per_s"]["median"], ours_passes=o["iterations"],
+                    ratio=o["requests_per_s"]["median"] / v["requests_per_second"])
+        rounds.append(rnd)
+        print(f"round {r} ({rnd.order}): vllm {rnd.vllm_requests_per_s:.3f} req/s, "
+              f"ptq-deploy {rnd.ours_requests_per_s:.3f} req/s, ratio {rnd.ratio:.3f}", flush=True)
+    ratios = [x.ratio for x in rounds]
+    ours_rps = Summary.of([x.ours_requests_per_s for x in rounds], "req/s")
+    vllm_rps = Summary.of([x.vllm_requests_per_s for x in rounds], "req/s")
+    ratio = Summary.of(ratios)
     started = _dt.datetime.now(_dt.timezone.utc)
     out = BenchResult(checkpoint=a.checkpoint, settings=cfg, num_prompts=a.num_prompts, input_len=a.input_len,
-                      output_len=a.output_len, seed=a.seed,
-                      ptq_deploy=Side(requests_per_s=Summary.of(o_rps, "req/s"),
-                                      total_tokens_per_s=Summary.of(o_tps, "tok/s"),
-                                      output_tokens_per_s=Summary.of(o_out, "tok/s")),
-                      vllm_bench=Side(requests_per_s=Summary.of(v_rps, "req/s"),
-                                      total_tokens_per_s=Summary.of(v_tps, "tok/s")),
-                      vllm_command=cmd, ratio_requests_per_s=ratio_r, ratio_total_tokens_per_s=ratio_t,
-                      meets_target=ratio_r >= 0.98,
+                      output_len=a.output_len, seed=a.seed, rounds=rounds, ptq_deploy_requests_per_s=ours_rps,
+                      vllm_requests_per_s=vllm_rps, ratio=ratio, ratio_ci95=t_interval(ratios),
+                      ratio_of_medians=ours_rps.median / vllm_rps.median, meets_target=ratio.median >= 0.98,
+                      vllm_command=cmd,
                       env={k: os.environ[k] for k in ("OMP_NUM_THREADS", "VLLM_ENABLE_V1_MULTIPROCESSING",
                                                       "VLLM_CPU_KVCACHE_SPACE") if k in os.environ},
                       provenance=collect(hw))
     path = a.output_dir / f"bench_throughput_vs_vllm_{Path(a.checkpoint).name}_{started.strftime('%Y%m%dT%H%M%S')}.json"
     atomic_write_json(path, out)
-    print(f"ratio ptq-deploy / vllm bench throughput: {ratio_r:.3f} (req/s), {ratio_t:.3f} (total tok/s) -> {path}")
+    lo, hi = out.ratio_ci95
+    print(f"ratio ptq-deploy / vllm bench throughput: median {ratio.median:.3f} over {len(rounds)} rounds "
+          f"(mean {ratio.mean:.3f}, 95% CI [{lo:.3f}, {hi:.3f}], min {ratio.min:.3f}, max {ratio.max:.3f}) -> {path}")
 
 
 if __name__ == "__main__":

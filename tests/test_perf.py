@@ -24,7 +24,8 @@ from ptq_deploy.perf import PerfConfig, PerfResult, run_perf  # noqa: E402
 from ptq_deploy.stats import Summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = dict(num_prompts=8, input_len=32, output_len=16, iterations=2, warmup=1, max_model_len=512)
+# input_len > the CPU KV block (128 tokens), so repeated prompts would hit the prefix cache if it were not reset
+SMALL = dict(num_prompts=8, input_len=160, output_len=16, iterations=2, warmup=1, max_model_len=512)
 
 
 def ordered(s: Summary, n: int | None = None):
@@ -44,6 +45,7 @@ def check_offline(r: PerfResult, cfg: PerfConfig):
     for chk in (lat.tokens, thr.tokens):
         assert chk.output_tokens_counted == chk.output_tokens_requested == cfg.num_prompts * cfg.output_len
         assert chk.prompt_tokens_counted == chk.prompt_tokens_requested == r.workload.total_prompt_tokens
+        assert chk.prompt_tokens_from_cache == 0  # every timed prompt was prefilled, not served from cache
     for s in (thr.elapsed, thr.requests_per_s, thr.output_tokens_per_s, thr.total_tokens_per_s):
         ordered(s, cfg.iterations)
     # throughput x time = tokens (the fastest iteration is the shortest one)
@@ -124,7 +126,9 @@ def test_offline_invariants(variant, tiny_model, compressed, engines, tmp_path):
     cfg = PerfConfig(checkpoint=str(path), serving=False, output_dir=tmp_path, **SMALL)
     r = run_perf(cfg, llm=llm, info=info)
     check_offline(r, cfg)
-    assert r.load.engine_init_s is None  # engine passed in: its load time is not measured here
+    # the engine was loaded by the fixture: its load time (and vLLM's own weight-load figure) still reported
+    assert r.load.engine_init_s.n == 1 and r.load.engine_init_s.median == info.load_time_s
+    assert info.weights_load_s is not None and 0 < r.load.weights_load_s == info.weights_load_s < info.load_time_s
     if variant == "BF16":
         assert r.scheme == "BF16" and r.vllm_quantization is None
     else:

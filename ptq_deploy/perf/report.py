@@ -23,6 +23,8 @@ def summary_tables(r: PerfResult) -> list[Table]:
     t.add_column("median (p90, p99, ±stdev, n)")
     if r.load and r.load.engine_init_s:
         t.add_row("engine load s", _s(r.load.engine_init_s))
+        if r.load.weights_load_s is not None:
+            t.add_row("weights load s (vLLM)", f"{r.load.weights_load_s:.3g}")
     if r.memory:
         t.add_row("RSS after load / peak GiB", f"{r.memory.rss_after_load_bytes / 2**30:.2f} / "
                   f"{r.memory.peak_rss_bytes / 2**30:.2f} (n={r.memory.rss_samples} samples)")

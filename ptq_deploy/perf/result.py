@@ -19,7 +19,9 @@ from ptq_deploy.stats import Summary
 
 
 class LoadStats(BaseModel):
-    engine_init_s: Summary | None  # in-process LLM(...) construction (None: engine passed in, not measured)
+    engine_init_s: Summary | None  # in-process LLM(...) construction (also when another step loaded the engine)
+    weights_load_s: float | None = None  # vLLM's "Loading weights took", in-process engine
+    model_load_s: float | None = None  # vLLM's "Model loading took", in-process engine
     compile_cache: str  # "not used (eager)" or "torch.compile: cold/warm unknown"
     server: str = "see serving.server.startup_s / weights_load_s"
 

@@ -107,7 +107,8 @@ def run_perf(cfg: PerfConfig, llm=None, info: engine.EngineInfo | None = None, h
                                  kv_cache_tokens=blocks * bsize if blocks and bsize else None,
                                  kv_cache_bytes=blocks * bsize * kv_tok if blocks and bsize else None,
                                  kv_bytes_per_token=kv_tok, weight_bytes_checkpoint=w.checkpoint_bytes)
-            load = LoadStats(engine_init_s=Summary.of([info.load_time_s], "s") if own else None,
+            load = LoadStats(engine_init_s=Summary.of([info.load_time_s], "s"),
+                             weights_load_s=info.weights_load_s, model_load_s=info.model_load_s,
                              compile_cache="not used (eager mode)" if resolved.enforce_eager else
                              "torch.compile cache in VLLM_CACHE_ROOT (first load cold, later loads warm)")
             if cfg.roofline:

@@ -11,6 +11,7 @@ server otherwise). Metric maths are vLLM's (``calculate_metrics``); we add per-r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -26,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ptq_deploy.engine import EngineConfig
+from ptq_deploy.engine import EngineConfig, parse_load_log
 from ptq_deploy.errors import PtqError
 from ptq_deploy.perf.memory import PeakSampler, tree_rss
 from ptq_deploy.perf.workload import Request
@@ -105,10 +106,39 @@ class Server:
         env.setdefault("VLLM_CACHE_ROOT", str(home() / "vllm-cache"))
         env["VLLM_LOGGING_LEVEL"] = "INFO"
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine core as usual
+        # dev endpoints (bound to 127.0.0.1 only) for POST /reset_prefix_cache between warm-up and measurement
+        env["VLLM_SERVER_DEV_MODE"] = "1"
         if not self.gpus:
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.cfg.cpu_kvcache_space_gib)
             env.setdefault("VLLM_TARGET_DEVICE", "cpu")
         return env
+
+    # ------------------------------------------------------------------ prefix cache
+    def reset_prefix_cache(self, attempts: int = 20) -> bool:
+        """Empty the server's prefix cache (fails while requests still hold blocks: retried)."""
+        import json
+
+        for _ in range(attempts):
+            req = urllib.request.Request(self.base_url + "/reset_prefix_cache", method="POST", data=b"")
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    if json.loads(r.read() or b"{}").get("success", True):
+                        return True
+            except (OSError, ValueError):
+                return False
+            time.sleep(0.25)
+        return False
+
+    def prefix_cache_hits(self) -> int | None:
+        """vLLM's ``vllm:prefix_cache_hits`` counter (prompt tokens served from cache), from /metrics."""
+        try:
+            with urllib.request.urlopen(self.base_url + "/metrics", timeout=10) as r:
+                text = r.read().decode(errors="replace")
+        except OSError:
+            return None
+        vals = [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                if ln.startswith("vllm:prefix_cache_hits_total")]
+        return int(sum(vals)) if vals else None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Server":
@@ -264,6 +294,7 @@ class ServingLevel(BaseModel):
     output_tokens_requested: int
     output_tokens_counted: int
     peak_server_rss_bytes: int
+    prompt_tokens_from_cache: int | None = None  # vLLM's prefix-cache hits during the level (0 after the reset)
     vllm_reported: dict[str, float]  # vLLM's own aggregate numbers, for cross-checking
     errors: list[str] = []
 
@@ -284,17 +315,6 @@ class ServingStats(BaseModel):
     goodput_slos_ms: dict[str, float]
     server: ServerStats
     levels: list[ServingLevel]
-
-
-def _parse_log(text: str) -> dict[str, Any]:
-    def num(pat):
-        m = re.findall(pat, text)
-        return float(m[-1].replace(",", "")) if m else None
-
-    kv = num(r"KV cache size: ([\d,]+) tokens")
-    return {"weights_load_s": num(r"Loading weights took ([\d.]+) seconds"),
-            "model_load_s": num(r"Model loading took [\d.]+ GiB memory and ([\d.]+) seconds"),
-            "kv_cache_tokens": int(kv) if kv is not None else None}
 
 
 def _level(c: int, rate: float | None, reqs: list[Request], res: dict[str, Any], peak_rss: int) -> ServingLevel:
@@ -329,23 +349,37 @@ def drive(server: Server, reqs: list[Request], concurrency: int, request_rate: f
 
     samples = [SampleRequest(prompt=r.prompt, prompt_len=r.prompt_len, expected_output_len=r.output_len,
                              request_id=f"ptq-c{concurrency}-{i}-{os.getpid()}") for i, r in enumerate(reqs)]
-    np.random.seed(seed)  # vLLM draws Poisson arrival gaps from numpy's global RNG
-    sink = io.StringIO()
-    with PeakSampler(server.proc.pid) as mem, contextlib.redirect_stdout(sink):
-        res = asyncio.run(benchmark(
+
+    def run(inputs, rate):
+        return asyncio.run(benchmark(
             task_type=TaskType.GENERATION, endpoint_type="openai", api_url=server.base_url + "/v1/completions",
             base_url=server.base_url, model_id=server.cfg.model, model_name=None, tokenizer=tokenizer,
-            input_requests=samples, logprobs=None, request_rate=request_rate or float("inf"), burstiness=1.0,
-            disable_tqdm=True, num_warmups=warmup * concurrency, profile=False,
+            input_requests=inputs, logprobs=None, request_rate=rate, burstiness=1.0,
+            disable_tqdm=True, num_warmups=0, profile=False,
             selected_percentile_metrics=["ttft", "tpot", "itl", "e2el"], selected_percentiles=[50, 90, 99],
             ignore_eos=True, goodput_config_dict=dict(goodput), max_concurrency=concurrency, lora_modules=None,
             extra_headers=None, extra_body=None, ready_check_timeout_sec=0))
+
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink):
+        if warmup:  # warm-up * concurrency requests at this concurrency, then forget their cached prefixes
+            n = warmup * concurrency
+            run([dataclasses.replace(s, request_id=f"{s.request_id}-warm{k}")
+                 for k, s in enumerate((samples * (n // len(samples) + 1))[:n])], float("inf"))
+        server.reset_prefix_cache()
+        hits0 = server.prefix_cache_hits()
+        np.random.seed(seed)  # vLLM draws Poisson arrival gaps from numpy's global RNG
+        with PeakSampler(server.proc.pid) as mem:
+            res = run(samples, request_rate or float("inf"))
+        hits1 = server.prefix_cache_hits()
     server.check_alive()
     if res["completed"] == 0:
         errs = [e for e in res["errors"] if e]
         raise PtqError(f"every serving request failed at concurrency {concurrency}: "
                        f"{(errs[0].strip().splitlines() or ['?'])[-1] if errs else '?'}")
-    return _level(concurrency, request_rate, reqs, res, mem.peak_rss)
+    lv = _level(concurrency, request_rate, reqs, res, mem.peak_rss)
+    lv.prompt_tokens_from_cache = hits1 - hits0 if hits0 is not None and hits1 is not None else None
+    return lv
 
 
 def run_serving(cfg: EngineConfig, gpus: bool, reqs: list[Request], concurrency: list[int], request_rate: float | None,
@@ -360,7 +394,7 @@ def run_serving(cfg: EngineConfig, gpus: bool, reqs: list[Request], concurrency:
             on_started(srv)
         rss0 = tree_rss(srv.proc.pid)
         levels = [drive(srv, reqs, c, request_rate, warmup, goodput, tokenizer, seed) for c in concurrency]
-        parsed = _parse_log(srv.log_path.read_text(errors="replace"))
+        parsed = parse_load_log(srv.log_path.read_text(errors="replace"))
         stats = ServerStats(command=srv.command, startup_s=Summary.of([srv.startup_s], "s"),
                             rss_after_start_bytes=rss0, **parsed)
     return ServingStats(warmup_requests_per_level=warmup, goodput_slos_ms=goodput, server=stats, levels=levels)
