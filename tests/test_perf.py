@@ -77,6 +77,7 @@ def check_serving(r: PerfResult, cfg: PerfConfig):
         assert lv.ttft_ms.mean < lv.e2el_ms.mean
         assert lv.output_tokens_counted == lv.output_tokens_requested == cfg.num_prompts * cfg.output_len
         assert lv.prompt_tokens_counted == lv.prompt_tokens_requested
+        assert lv.prompt_tokens_from_cache == 0  # warm-up prefixes were dropped before the level was timed
         assert lv.output_throughput * lv.duration_s == pytest.approx(lv.output_tokens_counted, rel=1e-6)
         assert lv.request_throughput * lv.duration_s == pytest.approx(lv.completed, rel=1e-6)
         assert lv.request_goodput is not None and lv.request_goodput <= lv.request_throughput + 1e-9
