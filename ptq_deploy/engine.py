@@ -44,6 +44,8 @@ class EngineInfo(BaseModel):
     load_time_s: float  # LLM(...) construction, measured here
     weights_load_s: float | None = None  # vLLM's own "Loading weights took ... seconds"
     model_load_s: float | None = None  # vLLM's own "Model loading took ... seconds"
+    compile_time_s: float | None = None  # vLLM's compilation_config.compilation_time (0 in eager mode)
+    compile_cache: str = "unknown"  # "not used (eager mode)" | "warm (graphs loaded from cache)" | "cold (compiled)"
     device: str
     settings: EngineConfig
 
@@ -113,11 +115,13 @@ def parse_load_log(text: str) -> dict[str, Any]:
     kv = num(r"KV cache size: ([\d,]+) tokens")
     return {"weights_load_s": num(r"Loading weights took ([\d.]+) seconds"),
             "model_load_s": num(r"Model loading took [\d.]+ GiB memory and ([\d.]+) seconds"),
-            "kv_cache_tokens": int(kv) if kv is not None else None}
+            "kv_cache_tokens": int(kv) if kv is not None else None,
+            "compile_cache": ("cold (compiled)" if "Compiling a graph" in text else
+                              "warm (graphs loaded from cache)" if "Directly load the compiled graph" in text else None)}
 
 
 # vLLM logs its load timings at INFO from these loggers; ``load`` listens to them whatever the console level
-_LOAD_LOGGERS = ("vllm.model_executor.model_loader", "vllm.v1.worker")
+_LOAD_LOGGERS = ("vllm.model_executor.model_loader", "vllm.v1.worker", "vllm.compilation")
 
 
 class _LoadLog:
@@ -187,9 +191,12 @@ def load(cfg: EngineConfig, hw: HardwareInfo | None = None):
         raise PtqError(f"vLLM failed to load {cfg.model}: {type(e).__name__}: {msg}") from None
     load_s = time.perf_counter() - t0
     mc = llm.llm_engine.model_config
+    compile_s = getattr(getattr(llm.llm_engine.vllm_config, "compilation_config", None), "compilation_time", None)
     info = EngineInfo(model=cfg.model, quantization=mc.quantization, dtype=str(mc.dtype).replace("torch.", ""),
                       kv_cache_dtype=cfg.kv_cache_dtype, load_time_s=load_s,
                       weights_load_s=log.parsed["weights_load_s"], model_load_s=log.parsed["model_load_s"],
+                      compile_time_s=compile_s,
+                      compile_cache="not used (eager mode)" if cfg.enforce_eager else log.parsed["compile_cache"] or "unknown",
                       device=hw.device, settings=cfg)
     return llm, info
 

@@ -130,6 +130,7 @@ def test_offline_invariants(variant, tiny_model, compressed, engines, tmp_path):
     # the engine was loaded by the fixture: its load time (and vLLM's own weight-load figure) still reported
     assert r.load.engine_init_s.n == 1 and r.load.engine_init_s.median == info.load_time_s
     assert info.weights_load_s is not None and 0 < r.load.weights_load_s == info.weights_load_s < info.load_time_s
+    assert r.load.compile_cache == "not used (eager mode)" and not r.load.compile_time_s  # eager on CPU
     if variant == "BF16":
         assert r.scheme == "BF16" and r.vllm_quantization is None
     else:

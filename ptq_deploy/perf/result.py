@@ -22,7 +22,8 @@ class LoadStats(BaseModel):
     engine_init_s: Summary | None  # in-process LLM(...) construction (also when another step loaded the engine)
     weights_load_s: float | None = None  # vLLM's "Loading weights took", in-process engine
     model_load_s: float | None = None  # vLLM's "Model loading took", in-process engine
-    compile_cache: str  # "not used (eager)" or "torch.compile: cold/warm unknown"
+    compile_time_s: float | None = None  # vLLM's torch.compile time during load (0/None in eager mode)
+    compile_cache: str  # not used (eager mode) | warm (graphs loaded from cache) | cold (compiled) | unknown
     server: str = "see serving.server.startup_s / weights_load_s"
 
 

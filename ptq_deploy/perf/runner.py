@@ -109,8 +109,7 @@ def run_perf(cfg: PerfConfig, llm=None, info: engine.EngineInfo | None = None, h
                                  kv_bytes_per_token=kv_tok, weight_bytes_checkpoint=w.checkpoint_bytes)
             load = LoadStats(engine_init_s=Summary.of([info.load_time_s], "s"),
                              weights_load_s=info.weights_load_s, model_load_s=info.model_load_s,
-                             compile_cache="not used (eager mode)" if resolved.enforce_eager else
-                             "torch.compile cache in VLLM_CACHE_ROOT (first load cold, later loads warm)")
+                             compile_time_s=info.compile_time_s, compile_cache=info.compile_cache)
             if cfg.roofline:
                 say("roofline")
                 prompt_mean = sum(r.prompt_len for r in reqs[:cfg.n_latency_prompts]) / cfg.n_latency_prompts

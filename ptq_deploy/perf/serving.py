@@ -305,6 +305,7 @@ class ServerStats(BaseModel):
     weights_load_s: float | None  # vLLM's "Loading weights took"
     model_load_s: float | None  # vLLM's "Model loading took ... seconds"
     kv_cache_tokens: int | None  # vLLM's "KV cache size: N tokens"
+    compile_cache: str | None = None  # warm (graphs loaded from cache) | cold (compiled) | None (eager / not logged)
     rss_after_start_bytes: int
 
 
