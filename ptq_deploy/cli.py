@@ -375,7 +375,7 @@ def report_cmd(
 ):
     """Leaderboard per model (Markdown/JSON/CSV/HTML + plots) and a recommendation, from result files alone."""
     from ptq_deploy.report import build_report, compare_reports, parse_formats, write_comparison, write_report
-    from ptq_deploy.report.render import table_frame
+    from ptq_deploy.report.render import console_frame
 
     fmts = parse_formats(formats)
     rep = build_report(results_dir, min_recovery=min_recovery, max_memory_gb=max_memory_gb, min_throughput=min_throughput)
@@ -385,8 +385,8 @@ def report_cmd(
         paths = write_comparison(compare_reports(rep, rep_b), output or results_dir / "report", fmts)
     else:
         for lb in rep.leaderboards:
-            df = table_frame(lb)
-            t = Table(title=f"{lb.model} (baseline {lb.baseline})")
+            df = console_frame(lb)
+            t = Table(title=f"{lb.model} (baseline {lb.baseline}; every column: leaderboard.md / report.html)")
             for c in df.columns:
                 t.add_column(c)
             for row in df.itertuples(index=False):

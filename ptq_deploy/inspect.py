@@ -782,12 +782,9 @@ def _mib(n: int | None) -> str:
 
 def render(rep: InspectReport, console) -> None:
     """Print the report with rich (the CLI's human output)."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    if not console.is_terminal and console.width < 140:  # piped: don't squeeze the tables into 80 columns
-        console = Console(file=console.file, width=140, soft_wrap=True)
     q = rep.quantization
     console.print(f"[bold]{escape(rep.checkpoint)}[/bold]")
     console.print(f"architecture: {rep.architecture or '?'} ({rep.model_type or '?'}); "

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+
+def _piped_width(stream) -> int | None:
+    """Piped into a file or a CI log, tables get 160 columns instead of rich's 80 (COLUMNS still wins)."""
+    return None if stream.isatty() or os.environ.get("COLUMNS") else 160
+
+
+console = Console(stderr=True, soft_wrap=True, width=_piped_width(sys.stderr))
+out = Console(soft_wrap=True, width=_piped_width(sys.stdout))
 
 
 @contextmanager

@@ -50,7 +50,7 @@ def columns(lb: Leaderboard) -> list[Column]:
         Column("acc avg", ("acc_avg", "acc_avg_stderr"), lambda r: pm(r.acc_avg, r.acc_avg_stderr)),
         Column("recovery %", ("recovery_pct", "recovery_pct_stderr"),
                lambda r: pm(r.recovery_pct, r.recovery_pct_stderr)),
-        Column("verdict", (), lambda r: VERDICT_MARK[r.verdict]),
+        Column("acc verdict", (), lambda r: VERDICT_MARK[r.verdict]),
         Column("perplexity", ("ppl", "ppl_stderr"), lambda r: pm(r.ppl, r.ppl_stderr)),
         Column("Δ ppl", ("ppl_delta", "ppl_delta_stderr"),
                lambda r: pm(r.ppl_delta, r.ppl_delta_stderr, sign=True) + (f" ({r.ppl_verdict})" if r.ppl_verdict else "")),
@@ -81,6 +81,16 @@ def table_frame(lb: Leaderboard):
     return pd.DataFrame(rows, columns=headers)
 
 
+# the console's view (the Markdown/HTML/CSV carry every column)
+CONSOLE_COLUMNS = ("rank", "scheme", "status", "acc avg", "recovery %", "acc verdict", "Δ ppl", "out tok/s", "speedup",
+                   "weights GB")
+
+
+def console_frame(lb: Leaderboard):
+    df = table_frame(lb)
+    return df[[c for c in CONSOLE_COLUMNS if c in df.columns]]
+
+
 def notes(lb: Leaderboard) -> list[str]:
     """Why a step failed or cannot run here, and what could not be computed, one line each."""
     out = []
@@ -88,7 +98,8 @@ def notes(lb: Leaderboard) -> list[str]:
         for step, st in r.status.items():
             if st != "ok":
                 what = "not runnable here" if st == "not_runnable" else "failed"
-                out.append(f"{r.cell} {step}: {what}: {r.reasons.get(step) or 'no reason recorded'}")
+                why = r.reasons.get(step) or "no reason recorded"
+                out.append(f"{r.cell} {step}: {why if why.startswith(what) else f'{what}: {why}'}")
         out.extend(f"{r.cell}: {n}" for n in r.notes)
     sources = list(dict.fromkeys(r.latency_source for r in lb.rows if r.latency_source))
     if sources:
