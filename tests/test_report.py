@@ -82,7 +82,12 @@ SYNTH = {  # cell -> (correct of 40, throughput tok/s, weights bytes, kv)
     "FP8-W8A8+kv-fp8": (36, 120.0, 200e6, "fp8"),
     "INT8-W8A16": (10, 300.0, 250e6, "none"),  # fastest, but regressed
 }
-EXPECTED_ORDER = ["BF16", "INT8-W8A8", "FP8-W8A8", "FP8-W8A8+kv-fp8", "INT8-W8A16", "INT4-W4A16"]
+EVAL_ONLY = {  # cell -> (correct of 40, perplexity scale): accuracy measured, no perf (not runnable here)
+    "INT4-W4A16-RTN": (37, 1.5),  # best cloze score, but perplexity regressed: ranked after AWQ
+    "INT4-W4A16-AWQ": (36, 1.0),
+}
+EXPECTED_ORDER = ["BF16", "INT8-W8A8", "FP8-W8A8", "FP8-W8A8+kv-fp8", "INT4-W4A16-AWQ", "INT8-W8A16",
+                  "INT4-W4A16-RTN", "INT4-W4A16"]
 
 
 def _synth_eval(base_eval, correct: int, kv: str, ppl_scale: float):
@@ -118,6 +123,10 @@ def results(real_results, tmp_path_factory) -> Path:
     for cell, (correct, tok_s, weights, kv) in SYNTH.items():
         put(root, "synth", cell, "eval", _synth_eval(base_eval, correct, kv, 1.5 if correct < 20 else 1.0), kv=kv)
         put(root, "synth", cell, "perf", _synth_perf(base_perf, tok_s, weights), kv=kv)
+    for cell, (correct, ppl_scale) in EVAL_ONLY.items():
+        put(root, "synth", cell, "compress", status="ok")
+        put(root, "synth", cell, "perf", status="not_runnable", reason=INT4_REASON)
+        put(root, "synth", cell, "eval", _synth_eval(base_eval, correct, "none", ppl_scale))
     put(root, "synth", "INT4-W4A16", "compress", status="ok")
     for step in ("perf", "eval"):
         put(root, "synth", "INT4-W4A16", step, status="not_runnable", reason=INT4_REASON)
@@ -165,10 +174,13 @@ def test_real_rows_have_every_figure(report):
 def test_ranking_order_and_verdicts(report):
     lb = _lb(report, "synth")
     assert [r.cell for r in lb.rows] == EXPECTED_ORDER
-    assert [r.rank for r in lb.rows] == list(range(1, 7))
+    assert [r.rank for r in lb.rows] == list(range(1, 9))
     v = {r.cell: r.verdict for r in lb.rows}
     assert v == {"BF16": "baseline", "INT8-W8A8": "not distinguishable", "FP8-W8A8": "not distinguishable",
-                 "FP8-W8A8+kv-fp8": "not distinguishable", "INT8-W8A16": "regressed", "INT4-W4A16": None}
+                 "FP8-W8A8+kv-fp8": "not distinguishable", "INT8-W8A16": "regressed", "INT4-W4A16": None,
+                 "INT4-W4A16-RTN": "not distinguishable", "INT4-W4A16-AWQ": "not distinguishable"}
+    pv = {r.cell: r.ppl_verdict for r in lb.rows if r.cell.startswith("INT4-W4A16-")}
+    assert pv == {"INT4-W4A16-RTN": "regressed", "INT4-W4A16-AWQ": "not distinguishable"}
     rows = {r.cell: r for r in lb.rows}
     assert rows["FP8-W8A8"].recovery_pct == pytest.approx(35 / 36 * 100, abs=0.01)
     assert rows["FP8-W8A8"].speedup == 1.5 and rows["INT8-W8A16"].ppl_verdict is not None
@@ -246,7 +258,7 @@ def test_csv_and_frame_match_the_json(written, report):
     import pandas as pd
 
     csv = pd.read_csv(written / "leaderboard.csv")
-    assert len(csv) == len(report.rows()) == 8
+    assert len(csv) == len(report.rows()) == 10
     for r, (_, c) in zip(report.rows(), csv.iterrows()):
         assert (c["model"], c["cell"], c["rank"]) == (r.model, r.cell, r.rank)
         for f in ("recovery_pct", "throughput_tok_s", "weights_gb", "tasks.austen_cloze.value"):

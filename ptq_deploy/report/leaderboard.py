@@ -1,10 +1,11 @@
 """The ``Report``: one ranked leaderboard per model and a recommendation under the user's constraints.
 
-Ranking rule (``RANKING_RULE``): the baseline first; then the schemes whose accuracy is statistically
-indistinguishable from the baseline's (or better), fastest first; then the schemes that regressed,
-fastest first; then the schemes without an accuracy measurement, fastest first. Ties (and missing
-throughput) fall back to the higher recovery, then the cell name. Recovery differences inside the
-noise do not reorder schemes: the verdict does.
+Ranking rule (``RANKING_RULE``): the baseline first; then the schemes statistically indistinguishable
+from the baseline (or better) on accuracy *and* perplexity, fastest first; then the schemes that
+regressed on either, fastest first; then the schemes without an accuracy measurement, fastest first.
+Ties (and missing throughput) fall back to the smaller perplexity increase — the more sensitive
+measure on small task sets — then the higher recovery, then the cell name. Differences inside the
+noise do not reorder schemes: the verdicts do.
 
 Recommendation: among a model's cells (baseline included) that meet every constraint
 (recovery ≥ ``min_recovery``; weights ≤ ``max_memory_gb``; output tok/s ≥ ``min_throughput``), the one
@@ -24,9 +25,9 @@ from ptq_deploy.report.collect import Row
 from ptq_deploy.report.fmt import num, pm
 
 REPORT_SCHEMA_VERSION = 1
-RANKING_RULE = ("baseline first; then schemes not distinguishable from (or better than) the baseline, fastest "
-                "first; then regressed schemes, fastest first; then schemes without an accuracy measurement; "
-                "ties: higher recovery, then name")
+RANKING_RULE = ("baseline first; then schemes not distinguishable from (or better than) the baseline in accuracy "
+                "and perplexity, fastest first; then schemes regressed in either, fastest first; then schemes "
+                "without an accuracy measurement; ties: smaller perplexity increase, then higher recovery, then name")
 
 
 class Constraints(BaseModel):
@@ -87,9 +88,14 @@ def _neg(x: float | None) -> float:
     return -x if x is not None else float("inf")
 
 
+def regressed(r: Row) -> bool:
+    return "regressed" in (r.verdict, r.ppl_verdict)
+
+
 def rank_key(r: Row):
-    group = 0 if r.verdict in ("not distinguishable", "improved") else 1 if r.verdict == "regressed" else 2
-    return (group, _neg(r.throughput_tok_s), _neg(r.recovery_pct), r.cell)
+    group = 2 if r.verdict is None and r.ppl_verdict is None else 1 if regressed(r) else 0
+    ppl = r.ppl_delta if r.ppl_delta is not None else float("inf")
+    return (group, _neg(r.throughput_tok_s), ppl, _neg(r.recovery_pct), r.cell)
 
 
 def pareto(rows: Sequence[Row]) -> set[str]:
@@ -115,6 +121,8 @@ def recommend(rows: Sequence[Row], cons: Constraints, baseline: str) -> Recommen
         facts.append("it is the baseline" if b.baseline else
                      f"it keeps {pm(b.recovery_pct, b.recovery_pct_stderr)}% of {baseline}'s accuracy "
                      f"({b.verdict})")
+        if b.ppl_verdict == "regressed" and b.ppl_delta is not None:
+            facts.append(f"perplexity {pm(b.ppl_delta, b.ppl_delta_stderr, sign=True)} (regressed)")
     if b.throughput_tok_s is not None:
         speed = f" ({num(b.speedup)}x {baseline})" if b.speedup is not None and not b.baseline else ""
         facts.append(f"runs at {num(b.throughput_tok_s)} output tok/s{speed}")
