@@ -129,7 +129,8 @@ def test_offline_invariants(variant, tiny_model, compressed, engines, tmp_path):
     check_offline(r, cfg)
     # the engine was loaded by the fixture: its load time (and vLLM's own weight-load figure) still reported
     assert r.load.engine_init_s.n == 1 and r.load.engine_init_s.median == info.load_time_s
-    assert info.weights_load_s is not None and 0 < r.load.weights_load_s == info.weights_load_s < info.load_time_s
+    # vLLM logs it with 2 decimals: "0.00" for the tiny model
+    assert info.weights_load_s is not None and 0 <= r.load.weights_load_s == info.weights_load_s < info.load_time_s
     assert r.load.compile_cache == "not used (eager mode)" and not r.load.compile_time_s  # eager on CPU
     if variant == "BF16":
         assert r.scheme == "BF16" and r.vllm_quantization is None
@@ -224,8 +225,9 @@ def test_crashed_server_leaves_no_orphans(tiny_model):
 
 
 def test_sigint_leaves_no_orphans(tiny_model, tmp_path):
+    # a workload that lasts well past the server's start, so the Ctrl-C cannot arrive after the run ended
     cmd = [sys.executable, "-m", "ptq_deploy.cli", "perf", str(tiny_model), "--no-offline", "--concurrency", "1",
-           "--num-prompts", "2", "--input-len", "16", "--output-len", "4", "--max-model-len", "256",
+           "--num-prompts", "8", "--input-len", "16", "--output-len", "200", "--max-model-len", "256",
            "--output-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = _wait_for_tree(proc.pid, 2)

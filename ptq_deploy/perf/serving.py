@@ -255,7 +255,10 @@ class Server:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    """SIGTERM/SIGHUP raise KeyboardInterrupt (so ``finally`` blocks run) while inside; main thread only."""
+    """SIGINT/SIGTERM/SIGHUP raise KeyboardInterrupt (so ``finally`` blocks run) while inside; main thread only.
+
+    SIGINT gets its own handler too: with Python's default one, ``asyncio.run`` turns Ctrl-C into a
+    cancellation of the benchmark task, and a client that absorbs the cancellation loses the Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -263,7 +266,7 @@ def sigterm_as_interrupt():
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
