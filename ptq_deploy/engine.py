@@ -8,6 +8,7 @@ AVX-512 (bf16 GEMMs fall back to slow kernels there).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -124,12 +125,22 @@ def parse_load_log(text: str) -> dict[str, Any]:
 _LOAD_LOGGERS = ("vllm.model_executor.model_loader", "vllm.v1.worker", "vllm.compilation")
 
 
-class _LoadLog:
+class _LoadLog(logging.Handler):
     """Collect vLLM's INFO lines about loading without showing them on the console."""
 
-    def __enter__(self):
-        import logging
+    def __init__(self):
+        super().__init__(level=logging.INFO)
+        self.lines: list[str] = []
+        self.parsed: dict[str, Any] = {}
+        self._saved: list[tuple[logging.Logger, int]] = []
 
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(record.getMessage())
+        except Exception:
+            pass
+
+    def __enter__(self) -> "_LoadLog":
         try:  # vLLM applies its logging dictConfig once per process, resetting child loggers: do it first
             from vllm.config.logging import LoggingConfig
             from vllm.logger import configure_logging_if_needed
@@ -137,29 +148,16 @@ class _LoadLog:
             configure_logging_if_needed(LoggingConfig())
         except ImportError:
             pass
-
-        self.lines: list[str] = []
-        outer = self
-
-        class _H(logging.Handler):
-            def emit(self, record):
-                try:
-                    outer.lines.append(record.getMessage())
-                except Exception:
-                    pass
-
-        self.handler = _H(level=logging.INFO)
-        self.saved = []
         for name in _LOAD_LOGGERS:
             lg = logging.getLogger(name)
-            self.saved.append((lg, lg.level))
+            self._saved.append((lg, lg.level))
             lg.setLevel(logging.INFO)
-            lg.addHandler(self.handler)
+            lg.addHandler(self)
         return self
 
-    def __exit__(self, *exc):
-        for lg, level in self.saved:
-            lg.removeHandler(self.handler)
+    def __exit__(self, *exc) -> bool:
+        for lg, level in self._saved:
+            lg.removeHandler(self)
             lg.setLevel(level)
         self.parsed = parse_load_log("\n".join(self.lines))
         return False
