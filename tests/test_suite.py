@@ -41,6 +41,22 @@ def test_plan_marks_what_cannot_run_here(tiny_model, tmp_path):
     assert {s.cell for s in only} == {"BF16", "FP8-W8A8"}  # the baseline comes along for recovery
 
 
+def test_step_keys_do_not_depend_on_the_checkout_path(tiny_model, tmp_path, monkeypatch):
+    from ptq_deploy import schemes
+
+    before = {(s.cell, s.step): s.key for s in plan(_exp(tiny_model), RunOptions(results_dir=tmp_path))}
+    get = schemes.get
+    monkeypatch.setattr(schemes, "get", lambda name: get(name).model_copy(
+        update={"source": f"/elsewhere/schemes/{name}.yaml"}))
+    after = {(s.cell, s.step): s.key for s in plan(_exp(tiny_model), RunOptions(results_dir=tmp_path))}
+    assert after == before
+    changed = get("FP8-W8A8").model_copy(update={"group_size": 32})  # content still counts
+    monkeypatch.setattr(schemes, "get", lambda name: changed if name == "FP8-W8A8" else get(name))
+    third = {(s.cell, s.step): s.key for s in plan(_exp(tiny_model), RunOptions(results_dir=tmp_path))}
+    assert third[("FP8-W8A8", "compress")] != before[("FP8-W8A8", "compress")]
+    assert third[("BF16", "compress")] == before[("BF16", "compress")]
+
+
 @pytest.fixture(scope="module")
 def suite_run(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("suite")

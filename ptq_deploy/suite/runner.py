@@ -109,7 +109,10 @@ def plan(exp: Experiment, opts: RunOptions, hw: HardwareInfo | None = None) -> l
                     continue
                 cell = layout.cell_name(scheme, kv)
                 s = schemes.get(scheme)
-                ckey = _hash({"source": m.source, "trust": m.trust_remote_code, "scheme": s.model_dump(),
+                # the scheme's content (recipe included), not where its YAML file lives: a moved or freshly
+                # cloned checkout keeps its finished steps
+                ckey = _hash({"source": m.source, "trust": m.trust_remote_code,
+                              "scheme": s.model_dump(exclude={"source"}),
                               "group": m.group_size if s.group_size else None, "kv": kv,
                               "calib": exp.compress.model_dump()})
                 runnable, reason = _runnable(scheme, kv, hw)
