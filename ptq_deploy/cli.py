@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
 
+import click
+import pydantic
 import typer
+from pydantic import BaseModel
 from rich.table import Table
 
 from ptq_deploy import __version__
-from ptq_deploy.errors import PtqError
+from ptq_deploy.compress import CalibrationSettings, CompressConfig
+from ptq_deploy.engine import EngineConfig
+from ptq_deploy.errors import PtqError, UsageError
+from ptq_deploy.eval.config import EvalConfig, EvalOptions
+from ptq_deploy.inspection.report import InspectConfig
+from ptq_deploy.perf.config import PerfConfig, PerfSettings
 from ptq_deploy.ui import console, out
 
 app = typer.Typer(
@@ -30,6 +37,15 @@ RUNTIME_PY = typer.Option(None, "--runtime-python", envvar="PTQ_DEPLOY_RUNTIME_P
                           help="interpreter of the vLLM environment (default: the managed one)")
 COMPRESS_PY = typer.Option(None, "--compress-python", envvar="PTQ_DEPLOY_COMPRESS_PYTHON",
                            help="interpreter of the llmcompressor environment (default: the managed one)")
+
+
+def _d(model: type[BaseModel], field: str):
+    """A CLI option's default, read from the config model that owns the field (written once)."""
+    return model.model_fields[field].get_default(call_default_factory=True)
+
+
+def _h(model: type[BaseModel], field: str, fallback: str = "") -> str:
+    return model.model_fields[field].description or fallback
 
 
 def _version(value: bool):
@@ -57,25 +73,8 @@ def doctor(
     rep = doc.run(runtime_python, compress_python)
     if as_json:
         out.print_json(rep.model_dump_json())
-        raise typer.Exit(0 if rep.ok else 1)
-    t = Table(title="environments")
-    for c in ("role", "ok", "python", "key packages"):
-        t.add_column(c)
-    for e in rep.environments:
-        pk = ", ".join(f"{k} {v}" for k, v in e.packages.items() if k != "ptq-deploy")
-        t.add_row(e.role, "[green]yes[/green]" if e.ok else f"[red]no[/red] {e.problem}",
-                  f"{e.python or '-'} ({e.version or '?'})", pk)
-    out.print(t)
-    out.print(f"device: [bold]{rep.hardware.summary()}[/bold]; vLLM build: {rep.vllm_build or 'none'}")
-    if not rep.hardware.gpus:
-        out.print(f"CPU flags: {' '.join(rep.hardware.cpu.flags)}")
-    t = Table(title="what runs here (vLLM)")
-    for c in ("scheme / kv-cache", "runs", "fast path", "kernel", "note"):
-        t.add_column(c)
-    for name, s in [*rep.schemes.items(), *((f"kv {k}", v) for k, v in rep.kv_cache.items())]:
-        t.add_row(name, "[green]yes[/green]" if s.runnable else "[red]no[/red]",
-                  "yes" if s.fast_path else "no", s.kernel, s.reason)
-    out.print(t)
+    else:
+        doc.render(rep, out)
     raise typer.Exit(0 if rep.ok else 1)
 
 
@@ -127,18 +126,18 @@ def model(
 @app.command()
 def compress(
     model: str = typer.Argument(..., help="local HF dir, hub id, .gguf file, or 'default'"),
-    scheme: str = typer.Option("FP8-W8A8", "--scheme", "-s", help="scheme name (see `ptq-deploy schemes`)"),
+    scheme: str = typer.Option(_d(CompressConfig, "scheme"), "--scheme", "-s", help="scheme name (see `ptq-deploy schemes`)"),
     output: Path = typer.Option(..., "--output", "-o", help="output checkpoint directory"),
     recipe: Optional[Path] = typer.Option(None, help="your own llmcompressor recipe YAML instead of --scheme"),
     group_size: Optional[int] = typer.Option(None, help="override the group size of group-quantized schemes"),
-    kv_cache: str = typer.Option("none", help="none | fp8 (calibrated FP8 KV-cache scales in the checkpoint)"),
-    dataset: str = typer.Option("austen", help="calibration set: austen (bundled), ultrachat_200k, wikitext, open_platypus, or a file/dir"),
-    num_samples: int = typer.Option(64, help="calibration samples"),
-    max_seq_len: int = typer.Option(512, help="tokens per calibration sample"),
-    seed: int = typer.Option(0),
+    kv_cache: str = typer.Option(_d(CompressConfig, "kv_cache"), help="none | fp8 (calibrated FP8 KV-cache scales in the checkpoint)"),
+    dataset: str = typer.Option(_d(CalibrationSettings, "dataset"), help=_h(CalibrationSettings, "dataset")),
+    num_samples: int = typer.Option(_d(CalibrationSettings, "num_samples"), help=_h(CalibrationSettings, "num_samples")),
+    max_seq_len: int = typer.Option(_d(CalibrationSettings, "max_seq_len"), help=_h(CalibrationSettings, "max_seq_len")),
+    seed: int = typer.Option(_d(CalibrationSettings, "seed")),
     revision: Optional[str] = typer.Option(None, help="hub revision"),
     trust_remote_code: bool = typer.Option(False),
-    calibration_dtype: str = typer.Option("auto", help="auto (fp32 on CPU, model dtype on GPU) | float32 | bfloat16 | float16"),
+    calibration_dtype: str = typer.Option(_d(CompressConfig, "calibration_dtype"), help="auto (fp32 on CPU, model dtype on GPU) | float32 | bfloat16 | float16"),
     device_map: Optional[str] = typer.Option(None, help="passed to from_pretrained (e.g. auto) for offloading"),
     pipeline: Optional[str] = typer.Option(None, help="llmcompressor pipeline: independent | sequential | basic | datafree"),
     sequential_targets: Optional[list[str]] = typer.Option(None, "--sequential-targets", help="module class names onloaded one at a time (llmcompressor sequential pipeline), e.g. LlamaDecoderLayer"),
@@ -148,23 +147,23 @@ def compress(
     compress_python: Optional[str] = COMPRESS_PY,
 ):
     """Compress MODEL with a scheme into a vLLM-loadable compressed-tensors checkpoint."""
-    from ptq_deploy.compress import CompressConfig, Plan, compress as run
+    from ptq_deploy.compress import Plan, compress as run
 
     cfg = CompressConfig(model=model, scheme=scheme, recipe_file=recipe, output=output, group_size=group_size,
-                         kv_cache=kv_cache, dataset=dataset, num_samples=num_samples, max_seq_len=max_seq_len,
-                         seed=seed, revision=revision, trust_remote_code=trust_remote_code,
+                         kv_cache=kv_cache, calibration=CalibrationSettings(dataset=dataset, num_samples=num_samples,
+                                                                            max_seq_len=max_seq_len, seed=seed),
+                         revision=revision, trust_remote_code=trust_remote_code,
                          calibration_dtype=calibration_dtype, device_map=device_map, pipeline=pipeline,
-                         sequential_targets=sequential_targets or None, threads=threads, force=force, dry_run=dry_run, compress_python=compress_python)
+                         sequential_targets=sequential_targets or None, threads=threads, force=force,
+                         dry_run=dry_run, compress_python=compress_python)
     res = run(cfg)
     if isinstance(res, Plan):
-        out.print(f"plan: {res.scheme.name} on {res.source.spec} ({res.source.kind}: {res.source.path}), "
-                  f"{res.linear_layers} linear layers, calibration: "
-                  f"{f'{dataset} x{num_samples} @ {max_seq_len} tokens' if res.resolved.needs_calibration else 'none'}, "
-                  f"kv-cache: {kv_cache} -> {output}")
+        out.print(res.describe())
         out.print(res.resolved.to_yaml() or "# no recipe: plain bf16 copy", markup=False)
         return
-    out.print(f"[green]wrote[/green] {res.output} ({res.scheme}, {res.checkpoint_bytes / 2**20:.1f} MiB, "
-              f"{res.wall_time_s:.1f} s, peak RSS {res.peak_rss_bytes / 2**30:.2f} GiB)")
+    out.print(f"[green]wrote[/green] {res.identity.checkpoint} ({res.identity.scheme}, "
+              f"{res.checkpoint_bytes / 2**20:.1f} MiB, {res.wall_time_s:.1f} s, "
+              f"peak RSS {res.peak_rss_bytes / 2**30:.2f} GiB)")
 
 
 # ---------------------------------------------------------------- generate
@@ -173,14 +172,13 @@ def generate(
     checkpoint: Path = typer.Argument(..., help="checkpoint directory"),
     prompt: list[str] = typer.Option(["The capital of France is"], "--prompt", "-p"),
     max_tokens: int = typer.Option(32),
-    kv_cache_dtype: str = typer.Option("auto"),
-    max_model_len: int = typer.Option(2048),
+    kv_cache_dtype: str = typer.Option(_d(EngineConfig, "kv_cache_dtype"), help=_h(EngineConfig, "kv_cache_dtype")),
+    max_model_len: Optional[int] = typer.Option(_d(EngineConfig, "max_model_len"), help=_h(EngineConfig, "max_model_len")),
 ):
     """Greedy-generate from CHECKPOINT in vLLM and report the quantization vLLM chose."""
     from ptq_deploy import engine
 
-    llm, info = engine.load(engine.EngineConfig(model=str(checkpoint), kv_cache_dtype=kv_cache_dtype,
-                                                max_model_len=max_model_len))
+    llm, info = engine.load(checkpoint, EngineConfig(kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len))
     for g in engine.generate(llm, list(prompt), max_tokens):
         out.print(f"[bold]{g.prompt}[/bold]{g.text}")
     out.print(f"[dim]vLLM quantization={info.quantization} dtype={info.dtype} load {info.load_time_s:.1f} s[/dim]")
@@ -191,11 +189,11 @@ def generate(
 def demo(
     workdir: Path = typer.Option(Path("checkpoints"), help="where demo checkpoints go"),
     schemes_: list[str] = typer.Option(["FP8-W8A8", "INT8-W8A8"], "--scheme", help="schemes to compress"),
-    num_samples: int = typer.Option(32, help="calibration samples"),
-    max_seq_len: int = typer.Option(256),
+    num_samples: int = typer.Option(_d(CalibrationSettings, "num_samples"), help=_h(CalibrationSettings, "num_samples")),
+    max_seq_len: int = typer.Option(_d(CalibrationSettings, "max_seq_len"), help=_h(CalibrationSettings, "max_seq_len")),
     compress_python: Optional[str] = COMPRESS_PY,
 ):
-    """The main job on the embedded model: prepare it, compress it, generate from every variant in vLLM."""
+    """Quick look: compress the embedded model to FP8/INT8 and greedy-generate from each variant in vLLM."""
     from ptq_deploy.demo import run_demo
 
     run_demo(workdir, schemes_, num_samples, max_seq_len, compress_python)
@@ -205,56 +203,40 @@ def demo(
 @app.command("eval")
 def eval_(
     checkpoint: str = typer.Argument(..., help="checkpoint directory, hub id, .gguf file or 'default'"),
-    tasks: list[str] = typer.Option(["austen_cloze,austen_ppl"], "--tasks", "-t",
+    tasks: list[str] = typer.Option([",".join(_d(EvalOptions, "tasks"))], "--tasks", "-t",
                                     help="lm-eval task names (comma-separated or repeated); bundled offline: "
                                          "austen_cloze, austen_ppl; hub set: gsm8k,hellaswag,piqa,arc_easy"),
-    num_fewshot: Optional[int] = typer.Option(None, help="few-shot examples (default: each task's own)"),
-    limit: Optional[float] = typer.Option(None, help="examples per task (a fraction if < 1)"),
-    batch_size: str = typer.Option("auto", help="auto or an integer"),
-    apply_chat_template: bool = typer.Option(False, "--apply-chat-template"),
-    add_bos_token: bool = typer.Option(True, "--add-bos-token/--no-add-bos-token"),
-    dtype: str = typer.Option("auto", help="auto (float32 on CPUs without AVX-512) | float32 | bfloat16 | float16"),
-    max_model_len: Optional[int] = typer.Option(None, help="default: the model's, capped at 2048"),
-    kv_cache_dtype: str = typer.Option("auto"),
-    tensor_parallel_size: int = typer.Option(1),
-    data_parallel_size: int = typer.Option(1),
-    gpu_memory_utilization: float = typer.Option(0.85),
-    seed: int = typer.Option(0),
-    backend: str = typer.Option("vllm", help="vllm | hf (transformers; for schemes vLLM cannot run here)"),
+    num_fewshot: Optional[int] = typer.Option(_d(EvalOptions, "num_fewshot"), help=_h(EvalOptions, "num_fewshot")),
+    limit: Optional[float] = typer.Option(_d(EvalOptions, "limit"), help=_h(EvalOptions, "limit")),
+    batch_size: str = typer.Option(_d(EvalOptions, "batch_size"), help="auto or an integer"),
+    apply_chat_template: bool = typer.Option(_d(EvalOptions, "apply_chat_template"), "--apply-chat-template"),
+    add_bos_token: bool = typer.Option(_d(EvalOptions, "add_bos_token"), "--add-bos-token/--no-add-bos-token"),
+    dtype: str = typer.Option(_d(EngineConfig, "dtype"), help=_h(EngineConfig, "dtype")),
+    max_model_len: Optional[int] = typer.Option(_d(EngineConfig, "max_model_len"), help=_h(EngineConfig, "max_model_len")),
+    kv_cache_dtype: str = typer.Option(_d(EngineConfig, "kv_cache_dtype"), help=_h(EngineConfig, "kv_cache_dtype")),
+    tensor_parallel_size: int = typer.Option(_d(EngineConfig, "tensor_parallel_size")),
+    data_parallel_size: int = typer.Option(_d(EngineConfig, "data_parallel_size")),
+    gpu_memory_utilization: float = typer.Option(_d(EngineConfig, "gpu_memory_utilization")),
+    seed: int = typer.Option(_d(EngineConfig, "seed")),
+    backend: str = typer.Option(_d(EvalConfig, "backend"), help=_h(EvalConfig, "backend")),
     include_path: list[Path] = typer.Option([], "--include-path", help="extra lm-eval task directory (repeatable)"),
-    baseline: Optional[str] = typer.Option(None, help="baseline checkpoint, or a previous eval result JSON"),
-    log_samples: bool = typer.Option(False, "--log-samples", help="store lm-eval's per-sample records"),
-    output_dir: Path = typer.Option(Path("eval_results"), help="where the result JSON goes"),
+    baseline: Optional[str] = typer.Option(None, help=_h(EvalConfig, "baseline")),
+    log_samples: bool = typer.Option(False, "--log-samples", help=_h(EvalConfig, "log_samples")),
+    output_dir: Path = typer.Option(_d(EvalConfig, "output_dir"), help="where the result JSON goes"),
 ):
     """Score CHECKPOINT with lm-eval (vLLM backend) and, with --baseline, report recovery and whether it is real."""
-    from ptq_deploy.eval import EvalConfig, run_eval
+    from ptq_deploy.eval import run_eval
+    from ptq_deploy.eval.render import result_table
 
-    cfg = EvalConfig(checkpoint=checkpoint, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
-                     batch_size=batch_size,
-                     apply_chat_template=apply_chat_template, add_bos_token=add_bos_token, dtype=dtype,
-                     max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype,
-                     tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
-                     gpu_memory_utilization=gpu_memory_utilization, seed=seed, backend=backend,
-                     include_path=include_path, baseline=baseline, log_samples=log_samples, output_dir=output_dir)
+    engine_cfg = EngineConfig(dtype=dtype, max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype,
+                              tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
+                              gpu_memory_utilization=gpu_memory_utilization, seed=seed)
+    cfg = EvalConfig(checkpoint=checkpoint, tasks=tasks, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
+                     apply_chat_template=apply_chat_template, add_bos_token=add_bos_token, engine=engine_cfg,
+                     backend=backend, include_path=include_path, baseline=baseline, log_samples=log_samples,
+                     output_dir=output_dir)
     res = run_eval(cfg)
-    rec = {(r.task, r.metric): r for r in res.recovery or []}
-    t = Table(title=f"{res.model_name} [{res.scheme}] via lm-eval/{res.backend} "
-                    f"({res.settings.dtype}, limit {res.settings.limit or 'none'})")
-    cols = ("task", "metric", "value ± stderr", "n") + (("baseline", "delta (95% CI)", "recovery", "verdict") if rec else ())
-    for c in cols:
-        t.add_column(c, no_wrap=c in ("task", "metric"))
-    colour = {"regressed": "red", "improved": "green", "not distinguishable": "yellow"}
-    for task, tr in res.tasks.items():
-        for name, mv in tr.metrics.items():
-            r = rec.get((task, name))
-            val = f"{mv.value:.4g}" + (f" ± {mv.stderr:.2g}" if mv.stderr is not None else "")
-            ci = f"{r.delta:+.4g} ({r.ci95[0]:+.3g}, {r.ci95[1]:+.3g})" if r and r.ci95 else (f"{r.delta:+.4g}" if r else "")
-            row = [task, name, val, str(tr.n_samples.get("effective", ""))]
-            if rec:
-                row += [f"{r.baseline:.4g}" if r else "", ci, f"{r.recovery:.1%}" if r and r.recovery is not None else "",
-                        f"[{colour[r.verdict]}]{r.verdict}[/{colour[r.verdict]}]" if r else ""]
-            t.add_row(*row)
-    out.print(t, width=None if out.is_terminal else max(out.width, 140))
+    out.print(result_table(res), width=None if out.is_terminal else max(out.width, 140))
     if res.path:
         out.print(f"[green]wrote[/green] {res.path}")
 
@@ -262,7 +244,8 @@ def eval_(
 # ---------------------------------------------------------------- run (suite)
 @app.command("run")
 def run_suite(
-    experiment: Path = typer.Argument(..., help="experiment YAML (models x schemes x kv-cache, perf and eval settings)"),
+    experiment: Path = typer.Argument(..., help="experiment YAML (models x schemes x kv-cache, perf and eval settings), "
+                                                "or a bundled experiment's name (smollm2-135m)"),
     results_dir: Optional[Path] = typer.Option(None, "--results-dir", "-o", help="default: results/<experiment name>"),
     include_models: list[str] = typer.Option([], "--include-models", help="only these models (repeatable)"),
     exclude_models: list[str] = typer.Option([], "--exclude-models"),
@@ -274,13 +257,15 @@ def run_suite(
 ):
     """Run an experiment matrix (compress -> inspect -> perf -> eval); reruns skip finished steps."""
     from ptq_deploy.suite import experiment as exp_mod
-    from ptq_deploy.suite.runner import RunOptions, matrix_table, run
+    from ptq_deploy.suite.execute import run
+    from ptq_deploy.suite.plan import RunOptions
+    from ptq_deploy.suite.view import MatrixView, matrix_table
 
     exp = exp_mod.load(experiment)
     opts = RunOptions(results_dir=results_dir or Path("results") / exp.name, include_models=include_models,
                       exclude_models=exclude_models, include_schemes=include_schemes,
                       exclude_schemes=exclude_schemes, force=force, dry_run=dry_run, compress_python=compress_python)
-    summary = run(exp, opts, console=console)
+    summary = run(exp, opts, listener=None if dry_run else MatrixView(console))
     if dry_run:
         out.print(matrix_table(summary.steps, f"plan: {exp.name} -> {opts.results_dir}"))
         return
@@ -298,46 +283,46 @@ def run_suite(
 @app.command("perf")
 def perf(
     checkpoint: Path = typer.Argument(..., help="checkpoint directory"),
-    kv_cache_dtype: str = typer.Option("auto", help="auto | fp8 | fp8_e4m3 | fp8_e5m2"),
-    max_model_len: int = typer.Option(1024),
-    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", "--tp"),
-    dtype: str = typer.Option("auto", help="auto (fp32 on AVX2 CPUs) | bfloat16 | float16 | float32"),
-    gpu_memory_utilization: float = typer.Option(0.85),
-    enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager", help="default: eager on CPU"),
-    seed: int = typer.Option(0),
-    num_prompts: int = typer.Option(16),
-    input_len: int = typer.Option(128),
-    output_len: int = typer.Option(32),
-    dataset: str = typer.Option("random", help="random (vLLM's RandomDataset) | text (bundled Austen)"),
-    concurrency: str = typer.Option("1,2,4,8", help="serving concurrency levels, comma-separated"),
-    request_rate: Optional[float] = typer.Option(None, help="serving request rate (req/s, Poisson); default: all at once"),
-    iterations: int = typer.Option(3),
-    warmup: int = typer.Option(1),
+    kv_cache_dtype: str = typer.Option(_d(EngineConfig, "kv_cache_dtype"), help=_h(EngineConfig, "kv_cache_dtype")),
+    max_model_len: Optional[int] = typer.Option(_d(EngineConfig, "max_model_len"), help=_h(EngineConfig, "max_model_len")),
+    tensor_parallel_size: int = typer.Option(_d(EngineConfig, "tensor_parallel_size"), "--tensor-parallel-size", "--tp"),
+    dtype: str = typer.Option(_d(EngineConfig, "dtype"), help=_h(EngineConfig, "dtype")),
+    gpu_memory_utilization: float = typer.Option(_d(EngineConfig, "gpu_memory_utilization")),
+    enforce_eager: Optional[bool] = typer.Option(_d(EngineConfig, "enforce_eager"), "--enforce-eager/--no-enforce-eager",
+                                                 help=_h(EngineConfig, "enforce_eager")),
+    seed: int = typer.Option(_d(EngineConfig, "seed")),
+    num_prompts: int = typer.Option(_d(PerfSettings, "num_prompts")),
+    input_len: int = typer.Option(_d(PerfSettings, "input_len")),
+    output_len: int = typer.Option(_d(PerfSettings, "output_len")),
+    dataset: str = typer.Option(_d(PerfSettings, "dataset"), help=_h(PerfSettings, "dataset")),
+    concurrency: str = typer.Option(",".join(map(str, _d(PerfSettings, "concurrency"))),
+                                    help="serving concurrency levels, comma-separated"),
+    request_rate: Optional[float] = typer.Option(_d(PerfSettings, "request_rate"), help=_h(PerfSettings, "request_rate")),
+    iterations: int = typer.Option(_d(PerfSettings, "iterations")),
+    warmup: int = typer.Option(_d(PerfSettings, "warmup")),
     goodput: list[str] = typer.Option([], "--goodput", help="SLO NAME:MS for goodput (ttft, tpot, e2el); repeatable"),
     engine_arg: list[str] = typer.Option([], "--engine-arg", help="extra vLLM engine arg KEY=VALUE; repeatable"),
-    offline: bool = typer.Option(True, "--offline/--no-offline", help="in-process latency/throughput/roofline"),
-    serving: bool = typer.Option(True, "--serving/--no-serving", help="vllm serve sweep"),
-    output_dir: Path = typer.Option(Path("perf_results"), help="where the JSON result goes"),
+    offline: bool = typer.Option(_d(PerfSettings, "offline"), "--offline/--no-offline", help=_h(PerfSettings, "offline")),
+    serving: bool = typer.Option(_d(PerfSettings, "serving"), "--serving/--no-serving", help=_h(PerfSettings, "serving")),
+    output_dir: Path = typer.Option(_d(PerfConfig, "output_dir"), help="where the JSON result goes"),
 ):
     """Measure CHECKPOINT in vLLM: load, memory, latency, throughput, serving (TTFT/TPOT/ITL), roofline."""
-    from ptq_deploy.errors import UsageError
-    from ptq_deploy.perf import PerfConfig, run_perf
+    from ptq_deploy.perf import run_perf
     from ptq_deploy.perf.config import parse_kv_args, parse_slos
+    from ptq_deploy.perf.report import summary_tables
 
     try:
         levels = [int(c) for c in concurrency.split(",") if c.strip()]
     except ValueError:
         raise UsageError(f"--concurrency {concurrency!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
-    cfg = PerfConfig(checkpoint=str(checkpoint), kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
-                     tensor_parallel_size=tensor_parallel_size, dtype=dtype,
-                     gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
-                     num_prompts=num_prompts, input_len=input_len, output_len=output_len, dataset=dataset,
-                     concurrency=levels, request_rate=request_rate, iterations=iterations, warmup=warmup,
-                     goodput=parse_slos(goodput), extra_engine_args=parse_kv_args(engine_arg), offline=offline,
+    engine_cfg = EngineConfig(dtype=dtype, max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype,
+                              tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+                              enforce_eager=enforce_eager, seed=seed, extra=parse_kv_args(engine_arg))
+    cfg = PerfConfig(checkpoint=str(checkpoint), engine=engine_cfg, num_prompts=num_prompts, input_len=input_len,
+                     output_len=output_len, dataset=dataset, concurrency=levels, request_rate=request_rate,
+                     iterations=iterations, warmup=warmup, goodput=parse_slos(goodput), offline=offline,
                      serving=serving, output_dir=output_dir)
     res = run_perf(cfg, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
-    from ptq_deploy.perf.report import summary_tables
-
     for t in summary_tables(res):
         out.print(t)
     out.print(f"[green]wrote[/green] {res.output_path}")
@@ -349,10 +334,10 @@ def inspect_cmd(
     checkpoint: Path = typer.Argument(..., help="checkpoint directory (any HF checkpoint: compressed-tensors, GPTQ, AWQ, dense)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     device: str = typer.Option("local", "--device", help="local | cpu | t4 | a10g | a100 | l4 | l40s | h100 | h200 | b200"),
-    runtime: bool = typer.Option(False, "--runtime", help="also load it in vLLM: quantization method, linear kernel, load time"),
+    runtime: bool = typer.Option(_d(InspectConfig, "runtime"), "--runtime", help=_h(InspectConfig, "runtime")),
 ):
     """What is really in a checkpoint (format, proof of quantization, size) and will it run here. Exit 1 on errors."""
-    from ptq_deploy.inspect import InspectConfig, inspect_checkpoint, render
+    from ptq_deploy.inspection import inspect_checkpoint, render
 
     rep = inspect_checkpoint(InspectConfig(checkpoint=checkpoint, device=device, runtime=runtime))
     if as_json:
@@ -413,10 +398,10 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         sys.exit(130)
-    except __import__("click").ClickException as e:
+    except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except __import__("pydantic").ValidationError as e:
+    except pydantic.ValidationError as e:
         err = e.errors()[0]
         console.print(f"[red]error:[/red] invalid {'.'.join(map(str, err['loc']))}: {err['msg']}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -425,5 +410,3 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-
-__all__ = ["app", "main", "json"]

@@ -8,27 +8,39 @@ written to a temporary sibling directory and renamed into place only on success.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ptq_deploy import envs, schemes
+from ptq_deploy.checkpoint import CheckpointMetadata, model_name_of_source
 from ptq_deploy.data import DEFAULT_DATASET, CalibrationInfo
 from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.models import ModelSource, resolve
 from ptq_deploy.provenance import Provenance
-from ptq_deploy.results import SCHEMA_VERSION, atomic_write_json, check_output_dir, temp_sibling
+from ptq_deploy.results import Identity, ResultEnvelope, check_output_dir, temp_sibling
+from ptq_deploy.results.envelope import v1_identity
+from ptq_deploy.timeutil import timestamp
 
-METADATA_FILE = "ptq_deploy.json"
+
+class CalibrationSettings(BaseModel):
+    """The calibration set: the same defaults for ``ptq-deploy compress`` and experiment files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(DEFAULT_DATASET, description="austen (bundled), ultrachat_200k, wikitext, "
+                                                      "open_platypus, or a file/dir")
+    num_samples: int = Field(64, ge=1, description="calibration samples")
+    max_seq_len: int = Field(512, ge=8, description="tokens per calibration sample")
+    seed: int = 0
 
 
 class CompressConfig(BaseModel):
-    """Everything that decides what ``compress`` produces."""
+    """Everything that decides what ``compress`` produces (run-control flags are not recorded)."""
 
     model: str = Field(description="local HF dir, hub id, .gguf file, or 'default'")
     scheme: str = "FP8-W8A8"
@@ -36,10 +48,7 @@ class CompressConfig(BaseModel):
     output: Path
     group_size: int | None = None
     kv_cache: Literal["none", "fp8"] = "none"
-    dataset: str = DEFAULT_DATASET
-    num_samples: int = Field(64, ge=1)
-    max_seq_len: int = Field(512, ge=8)
-    seed: int = 0
+    calibration: CalibrationSettings = CalibrationSettings()
     revision: str | None = None
     trust_remote_code: bool = False
     calibration_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -47,9 +56,9 @@ class CompressConfig(BaseModel):
     pipeline: Literal["independent", "sequential", "basic", "datafree"] | None = None
     sequential_targets: list[str] | None = None
     threads: int | None = None
-    force: bool = False
-    dry_run: bool = False
-    compress_python: str | None = None
+    force: bool = Field(False, exclude=True)
+    dry_run: bool = Field(False, exclude=True)
+    compress_python: str | None = Field(None, exclude=True)
 
 
 class WorkerJob(BaseModel):
@@ -60,10 +69,7 @@ class WorkerJob(BaseModel):
     recipe: dict[str, Any] | None
     kv_cache: str
     needs_calibration: bool
-    dataset: str
-    num_samples: int
-    max_seq_len: int
-    seed: int
+    calibration: CalibrationSettings
     trust_remote_code: bool
     calibration_dtype: str
     device_map: str | None
@@ -85,24 +91,26 @@ class WorkerResult(BaseModel):
     provenance: Provenance | None = None
 
 
-class CompressResult(BaseModel):
-    schema_version: int = SCHEMA_VERSION
+class CompressResult(ResultEnvelope):
+    """What ``compress`` did: the checkpoint's metadata (also its ``ptq_deploy.json``), time and memory."""
+
     kind: Literal["compress"] = "compress"
-    output: str
-    scheme: str
-    description: str
-    recipe: dict[str, Any] | None
-    group_size: int | None
-    kv_cache: str
-    source: ModelSource
-    calibration: CalibrationInfo | None
-    wall_time_s: float
+    checkpoint: CheckpointMetadata
     calibration_time_s: float
     peak_rss_bytes: int
     peak_gpu_bytes: int | None
     checkpoint_bytes: int
     config: CompressConfig
-    provenance: Provenance | None
+
+    @classmethod
+    def _upgrade_v1(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["checkpoint"] = {k: data.get(k) for k in ("scheme", "description", "group_size", "kv_cache", "source",
+                                                         "calibration", "recipe", "provenance")}
+        cfg = data.get("config") or {}
+        cfg["calibration"] = {k: cfg.pop(k) for k in ("dataset", "num_samples", "max_seq_len", "seed") if k in cfg}
+        source = data.get("source") or {}
+        name = "smollm2-135m" if source.get("kind") == "embedded" else Path(source.get("spec") or "?").name
+        return v1_identity(data, name, data.get("scheme"), data.get("output"), data.get("kv_cache"))
 
 
 class Plan(BaseModel):
@@ -111,6 +119,14 @@ class Plan(BaseModel):
     resolved: schemes.ResolvedRecipe
     source: ModelSource
     linear_layers: int
+
+    def describe(self) -> str:
+        cal = self.config.calibration
+        calib = (f"{cal.dataset} x{cal.num_samples} @ {cal.max_seq_len} tokens" if self.resolved.needs_calibration
+                 else "none")
+        return (f"plan: {self.scheme.name} on {self.source.spec} ({self.source.kind}: {self.source.path}), "
+                f"{self.linear_layers} linear layers, calibration: {calib}, kv-cache: {self.config.kv_cache} "
+                f"-> {self.config.output}")
 
 
 def _scheme_for(cfg: CompressConfig) -> schemes.Scheme:
@@ -157,11 +173,12 @@ def compress(cfg: CompressConfig, the_plan: Plan | None = None) -> CompressResul
     if cfg.dry_run:
         return p
     out = Path(cfg.output)
+    started = timestamp()
     work = temp_sibling(out)
     job = WorkerJob(
         source=p.source, scheme=p.scheme.name, recipe=p.resolved.recipe, kv_cache=cfg.kv_cache,
-        needs_calibration=p.resolved.needs_calibration, dataset=cfg.dataset, num_samples=cfg.num_samples,
-        max_seq_len=cfg.max_seq_len, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
+        needs_calibration=p.resolved.needs_calibration, calibration=cfg.calibration,
+        trust_remote_code=cfg.trust_remote_code,
         calibration_dtype=cfg.calibration_dtype, device_map=cfg.device_map, pipeline=cfg.pipeline,
         sequential_targets=cfg.sequential_targets, threads=cfg.threads, work_dir=work,
     )
@@ -169,15 +186,16 @@ def compress(cfg: CompressConfig, the_plan: Plan | None = None) -> CompressResul
         wres = _run_worker(job, cfg.compress_python)
         if not wres.ok:
             raise PtqError(wres.error or "compression failed", exit_code=wres.exit_code or 1)
+        meta = CheckpointMetadata(scheme=p.scheme.name, description=p.scheme.description,
+                                  group_size=p.resolved.group_size, kv_cache=cfg.kv_cache, source=p.source,
+                                  calibration=wres.calibration, recipe=p.resolved.recipe, provenance=wres.provenance)
+        meta.write(work)
         result = CompressResult(
-            output=str(out.resolve()), scheme=p.scheme.name, description=p.scheme.description,
-            recipe=p.resolved.recipe, group_size=p.resolved.group_size, kv_cache=cfg.kv_cache,
-            source=p.source, calibration=wres.calibration, wall_time_s=wres.wall_time_s,
+            identity=Identity(model=model_name_of_source(p.source), scheme=p.scheme.name, kv_cache=cfg.kv_cache,
+                              checkpoint=str(out.resolve())),
+            started_at=started, wall_time_s=wres.wall_time_s, provenance=wres.provenance, checkpoint=meta,
             calibration_time_s=wres.calibration_time_s, peak_rss_bytes=wres.peak_rss_bytes,
-            peak_gpu_bytes=wres.peak_gpu_bytes, checkpoint_bytes=_dir_bytes(work), config=cfg,
-            provenance=wres.provenance,
-        )
-        atomic_write_json(work / METADATA_FILE, result)
+            peak_gpu_bytes=wres.peak_gpu_bytes, checkpoint_bytes=_dir_bytes(work), config=cfg)
         if out.exists():  # --force: replace only now that the new checkpoint is complete
             old = temp_sibling(out)
             out.rename(old)
@@ -216,8 +234,3 @@ def _run_worker(job: WorkerJob, python: str | None) -> WorkerResult:
         return WorkerResult(ok=False, exit_code=proc.returncode or 1,
                             error=f"compress worker exited with code {proc.returncode} without a result "
                                   f"(killed? out of memory? try a smaller --num-samples/--max-seq-len)")
-
-
-def read_metadata(checkpoint: Path) -> dict[str, Any] | None:
-    f = Path(checkpoint) / METADATA_FILE
-    return json.loads(f.read_text()) if f.is_file() else None

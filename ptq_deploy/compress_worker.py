@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from ptq_deploy.compress import WorkerJob, WorkerResult
-from ptq_deploy.errors import PtqError, UsageError
+from ptq_deploy.errors import PtqError
 
 
 def _cpu_settings(job: WorkerJob) -> None:
@@ -96,7 +96,8 @@ def _compress(job: WorkerJob) -> WorkerResult:
     os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
     os.environ.setdefault("LLM_COMPRESSOR_LOG_FILE", str(log))
     os.environ.setdefault("LLM_COMPRESSOR_LOG_FILE_LEVEL", "INFO")
-    torch.manual_seed(job.seed)
+    cal = job.calibration
+    torch.manual_seed(cal.seed)
     _cpu_settings(job)
     src = job.source
     with status(f"loading {src.spec}"):
@@ -117,12 +118,12 @@ def _compress(job: WorkerJob) -> WorkerResult:
         _guard_awq_without_accelerator()
         dataset = None
         if job.needs_calibration:
-            texts, calib_info = calibration_texts(job.dataset, job.num_samples, job.max_seq_len, job.seed,
+            texts, calib_info = calibration_texts(cal.dataset, cal.num_samples, cal.max_seq_len, cal.seed,
                                                   tokenizer)
-            enc = tokenizer(texts, max_length=job.max_seq_len, truncation=True, add_special_tokens=False)
+            enc = tokenizer(texts, max_length=cal.max_seq_len, truncation=True, add_special_tokens=False)
             dataset = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
-            console.print(f"calibration: {calib_info.num_samples} samples from {job.dataset}, "
-                          f"{sum(map(len, enc['input_ids']))} tokens (max {job.max_seq_len}/sample)")
+            console.print(f"calibration: {calib_info.num_samples} samples from {cal.dataset}, "
+                          f"{sum(map(len, enc['input_ids']))} tokens (max {cal.max_seq_len}/sample)")
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(job.recipe, f, sort_keys=False)
             recipe_path = f.name
@@ -136,7 +137,7 @@ def _compress(job: WorkerJob) -> WorkerResult:
                       f"({'with' if dataset is not None else 'without'} calibration; log: {log})")
         try:
             oneshot(model=model, recipe=recipe_path, dataset=dataset, tokenizer=tokenizer,
-                    num_calibration_samples=job.num_samples, max_seq_length=job.max_seq_len,
+                    num_calibration_samples=cal.num_samples, max_seq_length=cal.max_seq_len,
                     shuffle_calibration_samples=False, **kwargs)
         finally:
             os.unlink(recipe_path)
@@ -201,5 +202,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-__all__ = ["run", "main", "UsageError"]

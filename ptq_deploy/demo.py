@@ -8,7 +8,8 @@ from pathlib import Path
 from rich.table import Table
 
 from ptq_deploy import engine
-from ptq_deploy.compress import CompressConfig, compress
+from ptq_deploy.checkpoint import METADATA_FILE
+from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
 from ptq_deploy.models import DEFAULT_MODEL, resolve
 from ptq_deploy.ui import console, out
 
@@ -22,18 +23,19 @@ def run_demo(workdir: Path, scheme_names: list[str], num_samples: int, max_seq_l
     variants = [("BF16 (source)", Path(src.path))]
     for name in scheme_names:
         target = workdir / DEFAULT_MODEL / name
-        if (target / "ptq_deploy.json").is_file():
+        if (target / METADATA_FILE).is_file():
             console.print(f"[dim]{name}: reusing {target} (delete it to recompress)[/dim]")
         else:
             console.rule(f"compress {name}")
-            compress(CompressConfig(model=DEFAULT_MODEL, scheme=name, output=target, num_samples=num_samples,
-                                    max_seq_len=max_seq_len, compress_python=compress_python))
+            compress(CompressConfig(model=DEFAULT_MODEL, scheme=name, output=target,
+                                    calibration=CalibrationSettings(num_samples=num_samples, max_seq_len=max_seq_len),
+                                    compress_python=compress_python))
         variants.append((name, target))
     rows, base_ids = [], None
     for name, path in variants:
         console.rule(f"vLLM: {name}")
         t0 = time.perf_counter()
-        llm, info = engine.load(engine.EngineConfig(model=str(path), max_model_len=1024))
+        llm, info = engine.load(path, engine.EngineConfig(max_model_len=1024))
         gens = engine.generate(llm, PROMPTS, max_tokens=24)
         engine.shutdown(llm)
         ids = [g.token_ids for g in gens]

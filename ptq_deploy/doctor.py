@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
 
 from ptq_deploy import envs, schemes
 from ptq_deploy.hardware import HardwareInfo, detect
@@ -59,3 +61,24 @@ def run(runtime_python: str | None = None, compress_python: str | None = None) -
         schemes={n: scheme_support(s, hw) for n, s in schemes.registry().items()},
         kv_cache={d: kv_cache_support(d, hw) for d in KV_DTYPES},
     )
+
+
+def render(rep: DoctorReport, console: Console) -> None:
+    t = Table(title="environments")
+    for c in ("role", "ok", "python", "key packages"):
+        t.add_column(c)
+    for e in rep.environments:
+        pk = ", ".join(f"{k} {v}" for k, v in e.packages.items() if k != "ptq-deploy")
+        t.add_row(e.role, "[green]yes[/green]" if e.ok else f"[red]no[/red] {e.problem}",
+                  f"{e.python or '-'} ({e.version or '?'})", pk)
+    console.print(t)
+    console.print(f"device: [bold]{rep.hardware.summary()}[/bold]; vLLM build: {rep.vllm_build or 'none'}")
+    if not rep.hardware.gpus:
+        console.print(f"CPU flags: {' '.join(rep.hardware.cpu.flags)}")
+    t = Table(title="what runs here (vLLM)")
+    for c in ("scheme / kv-cache", "runs", "fast path", "kernel", "note"):
+        t.add_column(c)
+    for name, s in [*rep.schemes.items(), *((f"kv {k}", v) for k, v in rep.kv_cache.items())]:
+        t.add_row(name, "[green]yes[/green]" if s.runnable else "[red]no[/red]", "yes" if s.fast_path else "no",
+                  s.kernel, s.reason)
+    console.print(t)

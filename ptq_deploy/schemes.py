@@ -1,11 +1,13 @@
-"""Scheme registry: one YAML file per scheme in ``schemes/`` (adding a scheme = adding a file).
+"""Scheme registry: one YAML file per scheme in ``ptq_deploy/data/schemes/`` (adding a scheme = adding a file).
 
-Each file holds the scheme's metadata and a real llmcompressor recipe under ``recipe:``.
+Each file holds the scheme's metadata and a real llmcompressor recipe under ``recipe:``. The files
+are package data, so an installed wheel has the same registry as a checkout.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -14,15 +16,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from ptq_deploy.checkpoint.quant import QUANT_MODIFIERS, from_recipe, modifiers
 from ptq_deploy.errors import UsageError
 
-SCHEMES_DIR = Path(__file__).resolve().parent.parent / "schemes"
+SCHEMES_DIR = Path(__file__).resolve().parent / "data" / "schemes"
 
 KV_CACHE_SCHEMES: dict[str, dict[str, Any] | None] = {
     "none": None,
     "fp8": {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False, "symmetric": True},
 }
-QUANT_MODIFIERS = ("GPTQModifier", "QuantizationModifier")
 
 
 class Scheme(BaseModel):
@@ -101,39 +103,34 @@ def get(name: str) -> Scheme:
     folded = {k.lower(): v for k, v in reg.items()}
     if name.lower() in folded:
         return folded[name.lower()]
-    raise UsageError(f"unknown scheme {name!r}; known: {', '.join(reg)}")
+    close = difflib.get_close_matches(name, list(reg), n=2, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise UsageError(f"unknown scheme {name!r}{hint}; Available: {', '.join(reg)}")
 
 
 def from_recipe_file(path: Path) -> Scheme:
-    """A user recipe (``--recipe my.yaml``): a scheme file, or a bare llmcompressor recipe."""
+    """A user recipe (``--recipe my.yaml``): a scheme file, or a bare llmcompressor recipe classified by
+    the quantization it asks for (``checkpoint.quant.from_recipe``)."""
     if not path.is_file():
         raise UsageError(f"recipe file not found: {path}")
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UsageError(f"invalid recipe YAML {path}: {e}".splitlines()[0]) from None
     if isinstance(data, dict) and "recipe" in data and "name" in data:
         return _load(path)
     if not isinstance(data, dict):
         raise UsageError(f"recipe {path} is not a YAML mapping")
-    text = yaml.safe_dump(data)
-    bits = 4 if "num_bits: 4" in text else 8
-    weights = "fp8" if "type: float" in text else f"int{bits}"
-    acts = "bf16" if "input_activations" not in text else ("fp8" if weights == "fp8" else "int8")
-    calib = any(k in text for k in ("GPTQModifier", "AWQModifier", "SmoothQuantModifier", "dynamic: false\n  strategy: tensor"))
-    m = re.search(r"group_size: (\d+)", text)
+    q = from_recipe(data)
+    if q.weight_kind not in ("bf16", "fp8", "int8", "int4") or q.activation_kind not in ("bf16", "fp8", "int8"):
+        raise UsageError(f"recipe {path} quantizes to {q.weight_kind} weights / {q.activation_kind} activations, "
+                         "which no vLLM kernel family here covers")
+    static_acts = q.input_activations is not None and not q.input_activations.dynamic
+    calib = static_acts or q.kv_cache is not None or any(
+        name in ("GPTQModifier", "AWQModifier", "SmoothQuantModifier") for name, _ in modifiers(data))
     return Scheme(name=f"custom:{path.stem}", description=f"user recipe {path}", calibration=calib,
-                  weights=weights, activations=acts, group_size=int(m.group(1)) if m else None,
+                  weights=q.weight_kind, activations=q.activation_kind, group_size=q.group_size,
                   recipe=data, source=str(path))
-
-
-def _modifiers(recipe: dict[str, Any]):
-    """Yield (name, args) for every modifier in a stage/group-nested recipe."""
-    for stage in recipe.values():
-        if not isinstance(stage, dict):
-            continue
-        for group in stage.values():
-            if isinstance(group, dict):
-                for mod_name, args in group.items():
-                    if mod_name.endswith("Modifier") and isinstance(args, dict):
-                        yield mod_name, args
 
 
 def resolve_recipe(scheme: Scheme, group_size: int | None = None, kv_cache: str = "none") -> ResolvedRecipe:
@@ -149,7 +146,7 @@ def resolve_recipe(scheme: Scheme, group_size: int | None = None, kv_cache: str 
             raise UsageError(f"scheme {scheme.name} is not group-quantized; --group-size does not apply")
         effective_group = group_size
     if recipe:
-        for _, args in _modifiers(recipe):
+        for _, args in modifiers(recipe):
             ignore.extend(args.get("ignore", []))
             for grp in (args.get("config_groups") or {}).values():
                 w = grp.get("weights") or {}
@@ -159,7 +156,7 @@ def resolve_recipe(scheme: Scheme, group_size: int | None = None, kv_cache: str 
     if kv is not None:
         if recipe is None:
             recipe = {"quant_stage": {"quant_modifiers": {"QuantizationModifier": {}}}}
-        quant = [args for name, args in _modifiers(recipe) if name in QUANT_MODIFIERS]
+        quant = [args for name, args in modifiers(recipe) if name in QUANT_MODIFIERS]
         quant[-1]["kv_cache_scheme"] = dict(kv)
     return ResolvedRecipe(
         scheme=scheme.name,

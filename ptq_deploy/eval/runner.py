@@ -20,47 +20,33 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from ptq_deploy import checkpoint
+from ptq_deploy.engine import vllm_version_shim
 from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.eval import backend, recovery
 from ptq_deploy.eval.config import BUNDLED_TASKS, EvalConfig
 from ptq_deploy.eval.result import EvalResult, EvalSettings, MetricValue, PerSample, TaskResult
 from ptq_deploy.hardware import detect
-from ptq_deploy.models import _HUB_ID, DEFAULT_ALIASES, DEFAULT_MODEL, resolve
+from ptq_deploy.models import _HUB_ID, DEFAULT_ALIASES, resolve
+from ptq_deploy.provenance import collect
+from ptq_deploy.results import Identity
+from ptq_deploy.timeutil import timestamp
+from ptq_deploy.ui import status
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- checks before loading anything
-def resolve_checkpoint(spec: str) -> tuple[str, str, str]:
-    """``(path or hub id, model name, scheme name)``; one clear error for a path that does not exist."""
+def resolve_checkpoint(spec: str) -> tuple[str, Identity]:
+    """``(path or hub id, identity)``; one clear error for a path that does not exist."""
     p = Path(spec).expanduser()
     if spec not in DEFAULT_ALIASES and not p.exists():
         if spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec) or p.suffix.lower() == ".gguf":
             raise UsageError(f"checkpoint not found: {spec}")
     src = resolve(spec)
     if src.kind == "hub":
-        return src.path, spec.split("/")[-1], "hub"
-    path = Path(src.path)
-    return str(path), model_name(path, src.kind), scheme_name(path)
-
-
-def model_name(path: Path, kind: str) -> str:
-    """The source model's name (a compressed checkpoint's source, per its ptq_deploy.json)."""
-    from ptq_deploy.compress import read_metadata
-
-    source = (read_metadata(path) or {}).get("source") or {}
-    if kind == "embedded" or source.get("kind") == "embedded":
-        return DEFAULT_MODEL
-    return Path(source["spec"]).name if source.get("spec") else path.name
-
-
-def scheme_name(path: Path) -> str:
-    from ptq_deploy.checkpoint import scheme_of
-    from ptq_deploy.compress import read_metadata
-
-    meta = read_metadata(path) or {}
-    name = meta.get("scheme") or scheme_of(path).name
-    return "BF16" if name == "dense" else name
+        return src.path, Identity(model=spec.split("/")[-1], scheme="hub", checkpoint=spec)
+    return src.path, checkpoint.read(src.path).identity()
 
 
 @contextmanager
@@ -187,7 +173,7 @@ def task_results(out: dict[str, Any], cfg: EvalConfig) -> dict[str, TaskResult]:
             for name, mv in metrics.items():
                 agg = recovery.aggregation_for(name.partition(",")[0], mv.aggregation)
                 if mv.stderr is None and agg and len(per.values.get(name, [])) >= 2:
-                    mv.stderr = recovery.bootstrap_stderr(per.values[name], agg, cfg.bootstrap_iters, cfg.seed)
+                    mv.stderr = recovery.bootstrap_stderr(per.values[name], agg, cfg.bootstrap_iters, cfg.engine.seed)
                     mv.stderr_source = "bootstrap"
         tasks[task] = TaskResult(
             task=task, metrics=metrics, n_shot=out.get("n-shot", {}).get(task), n_samples=out.get("n-samples", {}).get(task, {}),
@@ -197,17 +183,14 @@ def task_results(out: dict[str, Any], cfg: EvalConfig) -> dict[str, TaskResult]:
 
 
 # ---------------------------------------------------------------- one checkpoint
-def _evaluate(cfg: EvalConfig, model_path: str, name: str, scheme: str, settings: EvalSettings,
+def _evaluate(cfg: EvalConfig, model_path: str, identity: Identity, settings: EvalSettings,
               args: dict[str, Any], tasks: list[Any], tm, llm=None) -> EvalResult:
-    from lm_eval import simple_evaluate
+    from lm_eval import simple_evaluate  # heavy
 
-    from ptq_deploy.provenance import collect
-    from ptq_deploy.ui import status
-
-    t0 = time.perf_counter()
-    shim = backend.vllm_distribution_shim() if settings.backend == "vllm" else nullcontext()
+    started, t0 = timestamp(), time.perf_counter()
+    shim = vllm_version_shim(lm_eval=True) if settings.backend == "vllm" else nullcontext()
     with shim, _env(DISABLE_MULTIPROC="1"), backend.open_lm(settings.backend, args, llm) as (lm, summary):
-        with status(f"lm-eval ({settings.backend}) on {name} [{scheme}]: {', '.join(cfg.tasks)}"):
+        with status(f"lm-eval ({settings.backend}) on {identity.label}: {', '.join(cfg.tasks)}"):
             try:
                 out = simple_evaluate(model=lm, tasks=tasks, num_fewshot=cfg.num_fewshot, limit=cfg.limit,
                                       log_samples=True, apply_chat_template=cfg.apply_chat_template,
@@ -222,9 +205,11 @@ def _evaluate(cfg: EvalConfig, model_path: str, name: str, scheme: str, settings
     meta = {k: _jsonable(out[k]) for k in ("config", "n-shot", "versions", "group_subtasks", "date",
                                            "lm_eval_version", "transformers_version", "git_hash",
                                            "total_evaluation_time_seconds") if k in out}
-    return EvalResult(checkpoint=model_path, model_name=name, scheme=scheme, backend=settings.backend,
-                      settings=settings, tasks=task_results(out, cfg), engine=summary, lm_eval=meta,
-                      wall_time_s=time.perf_counter() - t0, config=cfg, provenance=collect())
+    if settings.kv_cache_dtype != "auto":
+        identity = identity.model_copy(update={"kv_cache": settings.kv_cache_dtype})
+    return EvalResult(identity=identity, started_at=started, wall_time_s=time.perf_counter() - t0,
+                      provenance=collect(), backend=settings.backend, settings=settings,
+                      tasks=task_results(out, cfg), engine=summary, lm_eval=meta, config=cfg)
 
 
 def run_eval(cfg: EvalConfig, llm=None) -> EvalResult:
@@ -234,9 +219,9 @@ def run_eval(cfg: EvalConfig, llm=None) -> EvalResult:
     recovery; both sides are scored with the same backend and settings, or the comparison is refused.
     """
     hw = detect()
-    path, name, scheme = resolve_checkpoint(cfg.checkpoint)
+    path, identity = resolve_checkpoint(cfg.checkpoint)
     base_file: EvalResult | None = None
-    base_ckpt: tuple[str, str, str] | None = None
+    base_ckpt: tuple[str, Identity] | None = None
     if cfg.baseline:
         bp = Path(cfg.baseline).expanduser()
         if bp.suffix == ".json" or bp.is_file():
@@ -257,13 +242,13 @@ def run_eval(cfg: EvalConfig, llm=None) -> EvalResult:
     baseline: EvalResult | None = base_file
     if base_ckpt and base_plan:
         baseline = _evaluate(cfg.model_copy(update={"checkpoint": cfg.baseline, "baseline": None}), base_ckpt[0],
-                             base_ckpt[1], base_ckpt[2], base_plan[0], base_plan[1], load_tasks(tm, cfg.tasks), tm)
+                             base_ckpt[1], base_plan[0], base_plan[1], load_tasks(tm, cfg.tasks), tm)
         if cfg.write:
-            baseline.write(cfg.output_dir)
-    result = _evaluate(cfg, path, name, scheme, settings, args, tasks, tm, llm)
+            baseline.write_to(cfg.output_dir)
+    result = _evaluate(cfg, path, identity, settings, args, tasks, tm, llm)
     if baseline is not None:
-        result.baseline = baseline.path or baseline.checkpoint
-        result.recovery = recovery.compare(baseline, result, iters=cfg.bootstrap_iters, seed=cfg.seed)
+        result.baseline = baseline.path or baseline.identity.checkpoint
+        result.recovery = recovery.compare(baseline, result, iters=cfg.bootstrap_iters, seed=cfg.engine.seed)
     if cfg.write:
-        result.write(cfg.output_dir)
+        result.write_to(cfg.output_dir)
     return result

@@ -1,31 +1,25 @@
-"""Every option of ``ptq-deploy perf``; engine settings are derived through ``engine.EngineConfig``."""
+"""``ptq-deploy perf``'s options: ``PerfSettings`` (the benchmark) and ``PerfConfig`` (+ checkpoint and
+``EngineConfig``, nested as vLLM's benchmarks compose ``EngineArgs``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ptq_deploy.engine import EngineConfig
 
 SLO_KEYS = ("ttft", "tpot", "e2el")
 
 
-class PerfConfig(BaseModel):
-    checkpoint: str = Field(description="checkpoint directory")
-    # engine (identical for baseline and quantized runs: all through engine.EngineConfig)
-    dtype: str = "auto"
-    kv_cache_dtype: str = "auto"
-    max_model_len: int = Field(1024, ge=16)
-    tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
-    enforce_eager: bool | None = None
-    seed: int = 0
-    cpu_kvcache_space_gib: int = Field(1, ge=1)
-    extra_engine_args: dict[str, Any] = {}
+class PerfSettings(BaseModel):
+    """The benchmark itself: workload, serving sweep, what to run (an experiment file's ``perf:``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     # workload
-    dataset: Literal["random", "text"] = "random"
+    dataset: Literal["random", "text"] = Field("random", description="random (vLLM's RandomDataset) | text (bundled Austen)")
     num_prompts: int = Field(16, ge=1)
     input_len: int = Field(128, ge=4)
     output_len: int = Field(32, ge=2)
@@ -33,16 +27,14 @@ class PerfConfig(BaseModel):
     iterations: int = Field(3, ge=1)
     warmup: int = Field(1, ge=0)
     # serving
-    concurrency: list[int] = [1, 2, 4, 8]
+    concurrency: list[int] = Field([1, 2, 4, 8], description="serving concurrency levels")
     request_rate: float | None = Field(None, gt=0, description="requests/s (Poisson); None = all at once, bounded by concurrency")
     goodput: dict[str, float] = Field({}, description="SLOs in ms: ttft, tpot, e2el")
     server_timeout_s: float = Field(600, gt=0)
     # what to run
-    offline: bool = True
-    serving: bool = True
+    offline: bool = Field(True, description="in-process latency/throughput/roofline")
+    serving: bool = Field(True, description="vllm serve sweep")
     roofline: bool = True
-    output_dir: Path = Path("perf_results")
-    write: bool = True
 
     @field_validator("concurrency")
     @classmethod
@@ -63,12 +55,14 @@ class PerfConfig(BaseModel):
     def n_latency_prompts(self) -> int:
         return self.latency_prompts or min(self.num_prompts, 8)
 
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(model=self.checkpoint, dtype=self.dtype, max_model_len=self.max_model_len,
-                            kv_cache_dtype=self.kv_cache_dtype, enforce_eager=self.enforce_eager, seed=self.seed,
-                            tensor_parallel_size=self.tensor_parallel_size,
-                            gpu_memory_utilization=self.gpu_memory_utilization,
-                            cpu_kvcache_space_gib=self.cpu_kvcache_space_gib, extra=dict(self.extra_engine_args))
+
+class PerfConfig(PerfSettings):
+    """Every option of ``ptq-deploy perf``: the checkpoint, its engine settings and the benchmark."""
+
+    checkpoint: str = Field(description="checkpoint directory")
+    engine: EngineConfig = EngineConfig()
+    output_dir: Path = Field(Path("perf_results"), exclude=True)
+    write: bool = Field(True, exclude=True)
 
 
 def parse_kv_args(items: list[str]) -> dict[str, Any]:

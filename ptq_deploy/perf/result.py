@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ptq_deploy.engine import EngineInfo
+from ptq_deploy.engine.config import nest_v1_fields
 from ptq_deploy.perf.config import PerfConfig
 from ptq_deploy.perf.memory import MemoryStats
 from ptq_deploy.perf.offline import LatencyStats, ThroughputStats
 from ptq_deploy.perf.roofline import Roofline
 from ptq_deploy.perf.serving import ServingStats
 from ptq_deploy.perf.workload import WorkloadInfo
-from ptq_deploy.provenance import Provenance
-from ptq_deploy.results import SCHEMA_VERSION
+from ptq_deploy.results import ResultEnvelope
+from ptq_deploy.results.envelope import v1_identity
 from ptq_deploy.stats import Summary
-
 
 class LoadStats(BaseModel):
     engine_init_s: Summary | None  # in-process LLM(...) construction (also when another step loaded the engine)
@@ -27,12 +27,8 @@ class LoadStats(BaseModel):
     server: str = "see serving.server.startup_s / weights_load_s"
 
 
-class PerfResult(BaseModel):
-    schema_version: int = SCHEMA_VERSION
+class PerfResult(ResultEnvelope):
     kind: Literal["perf"] = "perf"
-    checkpoint: str
-    model: str
-    scheme: str
     vllm_quantization: str | None  # the quantization method vLLM chose
     engine: EngineInfo | None  # resolved in-process engine settings (None when offline was skipped)
     config: PerfConfig
@@ -44,7 +40,13 @@ class PerfResult(BaseModel):
     roofline: Roofline | None
     serving: ServingStats | None
     threads: dict[str, str | int | None] = {}  # torch threads / OMP_NUM_THREADS of the in-process engine
-    wall_time_s: float
-    started_at: str
-    provenance: Provenance
-    output_path: str | None = None
+    output_path: str | None = Field(None, exclude=True)  # where ``run_perf`` wrote it
+
+    @classmethod
+    def _upgrade_v1(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["config"] = nest_v1_fields(data.get("config") or {})
+        eng = data.get("engine")
+        if eng and isinstance(eng.get("settings"), dict):
+            eng["settings"]["gpus"] = eng.get("device") == "cuda"
+        data.pop("output_path", None)
+        return v1_identity(data, data.get("model"), data.get("scheme"), data.get("checkpoint"))

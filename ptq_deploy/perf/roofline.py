@@ -11,37 +11,17 @@ decode (one row per token) and is left out, unless it is tied to the LM head.
 
 from __future__ import annotations
 
-import json
-import struct
 import time
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from ptq_deploy.checkpoint import read as checkpoint_facts
 from ptq_deploy.stats import Summary
 
-ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
-            "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E4M3FN": 1}
 FLOAT = {"F64", "F32", "F16", "BF16"}
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "half": 2, "float": 4, "fp8": 1, "fp8_e4m3": 1,
-               "fp8_e5m2": 1, "int8": 1}
-
-
-def safetensors_tensors(checkpoint: Path) -> dict[str, tuple[str, int]]:
-    """name -> (safetensors dtype, numel), from the file headers (no weights loaded)."""
-    out = {}
-    for f in sorted(Path(checkpoint).glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        for name, meta in header.items():
-            if name == "__metadata__":
-                continue
-            numel = 1
-            for d in meta["shape"]:
-                numel *= int(d)
-            out[name] = (meta["dtype"], numel)
-    return out
+               "fp8_e5m2": 1, "int8": 1}  # vLLM compute / KV-cache dtype names
 
 
 class WeightBytes(BaseModel):
@@ -53,16 +33,15 @@ class WeightBytes(BaseModel):
 
 
 def weight_bytes(checkpoint: Path, compute_dtype: str) -> WeightBytes:
-    cfg = json.loads((Path(checkpoint) / "config.json").read_text())
-    tied = bool(cfg.get("tie_word_embeddings", False))
-    tensors = safetensors_tensors(checkpoint)
-    has_head = any(n.endswith("lm_head.weight") for n in tensors)
+    ck = checkpoint_facts(checkpoint)
+    tied = bool(ck.config.get("tie_word_embeddings", False))
+    has_head = any(n.endswith("lm_head.weight") for n in ck.tensors)
     cbytes = DTYPE_BYTES.get(compute_dtype, 2)
     stored = decode = excluded = 0
-    for name, (dt, numel) in tensors.items():
-        sb = ST_BYTES.get(dt, 2) * numel
+    for name, t in ck.tensors.items():
+        sb = t.nbytes
         stored += sb
-        b = numel * cbytes if dt in FLOAT else sb
+        b = t.numel * cbytes if t.dtype in FLOAT else sb
         if "embed_tokens" in name and not (tied and not has_head):
             excluded += b
             continue
@@ -73,7 +52,7 @@ def weight_bytes(checkpoint: Path, compute_dtype: str) -> WeightBytes:
 
 def kv_bytes_per_token(checkpoint: Path, kv_dtype: str, compute_dtype: str) -> int:
     """K and V bytes one token position occupies in the cache, all layers."""
-    cfg = json.loads((Path(checkpoint) / "config.json").read_text())
+    cfg = checkpoint_facts(checkpoint).config
     cfg = cfg.get("text_config", cfg)
     layers = int(cfg["num_hidden_layers"])
     heads = int(cfg["num_attention_heads"])

@@ -7,13 +7,11 @@ Pass an already-loaded ``llm`` (with its ``EngineInfo``) to measure the engine a
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import re
+import os
 import time
 from pathlib import Path
 
-from ptq_deploy import engine
+from ptq_deploy import checkpoint, engine
 from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import HardwareInfo, detect
 from ptq_deploy.perf import offline, roofline, serving, workload
@@ -21,36 +19,8 @@ from ptq_deploy.perf.config import PerfConfig
 from ptq_deploy.perf.memory import MemoryStats, PeakSampler, gpu_used, tree_rss
 from ptq_deploy.perf.result import LoadStats, PerfResult
 from ptq_deploy.provenance import collect
-from ptq_deploy.results import atomic_write_json
 from ptq_deploy.stats import Summary
-
-
-def labels(checkpoint: Path) -> tuple[str, str]:
-    """(model name, scheme name) for the result file name."""
-    from ptq_deploy.checkpoint import read_config, scheme_of
-    from ptq_deploy.compress import read_metadata
-
-    meta = None
-    try:
-        meta = read_metadata(checkpoint)
-    except ValueError:
-        pass
-    if meta and meta.get("scheme"):
-        src = (meta.get("source") or {}).get("path") or checkpoint.name
-        return Path(src).name, str(meta["scheme"])
-    scheme = scheme_of(checkpoint).name
-    if scheme == "dense":
-        scheme = str(read_config(checkpoint).get("torch_dtype") or read_config(checkpoint).get("dtype") or "dense")
-        scheme = {"bfloat16": "BF16", "float16": "FP16", "float32": "FP32"}.get(scheme, scheme.upper())
-    return checkpoint.name, scheme
-
-
-def _safe(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "model"
-
-
-def result_path(out_dir: Path, model: str, scheme: str, when: _dt.datetime) -> Path:
-    return Path(out_dir) / f"{_safe(model)}_{_safe(scheme)}_{when.strftime('%Y%m%dT%H%M%S')}.json"
+from ptq_deploy.timeutil import timestamp
 
 
 def _check(cfg: PerfConfig, max_model_len: int):
@@ -66,21 +36,19 @@ def run_perf(cfg: PerfConfig, llm=None, info: engine.EngineInfo | None = None, h
              progress=None) -> PerfResult:
     say = progress or (lambda msg: None)
     hw = hw or detect()
-    started = _dt.datetime.now(_dt.timezone.utc)
+    started = timestamp()
     t_start = time.perf_counter()
-    ecfg = cfg.engine_config()
-    engine.preflight(ecfg, hw)  # one line, before anything is loaded
     ckpt = Path(cfg.checkpoint)
-    resolved = engine.resolve_settings(ecfg, hw)
-    if info is not None:
-        resolved = info.settings
+    engine.preflight(ckpt, cfg.engine, hw)  # one line, before anything is loaded
+    facts = checkpoint.read(ckpt)
+    resolved = info.settings if info is not None else engine.resolve(ckpt, cfg.engine, hw)
     _check(cfg, resolved.max_model_len)
-    engine.configure_environment(resolved, hw)
+    engine.apply_environment(resolved)
 
     tokenizer = workload.load_tokenizer(str(ckpt))
-    reqs = workload.build(tokenizer, cfg.dataset, cfg.num_prompts, cfg.input_len, cfg.output_len, cfg.seed)
-    winfo = workload.info(reqs, cfg.dataset, cfg.seed, cfg.input_len, cfg.output_len)
-    model_name, scheme = labels(ckpt)
+    seed = resolved.seed
+    reqs = workload.build(tokenizer, cfg.dataset, cfg.num_prompts, cfg.input_len, cfg.output_len, seed)
+    winfo = workload.info(reqs, cfg.dataset, seed, cfg.input_len, cfg.output_len)
 
     load = memory = latency = throughput = roof = serve = None
     quant = info.quantization if info else None
@@ -88,7 +56,7 @@ def run_perf(cfg: PerfConfig, llm=None, info: engine.EngineInfo | None = None, h
     if cfg.offline:
         if own:
             say(f"loading {ckpt} in vLLM")
-            llm, info = engine.load(ecfg, hw)
+            llm, info = engine.load(ckpt, cfg.engine, hw)
         quant = info.quantization
         try:
             rss0, gpu0 = tree_rss(), gpu_used() if hw.gpus else None
@@ -121,25 +89,23 @@ def run_perf(cfg: PerfConfig, llm=None, info: engine.EngineInfo | None = None, h
                 llm = None
     if cfg.serving:
         say(f"serving: vllm serve, concurrency {','.join(map(str, cfg.concurrency))}")
-        serve = serving.run_serving(resolved, bool(hw.gpus), reqs, cfg.concurrency, cfg.request_rate, cfg.warmup,
-                                    cfg.goodput, cfg.seed, cfg.server_timeout_s)
-    import os
-
+        serve = serving.run_serving(resolved, reqs, cfg.concurrency, cfg.request_rate, cfg.warmup,
+                                    cfg.goodput, seed, cfg.server_timeout_s)
     threads: dict = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
     if cfg.offline:
-        import torch
+        import torch  # already loaded by the engine
 
         threads["torch_threads"] = torch.get_num_threads()
-    res = PerfResult(threads=threads, checkpoint=str(ckpt), model=model_name, scheme=scheme, vllm_quantization=quant, engine=info,
-                     config=cfg, workload=winfo, load=load, memory=memory, latency=latency, throughput=throughput,
-                     roofline=roof, serving=serve, wall_time_s=time.perf_counter() - t_start,
-                     started_at=started.isoformat(timespec="seconds"), provenance=collect(hw))
+    identity = facts.identity().model_copy(update={"kv_cache": _kv_label(facts, resolved.kv_cache_dtype)})
+    res = PerfResult(identity=identity, started_at=started, wall_time_s=time.perf_counter() - t_start,
+                     provenance=collect(hw), threads=threads, vllm_quantization=quant, engine=info, config=cfg,
+                     workload=winfo, load=load, memory=memory, latency=latency, throughput=throughput,
+                     roofline=roof, serving=serve)
     if cfg.write:
-        path = result_path(cfg.output_dir, model_name, scheme, started)
-        res.output_path = str(path)
-        atomic_write_json(path, res)
+        res.output_path = str(res.write_new(cfg.output_dir))
     return res
 
 
-def load_result(path: Path) -> PerfResult:
-    return PerfResult.model_validate(json.loads(Path(path).read_text()))
+def _kv_label(facts: checkpoint.Checkpoint, kv_cache_dtype: str) -> str:
+    """The KV-cache option a result is about: the engine's dtype when set, else the checkpoint's."""
+    return kv_cache_dtype if kv_cache_dtype != "auto" else facts.kv_cache

@@ -1,80 +1,123 @@
-"""Experiment files: models x schemes x KV-cache options, with perf and eval settings (YAML)."""
+"""Experiment files: models x schemes x KV-cache options, with compress, perf and eval settings (YAML).
+
+The whole file is validated when it is loaded, before any step runs: an unknown or misspelt key, a
+wrong type, an unknown scheme or a baseline that is not among the schemes is one line naming the key.
+Bundled experiments (``ptq_deploy/data/experiments``) are found by name: ``ptq-deploy run smollm2-135m``.
+"""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ptq_deploy import schemes
+from ptq_deploy.compress import CalibrationSettings
+from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import UsageError
+from ptq_deploy.eval.config import EvalOptions
+from ptq_deploy.perf.config import PerfSettings
+from ptq_deploy.schemes import KV_CACHE_SCHEMES
 
-REPO = Path(__file__).resolve().parent.parent.parent
-EXPERIMENTS_DIR = REPO / "experiments"
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "data" / "experiments"
+STEPS = ("compress", "inspect", "perf", "eval")
 
 
 class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(pattern=r"^[\w.-]+$")
     source: str = Field(description="local dir, hub id, .gguf file or 'default'")
-    dtype: str = "auto"
-    max_model_len: int = 1024
     trust_remote_code: bool = False
     group_size: int | None = Field(None, description="group size for group-quantized schemes on this model")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM settings for perf and eval")
 
 
-class CompressSettings(BaseModel):
-    dataset: str = "austen"
-    num_samples: int = 32
-    max_seq_len: int = 256
-    seed: int = 0
-
-
-class EvalSettings(BaseModel):
-    tasks: list[str] = ["austen_cloze", "austen_ppl"]
-    limit: int | float | None = None
-    num_fewshot: int | None = None
-    # for schemes vLLM cannot run here: evaluate with lm-eval's HF backend (baseline too, so
-    # recovery compares like with like), or None to record them as not runnable
-    fallback_backend: str | None = "hf"
+class ExperimentEval(EvalOptions):
+    # schemes vLLM cannot run here are scored with lm-eval's HF backend (the baseline too, so recovery
+    # compares like with like); None records them as not runnable
+    fallback_backend: Literal["hf"] | None = "hf"
 
 
 class Experiment(BaseModel):
-    name: str
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[\w.-]+$")
     models: list[ModelSpec] = Field(min_length=1)
     schemes: list[str] = Field(min_length=1)
     kv_cache: list[str] = ["none"]
     baseline: str = "BF16"
-    compress: CompressSettings = CompressSettings()
-    perf: dict[str, Any] = Field(default_factory=dict, description="PerfConfig fields")
-    eval: EvalSettings = EvalSettings()
-    steps: list[str] = ["compress", "inspect", "perf", "eval"]
+    compress: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    perf: PerfSettings = Field(default_factory=PerfSettings)
+    eval: ExperimentEval = Field(default_factory=ExperimentEval)
+    steps: list[Literal["compress", "inspect", "perf", "eval"]] = list(STEPS)
 
-    def check(self) -> "Experiment":
+    @model_validator(mode="after")
+    def _check(self) -> "Experiment":
         for s in self.schemes:
             schemes.get(s)
+        for kv in self.kv_cache:
+            if kv not in KV_CACHE_SCHEMES:
+                raise UsageError(f"kv_cache: unknown option {kv!r}; Available: {', '.join(KV_CACHE_SCHEMES)}")
         if self.baseline not in self.schemes:
-            raise UsageError(f"the baseline scheme {self.baseline} must be in the experiment's schemes")
+            raise UsageError(f"baseline: {self.baseline} must be one of the experiment's schemes "
+                             f"({', '.join(self.schemes)})")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
-            raise UsageError("model names in an experiment must be unique")
+            raise UsageError("models: model names in an experiment must be unique")
         return self
 
 
-def load(path: Path) -> Experiment:
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names valid at ``loc`` (for a did-you-mean on a misspelt key)."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        args = getattr(ann, "__args__", None) or (ann,)
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _one_line(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = tuple(err["loc"])
+    key = ".".join(map(str, loc))
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _known_keys(Experiment, loc), n=1)
+        return f"{key}: unknown key" + (f" (did you mean {close[0]}?)" if close else "")
+    return f"{key}: {err['msg']}"
+
+
+def resolve_path(path: Path | str) -> Path:
+    """A file, or the name of a bundled experiment (``smollm2-135m`` or ``experiments/smollm2-135m.yaml``)."""
     p = Path(path)
-    if not p.is_file() and (EXPERIMENTS_DIR / p).is_file():
-        p = EXPERIMENTS_DIR / p
-    if not p.is_file():
-        raise UsageError(f"experiment file not found: {path}")
+    if p.is_file():
+        return p
+    for cand in (EXPERIMENTS_DIR / p.name, EXPERIMENTS_DIR / f"{p.name}.yaml"):
+        if cand.is_file():
+            return cand
+    bundled = sorted(f.stem for f in EXPERIMENTS_DIR.glob("*.yaml"))
+    raise UsageError(f"experiment file not found: {path} (bundled experiments: {', '.join(bundled)})")
+
+
+def load(path: Path | str) -> Experiment:
+    p = resolve_path(path)
     try:
         data = yaml.safe_load(p.read_text())
-        return Experiment(**data).check()
     except yaml.YAMLError as e:
         raise UsageError(f"invalid YAML in {p}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"invalid experiment {p}: expected a mapping of keys")
+    try:
+        return Experiment.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise UsageError(f"invalid experiment {p}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    except TypeError as e:
+        raise UsageError(f"invalid experiment {p}: {_one_line(e)}") from None
+    except UsageError as e:
         raise UsageError(f"invalid experiment {p}: {e}") from None

@@ -15,34 +15,60 @@ the HF backend, so that cells that vLLM cannot run here can still be compared li
 
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import model_validator
+
+from ptq_deploy.results import Identity, ResultEnvelope
+from ptq_deploy.timeutil import timestamp
 
 STEPS = ("compress", "inspect", "perf", "eval", "eval-hf")
 Status = Literal["ok", "failed", "not_runnable"]
 
 
-class StepRecord(BaseModel):
-    schema_version: int = 1
+class StepRecord(ResultEnvelope):
+    """One finished step of a suite (its wall time is the step's duration)."""
+
     kind: Literal["suite-step"] = "suite-step"
-    model: str
     cell: str
-    scheme: str
-    kv_cache: str
     step: str
     key: str
     status: Status
     reason: str | None = None
-    started_at: str
-    duration_s: float
     result: str | None = None  # path relative to RESULTS_DIR
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_identity(cls, data: Any) -> Any:
+        """Accept ``model=, scheme=, kv_cache=, duration_s=`` (version 1's fields, and a handy constructor)."""
+        if isinstance(data, dict) and "identity" not in data and "model" in data:
+            data = dict(data)
+            data["identity"] = Identity(model=data.pop("model"), scheme=data.pop("scheme"),
+                                        kv_cache=data.pop("kv_cache", "none"))
+            data["wall_time_s"] = data.pop("duration_s", data.get("wall_time_s", 0.0))
+            data.setdefault("started_at", timestamp())
+        return data
+
+    @property
+    def model(self) -> str:
+        return self.identity.model
+
+    @property
+    def scheme(self) -> str:
+        return self.identity.scheme
+
+    @property
+    def kv_cache(self) -> str:
+        return self.identity.kv_cache
+
+    @property
+    def duration_s(self) -> float:
+        return self.wall_time_s
 
     @staticmethod
     def now() -> str:
-        return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        return timestamp()
 
 
 def cell_name(scheme: str, kv_cache: str) -> str:

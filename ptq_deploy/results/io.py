@@ -13,8 +13,6 @@ from pydantic import BaseModel
 
 from ptq_deploy.errors import UsageError
 
-SCHEMA_VERSION = 1
-
 
 def atomic_write_text(path: Path, text: str, force: bool = False) -> Path:
     path = Path(path)

@@ -1,71 +1,21 @@
-"""Reading a checkpoint's quantization config (no weights loaded)."""
+"""A checkpoint's files: the safetensors headers (never the tensor data) and the shard index.
+
+``read_safetensors_header`` reports problems (truncated file, corrupt header, sizes that disagree
+with dtype x shape) in the returned object instead of raising; ``tensors`` is the name -> entry map
+every other part of the project uses (inspect, the roofline's byte counts).
+"""
 
 from __future__ import annotations
 
 import json
 import struct
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
 
-from ptq_deploy.errors import UsageError
-from ptq_deploy.schemes import Scheme
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    f = Path(path) / "config.json"
-    if not f.is_file():
-        raise UsageError(f"{path} is not a Hugging Face checkpoint (no config.json)")
-    try:
-        return json.loads(f.read_text())
-    except ValueError as e:
-        raise UsageError(f"corrupt config.json in {path}: {e}") from None
-
-
-def quantization_config(path: Path) -> dict[str, Any] | None:
-    return read_config(path).get("quantization_config")
-
-
-def scheme_of(path: Path) -> Scheme:
-    """Describe a checkpoint's scheme from its config (compressed-tensors, GPTQ/AWQ, or dense)."""
-    qc = quantization_config(path)
-    if not qc:
-        return Scheme(name="dense", description="unquantized", calibration=False, weights="bf16",
-                      activations="bf16")
-    method = qc.get("quant_method")
-    if method in ("gptq", "awq"):
-        bits = int(qc.get("bits", 4))
-        return Scheme(name=f"{method.upper()}-W{bits}A16", description=f"{method} hub format",
-                      calibration=True, weights=f"int{bits}" if bits in (4, 8) else "int4",
-                      activations="bf16", group_size=qc.get("group_size"))
-    if method == "fp8":
-        return Scheme(name="FP8", description="fp8 hub format", calibration=False, weights="fp8",
-                      activations="fp8")
-    groups = qc.get("config_groups") or {}
-    if method != "compressed-tensors" or not groups:
-        if qc.get("kv_cache_scheme") and not groups:
-            return Scheme(name="dense+kv", description="kv-cache only", calibration=True, weights="bf16",
-                          activations="bf16")
-        return Scheme(name=str(method), description="unknown quantization", calibration=False,
-                      weights="bf16", activations="bf16")
-    g = next(iter(groups.values()))
-    w = g.get("weights") or {}
-    a = g.get("input_activations")
-    bits, typ = int(w.get("num_bits", 16)), w.get("type", "int")
-    weights = "fp8" if typ == "float" and bits == 8 else f"int{bits}"
-    if weights not in ("fp8", "int8", "int4"):
-        weights = "int4" if bits < 8 else "int8"
-    acts = "bf16"
-    if a:
-        acts = "fp8" if a.get("type") == "float" else "int8"
-    name = f"{'FP8' if weights == 'fp8' else weights.upper()}-W{bits}A{8 if a else 16}"
-    return Scheme(name=name, description=qc.get("format", ""), calibration=False, weights=weights,
-                  activations=acts, group_size=w.get("group_size"))
-
-
-# ---------------------------------------------------------------- safetensors headers (no tensors loaded)
+# bytes per element of each safetensors dtype (the one table; F8_E4M3FN is an alias some writers use)
 DTYPE_BYTES: dict[str, float] = {
+    "F8_E4M3FN": 1,
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
     "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "F4": 0.5, "F6_E2M3": 0.75,
     "F6_E3M2": 0.75,
@@ -163,3 +113,12 @@ def weight_files(path: Path) -> tuple[list[Path], list[str]]:
             continue
         missing += sorted({s for s in wm.values() if not (path / s).is_file()})
     return files, missing
+
+
+def tensors(path: Path) -> dict[str, TensorEntry]:
+    """Every tensor of a checkpoint directory by name, from the headers of its safetensors files."""
+    out: dict[str, TensorEntry] = {}
+    for f in weight_files(path)[0]:
+        for t in read_safetensors_header(f).tensors:
+            out.setdefault(t.name, t)
+    return out

@@ -1,0 +1,60 @@
+"""``ptq_deploy.json``: what ptq-deploy records in every checkpoint it writes (typed, read back typed).
+
+Next to it, ``recipe.yaml`` holds the llmcompressor recipe that produced the weights, as
+llm-compressor's own checkpoints carry it. A checkpoint written before this schema (a whole
+compress result as ``ptq_deploy.json``) reads into the same model: only these fields are kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from ptq_deploy.data import CalibrationInfo
+from ptq_deploy.models import ModelSource
+from ptq_deploy.provenance import Provenance
+from ptq_deploy.results.io import atomic_write_text
+
+METADATA_FILE = "ptq_deploy.json"
+RECIPE_FILE = "recipe.yaml"
+
+
+class CheckpointMetadata(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    scheme: str
+    description: str = ""
+    group_size: int | None = None
+    kv_cache: str = "none"
+    source: ModelSource
+    calibration: CalibrationInfo | None = None
+    recipe: dict[str, Any] | None = None
+    provenance: Provenance | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_compress_result(cls, data: Any) -> Any:
+        """A version-2 compress result nests its identity; a version-1 one kept these at the top."""
+        if isinstance(data, dict) and "scheme" not in data and isinstance(data.get("identity"), dict):
+            data = {**data, "scheme": data["identity"].get("scheme"), "kv_cache": data["identity"].get("kv_cache")}
+        return data
+
+    def write(self, checkpoint: Path) -> None:
+        atomic_write_text(Path(checkpoint) / METADATA_FILE, self.model_dump_json(indent=2) + "\n", force=True)
+        if self.recipe:
+            atomic_write_text(Path(checkpoint) / RECIPE_FILE, yaml.safe_dump(self.recipe, sort_keys=False),
+                              force=True)
+
+
+def read(checkpoint: Path) -> tuple[CheckpointMetadata | None, str | None]:
+    """``(metadata, problem)``: ``(None, None)`` when the checkpoint has no ``ptq_deploy.json``."""
+    f = Path(checkpoint) / METADATA_FILE
+    if not f.is_file():
+        return None, None
+    try:
+        return CheckpointMetadata.model_validate_json(f.read_text()), None
+    except (OSError, ValueError, ValidationError) as e:
+        return None, f"corrupt {METADATA_FILE}: {str(e).splitlines()[0]}"

@@ -1,0 +1,66 @@
+"""Engine settings: one ``EngineConfig`` nested wherever vLLM is loaded (perf, eval, experiments).
+
+A baseline and every candidate are loaded with the same ``EngineConfig``; ``resolve`` turns it into
+a ``ResolvedEngine`` for one checkpoint on one machine (nothing left to "auto"), the only input of
+``ptq_deploy.engine.args``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_MODEL_LEN_CAP = 2048
+# engine fields that version-1 perf/eval configs kept at their top level
+V1_FLAT_FIELDS = ("dtype", "kv_cache_dtype", "max_model_len", "tensor_parallel_size", "data_parallel_size",
+                  "gpu_memory_utilization", "enforce_eager", "seed", "cpu_kvcache_space_gib")
+
+
+class EngineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: str = Field("auto", description="auto (float32 on CPUs without AVX-512) | bfloat16 | float16 | float32")
+    max_model_len: int | None = Field(None, ge=16, description=f"None: the model's, capped at {MAX_MODEL_LEN_CAP}")
+    kv_cache_dtype: str = Field("auto", description="auto | fp8 | fp8_e4m3 | fp8_e5m2")
+    enforce_eager: bool | None = Field(None, description="None: eager on CPU, CUDA graphs on GPU")
+    seed: int = 0
+    tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    cpu_kvcache_space_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    max_num_seqs: int | None = Field(None, ge=1)
+    extra: dict[str, Any] = Field(default_factory=dict, description="more vLLM engine args (KEY=VALUE)")
+
+
+class ResolvedEngine(EngineConfig):
+    """``EngineConfig`` for one model on one machine: dtype, length and eager mode decided."""
+
+    model: str
+    gpus: bool
+    dtype: str
+    max_model_len: int
+    enforce_eager: bool
+
+
+class EngineInfo(BaseModel):
+    """What vLLM actually did with the checkpoint."""
+
+    model: str
+    quantization: str | None
+    dtype: str
+    kv_cache_dtype: str
+    load_time_s: float  # LLM(...) construction, measured here
+    weights_load_s: float | None = None  # vLLM's own "Loading weights took ... seconds"
+    model_load_s: float | None = None  # vLLM's own "Model loading took ... seconds"
+    compile_time_s: float | None = None  # vLLM's compilation_config.compilation_time (0 in eager mode)
+    compile_cache: str = "unknown"  # "not used (eager mode)" | "warm (graphs loaded from cache)" | "cold (compiled)"
+    device: str
+    settings: ResolvedEngine
+
+
+def nest_v1_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 perf/eval config with its engine fields moved under ``engine``."""
+    engine = {k: config.pop(k) for k in V1_FLAT_FIELDS if k in config}
+    engine["extra"] = config.pop("extra_engine_args", {})
+    return {**config, "engine": engine}

@@ -1,0 +1,94 @@
+"""A checkpoint's module tree: built from ``config.json`` on the meta device, or guessed from tensor names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from ptq_deploy.checkpoint import TensorEntry
+
+
+class Module(BaseModel):
+    name: str
+    classes: list[str]  # MRO class names, for compressed-tensors class targets ("Linear")
+    in_features: int | None = None
+    out_features: int | None = None
+    tied_to: str | None = None
+
+
+def meta_modules(path: Path, config: dict[str, Any], trust_remote_code: bool) -> tuple[dict[str, Module], int] | None:
+    """Module tree and parameter count of the architecture, built from config.json on the meta device."""
+    try:  # heavy; a runtime without transformers falls back to tensor names
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return None
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if hasattr(cfg, "quantization_config"):
+            delattr(cfg, "quantization_config")
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
+    except Exception:
+        return None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    owner = {id(p): n for n, p in model.named_parameters()}  # first name wins: the stored one when tied
+    mods: dict[str, Module] = {}
+    for name, m in model.named_modules():
+        if not name:
+            continue
+        classes = [c.__name__ for c in type(m).__mro__ if issubclass(c, torch.nn.Module)]
+        mod = Module(name=name, classes=classes)
+        if isinstance(m, torch.nn.Linear):
+            mod.in_features, mod.out_features = m.in_features, m.out_features
+            stored = owner.get(id(m.weight))
+            if stored and stored != f"{name}.weight":
+                mod.tied_to = stored.rsplit(".", 1)[0]
+        mods[name] = mod
+    return mods, sum(p.numel() for p in model.parameters())
+
+
+def modules_from_tensors(tensors: dict[str, TensorEntry]) -> dict[str, Module]:
+    """Fallback when transformers cannot build the architecture: Linears recognised by tensor names."""
+    mods: dict[str, Module] = {}
+    for name, t in tensors.items():
+        prefix, _, suffix = name.rpartition(".")
+        linear = (suffix in ("weight_packed", "qweight") or (suffix == "weight" and len(t.shape) == 2)) \
+            and not re.search(r"(^|\.)(embed\w*|wte|wpe)$", prefix)
+        if prefix and prefix not in mods:
+            mods[prefix] = Module(name=prefix, classes=["Linear"] if linear else [])
+    return mods
+
+
+def layer_type(module: str) -> str:
+    return re.sub(r"\.\d+(?=\.|$)", ".*", module)
+
+
+def module_of(tensor: str, modules: dict[str, Module]) -> str:
+    prefix = tensor.rsplit(".", 1)[0] if "." in tensor else tensor
+    while prefix and prefix not in modules and "." in prefix:
+        prefix = prefix.rsplit(".", 1)[0]
+    return prefix
+
+
+def shape_from_tensors(m: Module, t: dict[str, TensorEntry], config: dict[str, Any]) -> None:
+    qc = config.get("quantization_config") or {}
+    if "weight" in t and len(t["weight"].shape) == 2:
+        m.out_features, m.in_features = t["weight"].shape
+    elif "weight_packed" in t and t["weight_packed"].dtype == "I32":
+        groups = qc.get("config_groups") or {}
+        bits = next(iter(groups.values()), {}).get("weights", {}).get("num_bits", 4) if groups else 4
+        m.out_features, m.in_features = t["weight_packed"].shape[0], t["weight_packed"].shape[1] * 32 // bits
+    elif "qweight" in t and "scales" in t:
+        m.out_features = t["scales"].shape[1]
+        bits = int(qc.get("bits", 4))
+        q = t["qweight"].shape
+        m.in_features = q[0] * 32 // bits if qc.get("quant_method") == "gptq" else q[0]
+

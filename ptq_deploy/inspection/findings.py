@@ -1,0 +1,135 @@
+"""Findings about a checkpoint: the proof summary, KV-cache scales, its ptq_deploy.json, hardware fit.
+
+Each check appends ``Finding``s through ``find(severity, code, message)``; an error finding makes
+``inspect`` exit 1.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from ptq_deploy import schemes
+from ptq_deploy.checkpoint import CheckpointMetadata, Quantization, SafetensorsFile, TensorEntry
+from ptq_deploy.errors import PtqError
+from ptq_deploy.hardware import detect
+from ptq_deploy.inspection.architecture import Module
+from ptq_deploy.inspection.report import HardwareFit, LinearLayer
+from ptq_deploy.support import hardware_for, kv_cache_support, scheme_support
+
+
+def summarise_proof(q: Quantization, linears: list[LinearLayer], find) -> None:
+    targeted = [lin for lin in linears if lin.status in ("quantized", "broken") and lin.storage]
+    broken = [lin for lin in linears if lin.status == "broken"]
+    missing = [lin for lin in linears if lin.status == "missing"]
+    if missing:
+        find("error", "missing-layers", f"{len(missing)} Linear layers have no tensors in the checkpoint "
+             f"(e.g. {missing[0].name})")
+    if q.method is None:
+        return
+    if q.method in ("compressed-tensors", "gptq", "awq", "fp8") and not targeted:
+        find("error", "no-targeted-layers", f"the quantization config ({q.name}) targets "
+             f"{q.targets or '?'} but matches no Linear layer of the checkpoint")
+        return
+    if broken:
+        first = broken[0]
+        kinds = Counter(p.split(" (")[0] for lin in broken for p in lin.problems)
+        if len(broken) == len(targeted):
+            find("error", "claimed-scheme-not-in-tensors",
+                 f"config claims {q.name} ({q.format}) but none of its {len(targeted)} targeted Linear layers "
+                 f"carries it: {first.problems[0]} (e.g. {first.name})")
+        else:
+            find("error", "inconsistent-layers",
+                 f"{len(broken)} of {len(targeted)} targeted Linear layers do not match the config: "
+                 f"{first.problems[0]} (e.g. {first.name})")
+        if len(kinds) > 1:
+            find("info", "problem-kinds", "problems: " + "; ".join(f"{k}: {n}" for k, n in kinds.most_common()))
+    ok = [lin for lin in targeted if lin.status == "quantized"]
+    if ok:
+        storages = Counter(lin.storage for lin in ok)
+        find("info", "proof", f"{len(ok)}/{len(targeted)} targeted Linear layers carry "
+             + "; ".join(f"{s}" + (f" [{n}]" if len(storages) > 1 else "") for s, n in storages.most_common()))
+    left = [lin for lin in linears if lin.status in ("16-bit", "tied")]
+    if left:
+        reasons = Counter(lin.reason for lin in left)
+        groups = {r: ", ".join(lin.name for lin in left if lin.reason == r)[:120] for r in reasons}
+        find("info", "16-bit-layers", f"{len(left)} Linear layers left 16-bit: "
+             + "; ".join(f"{names} ({r})" for r, names in groups.items()))
+
+
+def check_kv_cache(path: Path, q: Quantization, modules: dict[str, Module],
+                   by_module: dict[str, dict[str, TensorEntry]], headers: list[SafetensorsFile], find) -> None:
+    if q.kv_cache is None:
+        return
+    attn = sorted({m for m, t in by_module.items() if "k_scale" in t or "v_scale" in t})
+    expected = sorted(n for n, m in modules.items() if any(c.endswith("Attention") for c in m.classes[:1]))
+    if not expected:  # architecture unknown: attention modules are the parents of k_proj
+        expected = sorted({n.rsplit(".", 1)[0] for n in modules if n.endswith(".k_proj")})
+    lacking = [m for m in expected if not {"k_scale", "v_scale"} <= set(by_module.get(m, {}))]
+    if lacking:
+        find("error", "kv-cache-scales-missing",
+             f"config declares a KV-cache scheme ({q.kv_cache.type}{q.kv_cache.num_bits}) "
+             f"but {len(lacking)} of {len(expected)} attention layers have no k_scale/v_scale (e.g. {lacking[0]}): "
+             "the KV-cache quantization never ran")
+        return
+    if any(h.problem for h in headers):
+        return
+    try:  # the scales are scalars: reading them is cheap, and all-1.0 means never calibrated
+        from safetensors import safe_open  # imports torch for "pt"
+
+        values = []
+        for h in headers:
+            with safe_open(str(Path(path) / h.name), "pt") as f:
+                values += [float(f.get_tensor(t.name).float().flatten()[0]) for t in h.tensors
+                           if t.name.endswith(("k_scale", "v_scale")) and t.numel == 1]
+    except Exception:
+        return
+    if values and all(v == 1.0 for v in values):
+        find("error", "kv-cache-uncalibrated", f"all {len(values)} KV-cache scales are exactly 1.0: "
+             "the KV-cache scales were never calibrated")
+    else:
+        find("info", "kv-cache", f"{len(attn)} attention layers carry calibrated k_scale/v_scale")
+
+
+def check_metadata(meta: CheckpointMetadata | None, problem: str | None, q: Quantization, find) -> None:
+    """Does the checkpoint's ``ptq_deploy.json`` agree with what its config carries?"""
+    if problem:
+        find("warning", "metadata", problem)
+    if meta is None:
+        return
+    try:
+        claimed = schemes.get(meta.scheme)
+    except PtqError:
+        claimed = None
+    if claimed is not None:
+        if (claimed.weights, claimed.activations) != (q.weight_kind, q.activation_kind):
+            find("error", "provenance-mismatch",
+                 f"ptq_deploy.json says {meta.scheme} ({claimed.weights} weights, {claimed.activations} activations) "
+                 f"but config.json carries {q.name} ({q.weight_kind}/{q.activation_kind})")
+        elif meta.group_size and q.group_size and meta.group_size != q.group_size:
+            find("error", "provenance-mismatch", f"ptq_deploy.json says group size {meta.group_size}, "
+                 f"config.json has {q.group_size}")
+    if meta.kv_cache != "none" and q.kv_cache is None:
+        find("error", "kv-cache-not-applied", f"ptq_deploy.json says kv_cache={meta.kv_cache} but config.json has "
+             "no kv_cache_scheme: the KV-cache quantization never ran")
+
+
+def hardware_fit(device: str | None, q: Quantization, weight_bytes: int, find) -> HardwareFit:
+    """Which vLLM kernel family runs the checkpoint on ``device`` (``None``: here), and does it fit."""
+    hw = hardware_for(device, detect())
+    sup = scheme_support(q, hw)
+    kv = kv_cache_support(q.kv_cache_dtype, hw) if q.kv_cache is not None else None
+    mem = hw.gpus[0].memory_total_bytes if hw.gpus else hw.memory_total_bytes
+    name = hw.summary() if device in (None, "local", "cpu") else f"{device} ({hw.summary()})"
+    fit = HardwareFit(device=name, support=sup, kv_cache=kv, weight_memory_bytes=weight_bytes,
+                      device_memory_bytes=mem, fits_in_memory=weight_bytes < mem)
+    if not sup.runnable:
+        find("warning", "not-runnable", f"{q.name} does not run on {name}: {sup.reason}")
+    elif not sup.fast_path and sup.reason:
+        find("info", "slow-path", f"{q.name} on {name}: {sup.reason}")
+    if kv is not None and not kv.runnable:
+        find("warning", "kv-cache-not-runnable", f"the FP8 KV-cache scales cannot be used on {name} "
+             f"({kv.reason}); vLLM must run it with kv_cache_dtype=bfloat16")
+    if not fit.fits_in_memory:
+        find("warning", "memory", f"weights need {weight_bytes / 2**30:.1f} GiB, the device has {mem / 2**30:.1f} GiB")
+    return fit

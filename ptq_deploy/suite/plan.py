@@ -1,0 +1,128 @@
+"""The suite's plan: every (model, cell, step) with a content-hash key and its state before running.
+
+A step is keyed by a hash of everything its result depends on (the scheme's content, not its file's
+path; calibration; the cell's engine settings, KV-cache dtype included; perf / eval settings), so a
+rerun skips finished steps and a changed setting reruns exactly the steps it affects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from ptq_deploy import schemes
+from ptq_deploy.engine import EngineConfig
+from ptq_deploy.hardware import HardwareInfo, detect
+from ptq_deploy.suite import layout
+from ptq_deploy.suite.experiment import Experiment, ModelSpec
+from ptq_deploy.support import kv_cache_support, scheme_support
+
+State = Literal["done", "pending", "not_runnable", "blocked", "running", "ok", "failed"]
+# the vLLM KV-cache dtype of a cell's KV-cache option
+KV_DTYPE = {"none": "auto", "fp8": "fp8"}
+
+
+class RunOptions(BaseModel):
+    results_dir: Path
+    include_models: list[str] = []
+    exclude_models: list[str] = []
+    include_schemes: list[str] = []
+    exclude_schemes: list[str] = []
+    force: list[str] = []  # step names, or "all"
+    dry_run: bool = False
+    compress_python: str | None = None
+
+
+class PlannedStep(BaseModel):
+    model: str
+    cell: str
+    scheme: str
+    kv_cache: str
+    step: str
+    key: str
+    state: State
+    reason: str | None = None
+    backend: str | None = None  # eval steps: vllm | hf
+    duration_s: float | None = None
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _selected(name: str, include: list[str], exclude: list[str]) -> bool:
+    return (not include or name in include) and name not in exclude
+
+
+def cell_engine(m: ModelSpec, kv_cache: str) -> EngineConfig:
+    """The engine a cell is measured with: the model's settings plus the cell's KV-cache dtype."""
+    return m.engine.model_copy(update={"kv_cache_dtype": KV_DTYPE.get(kv_cache, kv_cache)})
+
+
+def _runnable(scheme: str, kv: str, hw: HardwareInfo) -> tuple[bool, str | None]:
+    sup = scheme_support(schemes.get(scheme), hw)
+    if not sup.runnable:
+        return False, sup.reason
+    k = kv_cache_support(KV_DTYPE.get(kv, kv), hw)
+    return (True, None) if k.runnable else (False, k.reason)
+
+
+def _cell_steps(exp: Experiment, m: ModelSpec, scheme: str, kv: str, hw: HardwareInfo) -> list[PlannedStep]:
+    cell = layout.cell_name(scheme, kv)
+    s = schemes.get(scheme)
+    ckey = _hash({"source": m.source, "trust": m.trust_remote_code, "scheme": s.model_dump(exclude={"source"}),
+                  "group": m.group_size if s.group_size else None, "kv": kv, "calib": exp.compress.model_dump()})
+    engine = cell_engine(m, kv).model_dump()
+    keys = {"compress": ckey, "inspect": _hash({"c": ckey, "step": "inspect"}),
+            "perf": _hash({"c": ckey, "perf": exp.perf.model_dump(), "engine": engine}),
+            "eval": _hash({"c": ckey, "eval": exp.eval.model_dump(mode="json"), "engine": engine})}
+    runnable, reason = _runnable(scheme, kv, hw)
+    out = []
+    for step in exp.steps:
+        ps = PlannedStep(model=m.name, cell=cell, scheme=scheme, kv_cache=kv, step=step, key=keys[step],
+                         state="pending")
+        if step == "perf" and not runnable:
+            ps.state, ps.reason = "not_runnable", f"not runnable here: {reason}"
+        if step == "eval":
+            ps.backend = "vllm"
+            if not runnable and exp.eval.fallback_backend and kv == "none":
+                ps.backend, ps.key = exp.eval.fallback_backend, _hash({"k": ps.key, "backend": exp.eval.fallback_backend})
+            elif not runnable:
+                ps.state, ps.reason = "not_runnable", f"not runnable here: {reason}"
+        out.append(ps)
+    return out
+
+
+def _model_steps(exp: Experiment, m: ModelSpec, names: list[str], hw: HardwareInfo) -> list[PlannedStep]:
+    steps = [ps for scheme in names for kv in exp.kv_cache if not (scheme == exp.baseline and kv != "none")
+             for ps in _cell_steps(exp, m, scheme, kv, hw)]
+    fallback = exp.eval.fallback_backend
+    if fallback and any(ps.step == "eval" and ps.backend == fallback for ps in steps):
+        base = next(p for p in steps if p.cell == exp.baseline and p.step == "eval")
+        steps.insert(steps.index(base) + 1, base.model_copy(update={
+            "step": "eval-hf", "backend": fallback, "key": _hash({"k": base.key, "backend": fallback})}))
+    return steps
+
+
+def plan(exp: Experiment, opts: RunOptions, hw: HardwareInfo | None = None) -> list[PlannedStep]:
+    """Every step of the selected cells, baseline first, marked done where a matching record exists."""
+    hw = hw or detect()
+    models = [m for m in exp.models if _selected(m.name, opts.include_models, opts.exclude_models)]
+    names = [s for s in exp.schemes if _selected(s, opts.include_schemes, opts.exclude_schemes)]
+    if exp.baseline not in names and "eval" in exp.steps:
+        names = [exp.baseline, *names]  # recovery needs the baseline cell
+    names.sort(key=lambda s: s != exp.baseline)
+    steps = [ps for m in models for ps in _model_steps(exp, m, names, hw)]
+    for ps in steps:
+        if ps.state != "pending" or "all" in opts.force or ps.step in opts.force:
+            continue
+        rec_path = layout.step_file(opts.results_dir, ps.model, ps.cell, ps.step)
+        if rec_path.is_file():
+            rec = layout.StepRecord.read(rec_path)
+            if rec.key == ps.key and rec.status in ("ok", "not_runnable"):
+                ps.state, ps.duration_s = "done", rec.duration_s
+    return steps
