@@ -20,7 +20,7 @@ from ptq_deploy import envs, schemes
 from ptq_deploy.checkpoint import CheckpointMetadata, model_name_of_source
 from ptq_deploy.data import DEFAULT_DATASET, CalibrationInfo
 from ptq_deploy.errors import PtqError, UsageError
-from ptq_deploy.models import ModelSource, resolve
+from ptq_deploy.models import DEFAULT_MODEL, ModelSource, resolve
 from ptq_deploy.provenance import Provenance
 from ptq_deploy.results import Identity, ResultEnvelope, check_output_dir, temp_sibling
 from ptq_deploy.results.envelope import v1_identity
@@ -109,7 +109,7 @@ class CompressResult(ResultEnvelope):
         cfg = data.get("config") or {}
         cfg["calibration"] = {k: cfg.pop(k) for k in ("dataset", "num_samples", "max_seq_len", "seed") if k in cfg}
         source = data.get("source") or {}
-        name = "smollm2-135m" if source.get("kind") == "embedded" else Path(source.get("spec") or "?").name
+        name = DEFAULT_MODEL if source.get("kind") == "embedded" else Path(source.get("spec") or "?").name
         return v1_identity(data, name, data.get("scheme"), data.get("output"), data.get("kv_cache"))
 
 

@@ -34,14 +34,14 @@ _COMPRESSED: dict[str, Path] = {}
 @pytest.fixture(scope="session")
 def compressed(tiny_model, ckpt_dir):
     """``compressed(scheme, **opts)`` -> checkpoint path, made once per session via the real product path."""
-    from ptq_deploy.compress import CompressConfig, compress
+    from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
 
     def make(scheme: str, **opts) -> Path:
         key = scheme + repr(sorted(opts.items()))
         if key not in _COMPRESSED:
             out = ckpt_dir / f"{scheme}-{len(_COMPRESSED)}"
-            compress(CompressConfig(model=str(tiny_model), scheme=scheme, output=out, num_samples=8,
-                                    max_seq_len=64, **opts))
+            compress(CompressConfig(model=str(tiny_model), scheme=scheme, output=out,
+                                    calibration=CalibrationSettings(num_samples=8, max_seq_len=64), **opts))
             _COMPRESSED[key] = out
         return _COMPRESSED[key]
 
@@ -59,7 +59,7 @@ class _Engines:
 
         if self.path != str(path):
             self.close()
-            self.llm, self.info = engine.load(engine.EngineConfig(model=str(path), max_model_len=512))
+            self.llm, self.info = engine.load(path, engine.EngineConfig(max_model_len=512))
             self.path = str(path)
         return self.llm, self.info
 
@@ -115,7 +115,7 @@ def embedded_compressed(embedded_model, ckpt_dir):
     """``embedded_compressed(scheme)`` -> SmolLM2-135M checkpoint, compressed once per session
     (small calibration: 16 samples x 128 tokens, to keep CI fast)."""
     from ptq_deploy import schemes
-    from ptq_deploy.compress import CompressConfig, compress
+    from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
 
     def make(scheme: str, **opts) -> Path:
         key = scheme + repr(sorted(opts.items()))
@@ -123,8 +123,8 @@ def embedded_compressed(embedded_model, ckpt_dir):
             out = ckpt_dir / f"smollm2-{scheme}-{len(_EMBEDDED)}"
             if schemes.get(scheme).group_size:
                 opts.setdefault("group_size", EMBEDDED_GROUP)
-            compress(CompressConfig(model="default", scheme=scheme, output=out, num_samples=16,
-                                    max_seq_len=128, **opts))
+            compress(CompressConfig(model="default", scheme=scheme, output=out,
+                                    calibration=CalibrationSettings(num_samples=16, max_seq_len=128), **opts))
             _EMBEDDED[key] = out
         return _EMBEDDED[key]
 

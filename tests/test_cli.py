@@ -80,6 +80,29 @@ def test_doctor_reports_both_envs_device_and_support(cli):
 
 
 def test_doctor_exits_1_when_an_environment_is_broken(cli, tmp_path):
-    p = cli("doctor", "--compress-python", str(tmp_path / "nope"))
+    p = cli("doctor", "--json", "--compress-python", str(tmp_path / "nope"))
     assert p.returncode == 1
-    assert "compress interpreter not found" in p.stdout.replace("\n", " ").replace("│", "") or "no" in p.stdout
+    roles = {e["role"]: e for e in json.loads(p.stdout)["environments"]}
+    assert not roles["compress"]["ok"] and "compress interpreter not found" in roles["compress"]["problem"]
+    assert roles["runtime"]["ok"]
+
+
+def test_a_misspelt_experiment_key_is_one_line_naming_it(cli, tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("name: x\nmodels: [{name: m, source: default}]\nschemes: [BF16]\nperf: {num_promts: 4}\n")
+    err = _one_clear_line(cli("run", str(exp), "--dry-run"))
+    assert "perf.num_promts: unknown key (did you mean num_prompts?)" in err
+    exp.write_text("name: x\nmodels: [{name: m, source: default}]\nschemes: [BF16, FP8-W8A8]\nbaseline: FP8\n")
+    assert "baseline: FP8 must be one of the experiment's schemes" in _one_clear_line(cli("run", str(exp)))
+    exp.write_text("name: x\nmodels: [{name: m, source: default, engine: {max_model_len: many}}]\nschemes: [BF16]\n")
+    assert "models.0.engine.max_model_len:" in _one_clear_line(cli("run", str(exp)))
+
+
+def test_perf_on_a_checkpoint_without_tokenizer_files_is_one_line(cli, tiny_model, tmp_path):
+    bare = tmp_path / "no-tokenizer"
+    bare.mkdir()
+    for f in tiny_model.iterdir():
+        if "token" not in f.name and f.suffix in (".json", ".safetensors"):
+            (bare / f.name).write_bytes(f.read_bytes())
+    err = _one_clear_line(cli("perf", str(bare), "--no-serving", "--num-prompts", "2", "--iterations", "1"))
+    assert "tokenizer" in err

@@ -3,12 +3,14 @@
 import json
 
 import pytest
+import yaml
 from safetensors import safe_open
 
 from conftest import no_temp_siblings
-from ptq_deploy import engine
-from ptq_deploy.compress import CompressConfig, compress
-from ptq_deploy.errors import NotRunnableHere
+from ptq_deploy import checkpoint, engine
+from ptq_deploy.checkpoint import RECIPE_FILE
+from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
+from ptq_deploy.errors import NotRunnableHere, PtqError
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +23,7 @@ def _tensor_dtypes(path):
 
 
 @pytest.mark.parametrize("scheme", list(FORMATS))
-def test_compressed_checkpoint_is_really_quantized(compressed, scheme):
+def test_compressed_checkpoint_is_really_quantized(compressed, tiny_model, scheme):
     ckpt = compressed(scheme)
     qc = json.loads((ckpt / "config.json").read_text())["quantization_config"]
     fmt, dtype = FORMATS[scheme]
@@ -32,15 +34,16 @@ def test_compressed_checkpoint_is_really_quantized(compressed, scheme):
     assert len(proj) == 2 * 7 and all(dtypes[k] == dtype for k in proj)
     assert all(k.replace(".weight", ".weight_scale") in dtypes for k in proj)
     assert dtypes["lm_head.weight"] == "BF16"
-    meta = json.loads((ckpt / "ptq_deploy.json").read_text())
-    assert meta["scheme"] == scheme and meta["schema_version"] == 1
-    assert meta["provenance"]["packages"]["llmcompressor"] == "0.14.0.1"
-    assert meta["provenance"]["packages"]["compressed-tensors"] == "0.19.0"
-    assert meta["peak_rss_bytes"] > 100 * 2**20 and meta["wall_time_s"] > 0
+    ck = checkpoint.read(ckpt)  # ptq_deploy.json, read back typed
+    assert ck.metadata_problem is None and ck.metadata.scheme == scheme and ck.scheme_name == scheme
+    assert ck.quantization.name == scheme and ck.model_name == tiny_model.name
+    assert ck.metadata.provenance.packages["llmcompressor"] == "0.14.0.1"
+    assert ck.metadata.provenance.packages["compressed-tensors"] == "0.19.0"
+    assert yaml.safe_load((ckpt / RECIPE_FILE).read_text()) == ck.metadata.recipe  # as llm-compressor ships it
     if scheme == "INT8-W8A8":
-        assert meta["calibration"]["num_samples"] == 8 and len(meta["calibration"]["sha256"]) == 64
+        assert ck.metadata.calibration.num_samples == 8 and len(ck.metadata.calibration.sha256) == 64
     else:
-        assert meta["calibration"] is None
+        assert ck.metadata.calibration is None
     assert no_temp_siblings(ckpt)
 
 
@@ -61,6 +64,19 @@ def test_force_replaces_only_after_success(compressed, tiny_model, tmp_path):
     (out / "old.txt").write_text("old")
     res = compress(CompressConfig(model=str(tiny_model), scheme="FP8-W8A8", output=out, force=True))
     assert res.checkpoint_bytes > 0 and not (out / "old.txt").exists() and (out / "config.json").exists()
+    assert res.peak_rss_bytes > 100 * 2**20 and res.wall_time_s > 0 and res.identity.scheme == "FP8-W8A8"
+    assert "force" not in res.model_dump()["config"]  # run-control flags stay out of results
+    assert no_temp_siblings(out)
+
+
+def test_failed_compression_with_force_keeps_the_old_output(tiny_model, tmp_path):
+    out = tmp_path / "ck"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    bad = CalibrationSettings(dataset=str(tmp_path / "no-such-calibration.jsonl"), num_samples=4, max_seq_len=32)
+    with pytest.raises(PtqError, match="no-such-calibration"):  # fails inside the compress worker
+        compress(CompressConfig(model=str(tiny_model), scheme="INT8-W8A8", output=out, calibration=bad, force=True))
+    assert (out / "old.txt").read_text() == "old" and sorted(p.name for p in out.iterdir()) == ["old.txt"]
     assert no_temp_siblings(out)
 
 
@@ -69,4 +85,4 @@ def test_unsupported_scheme_is_refused_before_loading(compressed):
     qc = json.loads((ckpt / "config.json").read_text())["quantization_config"]
     assert qc["format"] == "pack-quantized" or qc["format"] == "int-quantized"
     with pytest.raises(NotRunnableHere, match="uint4"):
-        engine.load(engine.EngineConfig(model=str(ckpt)))
+        engine.load(ckpt, engine.EngineConfig())

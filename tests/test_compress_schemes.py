@@ -7,7 +7,7 @@ import pytest
 from safetensors import safe_open
 
 from ptq_deploy import engine, schemes
-from ptq_deploy.inspect import InspectConfig, inspect_checkpoint
+from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,5 @@
 import json
+from collections import Counter
 
 import pytest
 
@@ -11,7 +12,9 @@ def test_bundled_sets_exist_and_are_small():
     assert len(files) == 3 and sum(f.stat().st_size for f in files) < 3 * 2**20
     cloze = [json.loads(l) for l in (data.DATA_DIR / "eval" / "persuasion_cloze.jsonl").read_text().splitlines()]
     assert len(cloze) == 200 and all(len(c["choices"]) == 4 and 0 <= c["label"] < 4 for c in cloze)
-    assert all(c["context"].split()[-1] not in c["choices"] or True for c in cloze)
+    assert all(len(set(c["choices"])) == 4 for c in cloze)  # four distinct answers
+    labels = Counter(c["label"] for c in cloze)
+    assert min(labels[k] for k in range(4)) >= 25  # the answer position carries no signal
 
 
 def test_calibration_is_deterministic_per_seed():

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import NotRunnableHere, UsageError
 from ptq_deploy.eval import EvalConfig, EvalResult, run_eval
 from ptq_deploy.eval import recovery
 from ptq_deploy.eval.result import EvalSettings, MetricValue, PerSample, TaskResult
+from ptq_deploy.results import Identity
 
 LIMIT = 4
 MML = 512  # the shared `engines` fixture loads with max_model_len=512
@@ -38,7 +40,7 @@ def bf16_result(tiny_model, engines, tmp_path_factory):
     """BF16 tiny model scored through an engine that is already loaded (the perf/eval reuse path)."""
     llm, _ = engines.get(tiny_model)
     out = tmp_path_factory.mktemp("eval_results")
-    res = run_eval(EvalConfig(checkpoint=str(tiny_model), limit=LIMIT, max_model_len=MML, output_dir=out), llm=llm)
+    res = run_eval(EvalConfig(checkpoint=str(tiny_model), limit=LIMIT, engine=EngineConfig(max_model_len=MML), output_dir=out), llm=llm)
     engines.close()  # the eval tests below load their own engines, one at a time
     return res
 
@@ -51,7 +53,7 @@ def test_bf16_bundled_tasks_sane_and_written(bf16_result):
     assert bf16_result.tasks["austen_ppl"].metrics["word_perplexity"].stderr_source == "bootstrap"
     assert bf16_result.tasks["austen_cloze"].metrics["acc"].stderr_source == "lm-eval"
     assert bf16_result.settings.dtype == "float32" and bf16_result.settings.enforce_eager  # engine.py's CPU settings
-    assert bf16_result.scheme == "BF16" and bf16_result.engine.quantization is None
+    assert bf16_result.identity.scheme == "BF16" and bf16_result.engine.quantization is None
     saved = EvalResult.read(Path(bf16_result.path))
     assert saved.tasks["austen_cloze"].metrics["acc"].value == bf16_result.tasks["austen_cloze"].metrics["acc"].value
     assert saved.provenance.packages.get("lm_eval")
@@ -59,7 +61,7 @@ def test_bf16_bundled_tasks_sane_and_written(bf16_result):
 
 def test_fp8_vs_baseline_checkpoint(compressed, tiny_model, tmp_path):
     ckpt = compressed("FP8-W8A8")
-    res = run_eval(EvalConfig(checkpoint=str(ckpt), limit=LIMIT, max_model_len=MML, baseline=str(tiny_model),
+    res = run_eval(EvalConfig(checkpoint=str(ckpt), limit=LIMIT, engine=EngineConfig(max_model_len=MML), baseline=str(tiny_model),
                               output_dir=tmp_path))
     _sane(res)
     assert res.engine.quantization == "compressed-tensors"
@@ -67,14 +69,18 @@ def test_fp8_vs_baseline_checkpoint(compressed, tiny_model, tmp_path):
     assert len(written) == 2 and any("FP8-W8A8" in n for n in written) and any("BF16" in n for n in written)
     recs = {(r.task, r.metric): r for r in res.recovery}
     assert ("austen_cloze", "acc_norm") in recs and ("austen_ppl", "word_perplexity") in recs
-    for r in recs.values():
+    (base_file,) = [p for p in tmp_path.glob("*.json") if "BF16" in p.name]
+    base = EvalResult.read(base_file)
+    for (task, metric), r in recs.items():
         assert r.method.startswith("paired bootstrap") and r.n_paired == LIMIT
-        assert r.verdict in ("not distinguishable", "regressed", "improved")
+        assert r.baseline == base.tasks[task].metrics[metric].value  # the baseline measured in this run
+        assert r.quantized == res.tasks[task].metrics[metric].value
+        assert (r.verdict == "not distinguishable") == (r.ci95[0] <= 0 <= r.ci95[1])
 
 
 def test_int8_vs_baseline_result_file(compressed, bf16_result, tmp_path):
     ckpt = compressed("INT8-W8A8")
-    res = run_eval(EvalConfig(checkpoint=str(ckpt), limit=LIMIT, max_model_len=MML, baseline=bf16_result.path,
+    res = run_eval(EvalConfig(checkpoint=str(ckpt), limit=LIMIT, engine=EngineConfig(max_model_len=MML), baseline=bf16_result.path,
                               output_dir=tmp_path))
     _sane(res)
     assert res.baseline == bf16_result.path and res.recovery
@@ -105,7 +111,7 @@ def test_damaged_checkpoint_scores_worse_on_perplexity(tmp_path):
     src = Path(resolve("default").path)
     bad = _damage(src, tmp_path / "damaged")
     res = run_eval(EvalConfig(checkpoint=str(bad), baseline="default", tasks=["austen_ppl"], limit=2,
-                              max_model_len=1024, output_dir=tmp_path / "out"))
+                              engine=EngineConfig(max_model_len=1024), output_dir=tmp_path / "out"))
     rec = {r.metric: r for r in res.recovery}
     wp = rec["word_perplexity"]
     assert 1 < wp.baseline < wp.quantized and math.isfinite(wp.quantized)
@@ -114,7 +120,7 @@ def test_damaged_checkpoint_scores_worse_on_perplexity(tmp_path):
 
 
 # ---------------------------------------------------------------- HF fallback, refusals
-def test_hf_backend_for_w4a16_and_cross_backend_refusal(compressed, bf16_result, cli, tmp_path):
+def test_hf_backend_for_w4a16_and_cross_backend_refusal(compressed, tiny_model, bf16_result, cli, tmp_path):
     ckpt = compressed("INT4-W4A16-RTN", group_size=64)
     with pytest.raises(NotRunnableHere, match="--backend hf"):  # refused before any engine is loaded
         run_eval(EvalConfig(checkpoint=str(ckpt), write=False))
@@ -127,7 +133,7 @@ def test_hf_backend_for_w4a16_and_cross_backend_refusal(compressed, bf16_result,
     (path,) = tmp_path.glob("*.json")
     res = EvalResult.read(path)
     _sane(res, backend="hf")
-    assert res.scheme.startswith("INT4-W4A16")
+    assert res.identity.scheme == "INT4-W4A16-RTN" and res.identity.model == Path(tiny_model).name
     with pytest.raises(UsageError, match="across backends"):
         recovery.compare(bf16_result, res)
 
@@ -143,11 +149,10 @@ def test_bundled_tasks_load_from_any_cwd(tmp_path, monkeypatch):
 
 
 def test_vllm_version_shim_is_scoped():
-    from ptq_deploy.engine import vllm_version_answer
-    from ptq_deploy.eval.backend import vllm_distribution_shim
+    from ptq_deploy.engine.args import vllm_version_answer, vllm_version_shim
 
     dist = md.packages_distributions()["vllm"][0]
-    with vllm_distribution_shim():
+    with vllm_version_shim(lm_eval=True):
         inside = md.version("vllm")
         import lm_eval.models.vllm_causallms as m
 
@@ -157,6 +162,7 @@ def test_vllm_version_shim_is_scoped():
         assert inside.endswith("+cpu")
         with pytest.raises(md.PackageNotFoundError):
             md.version("vllm")
+        assert m.version is md.version  # lm-eval's binding restored too
 
 
 # ---------------------------------------------------------------- recovery maths (synthetic)
@@ -177,8 +183,8 @@ def _result(acc: list[int], ppl: list[tuple[float, int]] | None = None, **settin
         tasks["lm"] = TaskResult(task="lm", metrics={"word_perplexity": MetricValue(value=wp, higher_is_better=False)},
                                  per_sample=PerSample(doc_ids=list(range(len(ppl))), values={"word_perplexity": ppl}))
     s = _settings(**settings)
-    return EvalResult(checkpoint="x", model_name="m", scheme="s", backend=s.backend, settings=s, tasks=tasks,
-                      config=EvalConfig(checkpoint="x"))
+    return EvalResult(identity=Identity(model="m", scheme="s", checkpoint="x"), started_at="", backend=s.backend,
+                      settings=s, tasks=tasks, config=EvalConfig(checkpoint="x"))
 
 
 def _acc(n: int, p: float, seed: int) -> list[int]:

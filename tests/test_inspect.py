@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from rich.console import Console
 
-from ptq_deploy.inspect import InspectConfig, inspect_checkpoint, render
+from ptq_deploy.inspection import InspectConfig, inspect_checkpoint, render
 
 # the tiny Llama of conftest: hidden 192, 3 heads x 64 (1 KV head), intermediate 512, 2 layers, vocab 512
 LINEARS = {"self_attn.q_proj": (192, 192), "self_attn.k_proj": (64, 192), "self_attn.v_proj": (64, 192),
@@ -48,8 +48,9 @@ def tensor(rep, name):
 def test_int4_w4a16_group64_is_proven_and_sized(compressed):
     rep = inspect(compressed("INT4-W4A16-RTN", group_size=64))
     q = rep.quantization
-    assert (q.method, q.format, q.scheme) == ("compressed-tensors", "pack-quantized", "INT4-W4A16")
-    assert q.weights["group_size"] == 64 and q.ignore == ["lm_head"] and rep.ok, rep.findings
+    assert (q.method, q.format, q.name) == ("compressed-tensors", "pack-quantized", "INT4-W4A16")
+    assert rep.identity.scheme == "INT4-W4A16-RTN"  # the registry scheme that made it (ptq_deploy.json)
+    assert q.weights.group_size == 64 and q.ignore == ["lm_head"] and rep.ok, rep.findings
     w = tensor(rep, "model.layers.0.mlp.down_proj.weight_packed")
     assert (w.dtype, w.shape) == ("I32", [192, 512 // 8])
     assert tensor(rep, "model.layers.0.mlp.down_proj.weight_scale").shape == [192, 512 // 64]
@@ -64,7 +65,7 @@ def test_int4_w4a16_group64_is_proven_and_sized(compressed):
     assert rep.by_dtype["I32"].tensors == LAYERS * len(LINEARS)
     assert rep.by_layer_type["model.layers.*.mlp.down_proj"].params == LAYERS * 192 * 512
     # hardware: Marlin/Machete on Hopper; on a CPU only the AVX-512 build runs int4
-    assert "Machete" in inspect(rep.checkpoint, device="h100").hardware.support.kernel
+    assert "Machete" in inspect(rep.identity.checkpoint, device="h100").hardware.support.kernel
     cpu = rep.hardware.support
     assert cpu.runnable == ("AVX-512" in rep.hardware.device or "AMX" in rep.hardware.device)
     assert ("not-runnable" in codes(rep, "warning")) == (not cpu.runnable)
@@ -77,8 +78,8 @@ def test_int4_w4a16_group64_is_proven_and_sized(compressed):
 def test_w8a8_checkpoints(compressed, scheme, dtype, kernel_cpu):
     rep = inspect(compressed(scheme))
     assert rep.ok, rep.findings
-    assert rep.quantization.scheme == scheme
-    assert rep.quantization.input_activations["dynamic"] is True
+    assert rep.quantization.name == scheme == rep.identity.scheme
+    assert rep.quantization.input_activations.dynamic is True
     w = tensor(rep, "model.layers.1.self_attn.q_proj.weight")
     assert (w.dtype, w.shape) == (dtype, [192, 192])
     assert tensor(rep, "model.layers.1.self_attn.q_proj.weight_scale").shape == [192, 1]
@@ -91,7 +92,7 @@ def test_w8a8_checkpoints(compressed, scheme, dtype, kernel_cpu):
 def test_int8_weight_only_and_what_if_devices(compressed):
     path = compressed("INT8-W8A16-RTN")
     rep = inspect(path, device="cpu")
-    assert rep.ok and rep.quantization.scheme == "INT8-W8A16" and rep.quantization.format == "pack-quantized"
+    assert rep.ok and rep.quantization.name == "INT8-W8A16" and rep.quantization.format == "pack-quantized"
     assert tensor(rep, "model.layers.0.mlp.up_proj.weight_packed").shape == [512, 192 // 4]
     assert rep.tensor_bytes == expected_bytes(8, None, shape_tensor=True)
     assert not rep.hardware.support.runnable and "uint4" in rep.hardware.support.reason
@@ -119,7 +120,7 @@ def test_claimed_w4a16_with_bf16_weights_is_an_error(cli, tiny_model, compressed
     p = cli("inspect", str(fake), "--json")
     assert p.returncode == 1, p.stdout + p.stderr
     rep = json.loads(p.stdout)
-    assert rep["kind"] == "inspect" and rep["schema_version"] == 1
+    assert rep["kind"] == "inspect" and rep["schema_version"] == 2
     err = [f for f in rep["findings"] if f["code"] == "claimed-scheme-not-in-tensors"]
     assert err and err[0]["severity"] == "error"
     assert "claims INT4-W4A16" in err[0]["message"] and "BF16" in err[0]["message"]
@@ -194,7 +195,7 @@ def _hub_checkpoint(tiny_model, out, method: str, bits=4, group=64):
 def test_gptq_and_awq_hub_formats_are_recognised(tiny_model, tmp_path, method):
     rep = inspect(_hub_checkpoint(tiny_model, tmp_path / method, method), device="h100")
     assert rep.ok, rep.findings
-    assert rep.quantization.method == method and rep.quantization.scheme == f"{method.upper()}-W4A16"
+    assert rep.quantization.method == method and rep.quantization.name == f"{method.upper()}-W4A16"
     lins = {lin.name: lin for lin in rep.linears}
     assert lins["lm_head"].status == "16-bit"
     q = [lin for lin in rep.linears if lin.status == "quantized"]
@@ -203,7 +204,7 @@ def test_gptq_and_awq_hub_formats_are_recognised(tiny_model, tmp_path, method):
     assert rep.hardware.support.runnable and "Marlin" in rep.hardware.support.kernel
     # a hub checkpoint that lost its scales
     broken = tmp_path / f"{method}-broken"
-    shutil.copytree(rep.checkpoint, broken)
+    shutil.copytree(rep.identity.checkpoint, broken)
     sd = load_file(broken / "model.safetensors")
     save_file({k: v for k, v in sd.items() if not k.endswith(".scales")}, broken / "model.safetensors")
     assert "claimed-scheme-not-in-tensors" in codes(inspect(broken))
@@ -213,7 +214,8 @@ def test_embedded_model_is_dense_with_tied_head():
     from ptq_deploy.models import resolve
 
     rep = inspect(resolve("default").path)
-    assert rep.ok and rep.quantization.method is None and rep.quantization.scheme == "dense"
+    assert rep.ok and rep.quantization.method is None and rep.quantization.name == "BF16"
+    assert rep.identity.model == "smollm2-135m"  # the same label perf and eval give it
     assert rep.bf16_bytes == 2 * 134_515_008 == rep.tensor_bytes and rep.compression_ratio == 1.0
     lins = {lin.name: lin for lin in rep.linears}
     assert lins["lm_head"].status == "tied" and lins["lm_head"].reason == "tied to model.embed_tokens"

@@ -19,13 +19,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 
+from ptq_deploy.engine import EngineConfig  # noqa: E402
 from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError  # noqa: E402
 from ptq_deploy.perf import PerfConfig, PerfResult, run_perf  # noqa: E402
 from ptq_deploy.stats import Summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # input_len > the CPU KV block (128 tokens), so repeated prompts would hit the prefix cache if it were not reset
-SMALL = dict(num_prompts=8, input_len=160, output_len=16, iterations=2, warmup=1, max_model_len=512)
+SMALL = dict(num_prompts=8, input_len=160, output_len=16, iterations=2, warmup=1, engine=EngineConfig(max_model_len=512))
 
 
 def ordered(s: Summary, n: int | None = None):
@@ -48,11 +49,10 @@ def check_offline(r: PerfResult, cfg: PerfConfig):
         assert chk.prompt_tokens_from_cache == 0  # every timed prompt was prefilled, not served from cache
     for s in (thr.elapsed, thr.requests_per_s, thr.output_tokens_per_s, thr.total_tokens_per_s):
         ordered(s, cfg.iterations)
-    # throughput x time = tokens (the fastest iteration is the shortest one)
-    assert thr.requests_per_s.max * thr.elapsed.min == pytest.approx(cfg.num_prompts, rel=1e-6)
-    assert thr.output_tokens_per_s.max * thr.elapsed.min == pytest.approx(thr.tokens.output_tokens_counted, rel=1e-6)
-    assert thr.total_tokens_per_s.max * thr.elapsed.min == pytest.approx(
-        thr.tokens.output_tokens_counted + thr.tokens.prompt_tokens_counted, rel=1e-6)
+    # two independent clocks: the timed passes fit in the run's wall time, and the batch latency
+    # (latency benchmark) and the throughput pass time the same batch of requests
+    assert thr.elapsed.mean * cfg.iterations + lat.batch_e2e.mean * cfg.iterations < r.wall_time_s
+    assert 0.5 < lat.batch_e2e.median / thr.elapsed.median < 2
     m = r.memory
     assert m.peak_rss_bytes >= m.rss_after_load_bytes > 0 and m.rss_samples > 1
     assert m.kv_cache_tokens and m.kv_cache_tokens == m.kv_cache_blocks * m.kv_cache_block_size
@@ -78,8 +78,7 @@ def check_serving(r: PerfResult, cfg: PerfConfig):
         assert lv.output_tokens_counted == lv.output_tokens_requested == cfg.num_prompts * cfg.output_len
         assert lv.prompt_tokens_counted == lv.prompt_tokens_requested
         assert lv.prompt_tokens_from_cache == 0  # warm-up prefixes were dropped before the level was timed
-        assert lv.output_throughput * lv.duration_s == pytest.approx(lv.output_tokens_counted, rel=1e-6)
-        assert lv.request_throughput * lv.duration_s == pytest.approx(lv.completed, rel=1e-6)
+        assert lv.duration_s < r.wall_time_s and lv.e2el_ms.max / 1e3 <= lv.duration_s * 1.01  # client clock
         assert lv.request_goodput is not None and lv.request_goodput <= lv.request_throughput + 1e-9
         # our per-request spreads agree with vLLM's own aggregate maths
         assert lv.ttft_ms.mean == pytest.approx(lv.vllm_reported["mean_ttft_ms"], rel=1e-6)
@@ -90,8 +89,8 @@ def check_serving(r: PerfResult, cfg: PerfConfig):
 def reload(r: PerfResult) -> PerfResult:
     p = Path(r.output_path)
     assert p.is_file() and not list(p.parent.glob(f".{p.name}.*.tmp"))
-    assert p.name.startswith(f"{r.model}_{r.scheme}_") and p.suffix == ".json"
-    return PerfResult.model_validate(json.loads(p.read_text()))
+    assert p.name.startswith(f"{r.identity.model}_{r.identity.scheme}_") and p.suffix == ".json"
+    return PerfResult.read(p)
 
 
 # ---------------------------------------------------------------- refusals (no engine)
@@ -110,9 +109,10 @@ def test_refuses_unsupported_scheme_before_loading(compressed, cli, tmp_path):
 
 def test_refusals_one_line(tiny_model, cli, tmp_path):
     with pytest.raises(NotRunnableHere, match="kv_cache_dtype=fp8"):
-        run_perf(PerfConfig(checkpoint=str(tiny_model), kv_cache_dtype="fp8"))
+        run_perf(PerfConfig(checkpoint=str(tiny_model), engine=EngineConfig(kv_cache_dtype="fp8")))
     with pytest.raises(UsageError, match="exceeds --max-model-len"):
-        run_perf(PerfConfig(checkpoint=str(tiny_model), input_len=400, output_len=200, max_model_len=512))
+        run_perf(PerfConfig(checkpoint=str(tiny_model), input_len=400, output_len=200,
+                            engine=EngineConfig(max_model_len=512)))
     p = cli("perf", str(tiny_model), "--goodput", "latency:5")
     assert p.returncode == 2 and (p.stdout + p.stderr).strip().count("\n") == 0
     p = cli("perf", str(tmp_path / "nope"))
@@ -127,15 +127,15 @@ def test_offline_invariants(variant, tiny_model, compressed, engines, tmp_path):
     cfg = PerfConfig(checkpoint=str(path), serving=False, output_dir=tmp_path, **SMALL)
     r = run_perf(cfg, llm=llm, info=info)
     check_offline(r, cfg)
-    # the engine was loaded by the fixture: its load time (and vLLM's own weight-load figure) still reported
-    assert r.load.engine_init_s.n == 1 and r.load.engine_init_s.median == info.load_time_s
-    # vLLM logs it with 2 decimals: "0.00" for the tiny model
-    assert info.weights_load_s is not None and 0 <= r.load.weights_load_s == info.weights_load_s < info.load_time_s
+    # the engine was loaded by the fixture: its load time (and vLLM's own weight-load figure) still reported;
+    # vLLM logs the weight load with 2 decimals ("0.00" for the tiny model), inside the whole construction
+    assert r.load.engine_init_s.n == 1 and r.load.engine_init_s.median > 0
+    assert r.load.weights_load_s is not None and 0 <= r.load.weights_load_s < r.load.engine_init_s.median
     assert r.load.compile_cache == "not used (eager mode)" and not r.load.compile_time_s  # eager on CPU
     if variant == "BF16":
-        assert r.scheme == "BF16" and r.vllm_quantization is None
+        assert r.identity.scheme == "BF16" and r.vllm_quantization is None
     else:
-        assert r.scheme == variant and r.vllm_quantization == "compressed-tensors"
+        assert r.identity.scheme == variant and r.vllm_quantization == "compressed-tensors"
         # int8/fp8 weights: fewer bytes per decode step than the fp32 the dense model runs in
         assert r.roofline.weights.decode_bytes < r.roofline.weights.checkpoint_bytes * 2
     back = reload(r)
@@ -199,17 +199,18 @@ def _alive(seen: dict[int, float]) -> list[int]:
 def test_crashed_server_leaves_no_orphans(tiny_model):
     from ptq_deploy import engine
     from ptq_deploy.hardware import detect
-    from ptq_deploy.perf.serving import Server
+    from ptq_deploy.perf.server import Server
 
-    hw = detect()
-    cfg = engine.resolve_settings(engine.EngineConfig(model=str(tiny_model), max_model_len=512), hw)
-    srv = Server(cfg, gpus=False, timeout_s=300)
+    cfg = engine.resolve(tiny_model, EngineConfig(max_model_len=512), detect())
+    srv = Server(cfg, timeout_s=300)
     seen: dict[int, float] = {}
+    names: list[str] = []
 
     def crash():
         while srv.proc is None:
             time.sleep(0.1)
         seen.update(_wait_for_tree(os.getpid(), 2))
+        names.extend(_name(pid) for pid in seen)  # while they live
         os.kill(srv.proc.pid, signal.SIGKILL)  # the API server dies; its engine core would survive it
 
     t = threading.Thread(target=crash, daemon=True)
@@ -219,7 +220,7 @@ def test_crashed_server_leaves_no_orphans(tiny_model):
             srv.check_alive()
             time.sleep(600)  # healthy before the crash: wait for it to die
     t.join(timeout=5)
-    assert any("EngineCore" in n or "VLLM" in n for n in map(str, seen)) or len(seen) >= 2
+    assert any("EngineCore" in n for n in names), names  # the engine core that would have been orphaned
     time.sleep(0.5)
     assert _alive(seen) == [] and srv.descendants_alive() == []
 

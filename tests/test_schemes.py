@@ -19,7 +19,7 @@ def test_scheme_files_are_real_recipes(name):
     if name == "BF16":
         assert s.recipe is None and not s.calibration
         return
-    mods = dict(schemes._modifiers(s.recipe))
+    mods = dict(schemes.modifiers(s.recipe))
     quant = [m for m in mods if m in schemes.QUANT_MODIFIERS]
     assert len(quant) == 1
     args = mods[quant[0]]

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import yaml
 
 from ptq_deploy.suite import layout
 from ptq_deploy.suite.experiment import Experiment
-from ptq_deploy.suite.runner import RunOptions, plan, run
+from ptq_deploy.suite.execute import run
+from ptq_deploy.suite.plan import RunOptions, plan
 
 pytestmark = pytest.mark.integration
 
@@ -21,11 +23,11 @@ PERF = {"num_prompts": 4, "input_len": 16, "output_len": 8, "iterations": 1, "wa
 
 
 def _exp(tiny_model, **kw):
-    d = {"name": "tiny", "models": [{"name": "tiny", "source": str(tiny_model), "max_model_len": 256}],
+    d = {"name": "tiny", "models": [{"name": "tiny", "source": str(tiny_model), "engine": {"max_model_len": 256}}],
          "schemes": ["BF16", "FP8-W8A8", "INT8-W8A16-RTN"], "compress": {"num_samples": 4, "max_seq_len": 32},
          "perf": PERF, "eval": {"tasks": ["austen_cloze"], "limit": 4}}
     d.update(kw)
-    return Experiment(**d).check()
+    return Experiment(**d)
 
 
 def test_plan_marks_what_cannot_run_here(tiny_model, tmp_path):
@@ -127,9 +129,36 @@ def test_killed_halfway_then_rerun_finishes_without_redoing(tiny_model, tmp_path
     mtime = first.stat().st_mtime_ns
     done_before = {r.step + r.cell for r in layout.records(root)}
     assert len(done_before) < 4
-    summary = run(Experiment(**exp).check(), RunOptions(results_dir=root))
+    summary = run(Experiment(**exp), RunOptions(results_dir=root))
     assert not summary.failed
     assert first.stat().st_mtime_ns == mtime  # not redone
     assert {s.state for s in summary.steps if s.step + s.cell in done_before} == {"done"}
     assert len(layout.records(root)) == 4
     assert (layout.checkpoint_dir(root, "tiny", "FP8-W8A8") / "config.json").exists()
+
+
+def test_a_cells_engine_settings_reach_vllm(suite_run, tiny_model, tmp_path):
+    """The model's engine settings (here a bf16 KV cache) reach vLLM: its cache holds 2-byte entries, so
+    the same KV-cache space holds (compute bytes / 2) times the tokens of the default cache."""
+    _, root, _ = suite_run
+    exp = _exp(tiny_model, schemes=["BF16"], steps=["compress", "perf"],
+               models=[{"name": "tiny", "source": str(tiny_model),
+                        "engine": {"max_model_len": 256, "kv_cache_dtype": "bfloat16"}}])
+    summary = run(exp, RunOptions(results_dir=tmp_path))
+    assert not summary.failed, [(s.step, s.reason) for s in summary.failed]
+    bf16_kv, default = (json.loads((r / "results/tiny/BF16/perf.json").read_text()) for r in (tmp_path, root))
+    assert bf16_kv["engine"]["kv_cache_dtype"] == "bfloat16"  # as vLLM's cache config reports it
+    assert default["engine"]["kv_cache_dtype"] == "auto"
+    compute_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[default["engine"]["dtype"]]
+    ratio = bf16_kv["memory"]["kv_cache_tokens"] / default["memory"]["kv_cache_tokens"]
+    assert ratio == pytest.approx(compute_bytes / 2, rel=0.05)
+
+
+def test_the_shipped_experiment_loads_and_plans():
+    from ptq_deploy.suite.experiment import load
+
+    exp = load("experiments/smollm2-135m.yaml")  # the README's path, found in the package
+    assert exp == load("smollm2-135m") and exp.models[0].engine.max_model_len == 1024
+    steps = plan(exp, RunOptions(results_dir=Path("/nonexistent"), dry_run=True))
+    assert {s.cell for s in steps} == set(exp.schemes) and steps[0].cell == exp.baseline
+    assert all(s.state in ("pending", "not_runnable") for s in steps)

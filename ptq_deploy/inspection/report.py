@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ptq_deploy.checkpoint import CheckpointMetadata, Quantization, SafetensorsFile, TensorEntry
+from ptq_deploy.models import DEFAULT_ALIASES, DEFAULT_MODEL
 from ptq_deploy.results import ResultEnvelope
 from ptq_deploy.results.envelope import v1_identity
 from ptq_deploy.support import Support
@@ -110,7 +111,9 @@ class InspectReport(ResultEnvelope):
         q = data.get("quantization") or {}
         q["kv_cache"] = q.pop("kv_cache_scheme", None)
         data["description"] = q.get("description") or ""
-        made_by = data.pop("provenance", None) or {}
+        made_by = data.pop("provenance", None) or {}  # version 1 kept a summary of ptq_deploy.json here
         data["metadata"] = None
-        return v1_identity(data, Path(data.get("checkpoint") or "?").name, made_by.get("scheme") or q.get("scheme"),
-                           data.get("checkpoint"), made_by.get("kv_cache"))
+        source = made_by.get("source") or data.get("checkpoint") or "?"
+        model = DEFAULT_MODEL if source in DEFAULT_ALIASES else Path(source).name
+        return v1_identity(data, model, made_by.get("scheme") or q.get("scheme"), data.get("checkpoint"),
+                           made_by.get("kv_cache"))

@@ -32,9 +32,14 @@ class WorkloadInfo(BaseModel):
 
 
 def load_tokenizer(checkpoint: str):
-    from vllm.tokenizers import get_tokenizer
+    """The checkpoint's tokenizer, as vLLM loads it; one clear error when the checkpoint has none."""
+    from vllm.tokenizers import get_tokenizer  # heavy
 
-    return get_tokenizer(checkpoint)
+    try:
+        return get_tokenizer(checkpoint)
+    except (OSError, ValueError, TypeError) as e:
+        raise UsageError(f"cannot load a tokenizer from {checkpoint} (are its tokenizer files there? "
+                         f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]})") from None
 
 
 def _random(tokenizer, n: int, input_len: int, output_len: int, seed: int) -> list[str]:

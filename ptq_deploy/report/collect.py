@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ptq_deploy.errors import UsageError
+from ptq_deploy.results.kinds import read_result
 from ptq_deploy.suite.layout import StepRecord, records, result_file
 
 Verdict = Literal["baseline", "not distinguishable", "regressed", "improved"]
@@ -122,14 +123,7 @@ class Cell(BaseModel):
     problems: list[str] = []
 
 
-def _result_types() -> dict[str, type[BaseModel]]:
-    from ptq_deploy.compress import CompressResult
-    from ptq_deploy.eval.result import EvalResult
-    from ptq_deploy.inspect import InspectReport
-    from ptq_deploy.perf.result import PerfResult
-
-    return {"compress": CompressResult, "inspect": InspectReport, "perf": PerfResult, "eval": EvalResult,
-            "eval-hf": EvalResult}
+RESULT_KINDS = {"compress": "compress", "inspect": "inspect", "perf": "perf", "eval": "eval", "eval-hf": "eval"}
 
 
 def baseline_scheme(root: Path) -> str:
@@ -153,23 +147,24 @@ def load_cells(root: Path) -> list[Cell]:
     if not recs:
         raise UsageError(f"no suite results in {root} (no steps/<model>/<cell>/<step>.json); "
                          "run `ptq-deploy run EXPERIMENT.yaml` first")
-    types = _result_types()
     cells: dict[tuple[str, str], Cell] = {}
     for r in recs:
         c = cells.setdefault((r.model, r.cell), Cell(model=r.model, cell=r.cell, scheme=r.scheme, kv_cache=r.kv_cache))
         c.steps[r.step] = r
-        if r.status != "ok" or r.step not in types:
+        if r.status != "ok" or r.step not in RESULT_KINDS:
             continue
         path = root / r.result if r.result else result_file(root, r.model, r.cell, r.step)
         if not r.result and not path.is_file():
             continue  # a finished step that left no result object
         try:
-            c.results[r.step] = types[r.step].model_validate_json(path.read_text())
-        except OSError as e:
-            c.problems.append(f"{r.step}: result file unreadable ({path.relative_to(root)}: {e.strerror})")
-        except (ValidationError, ValueError) as e:
-            c.problems.append(f"{r.step}: {path.relative_to(root)} is not a valid {types[r.step].__name__} "
-                              f"({str(e).splitlines()[0]})")
+            res = read_result(path)
+        except UsageError as e:
+            c.problems.append(f"{r.step}: {e}")
+            continue
+        if res.kind != RESULT_KINDS[r.step]:
+            c.problems.append(f"{r.step}: {path.relative_to(root)} holds a {res.kind} result")
+            continue
+        c.results[r.step] = res
     return list(cells.values())
 
 

@@ -59,7 +59,9 @@ def _selected(name: str, include: list[str], exclude: list[str]) -> bool:
 
 
 def cell_engine(m: ModelSpec, kv_cache: str) -> EngineConfig:
-    """The engine a cell is measured with: the model's settings plus the cell's KV-cache dtype."""
+    """The engine a cell is measured with: the model's settings, with the cell's KV-cache dtype."""
+    if kv_cache == "none":
+        return m.engine
     return m.engine.model_copy(update={"kv_cache_dtype": KV_DTYPE.get(kv_cache, kv_cache)})
 
 
@@ -67,6 +69,8 @@ def _runnable(scheme: str, kv: str, hw: HardwareInfo) -> tuple[bool, str | None]
     sup = scheme_support(schemes.get(scheme), hw)
     if not sup.runnable:
         return False, sup.reason
+    if kv == "none":
+        return True, None
     k = kv_cache_support(KV_DTYPE.get(kv, kv), hw)
     return (True, None) if k.runnable else (False, k.reason)
 

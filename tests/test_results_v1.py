@@ -1,0 +1,36 @@
+"""Results written before the envelope (schema version 1, a real tiny-model suite run by the previous
+release) read back through the one union and render the same leaderboard numbers."""
+
+from pathlib import Path
+
+import pytest
+
+from ptq_deploy.report import build_report
+from ptq_deploy.results import SCHEMA_VERSION
+from ptq_deploy.results.kinds import read_result
+
+V1 = Path(__file__).parent / "data" / "results-v1"
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(V1)) for p in V1.rglob("*.json") if p.name != "report-v1.json"))
+def test_every_v1_file_reads_as_its_kind(path):
+    res = read_result(V1 / path)
+    assert res.schema_version == SCHEMA_VERSION and res.identity.model == "tiny"
+    cell = Path(path).parts[2]
+    assert res.identity.scheme == cell.split("+")[0]
+
+
+def test_v1_results_render_the_same_leaderboard_numbers():
+    import json
+
+    old = {r["cell"]: r for lb in json.loads((V1 / "report-v1.json").read_text())["leaderboards"] for r in lb["rows"]}
+    new = {r.cell: r.model_dump() for r in build_report(V1, min_recovery=0.99).rows()}
+    assert set(new) == set(old) == {"BF16", "FP8-W8A8", "INT8-W8A16-RTN"}
+    numeric = [k for k, v in old["BF16"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and k != "rank"]
+    assert {"throughput_tok_s", "ppl", "acc_avg", "weights_gb", "compress_s"} <= set(numeric)
+    for cell, row in old.items():
+        for k in numeric:
+            assert new[cell].get(k) == row.get(k), (cell, k)
+        for task, ts in row["tasks"].items():
+            assert new[cell]["tasks"][task]["value"] == ts["value"], (cell, task)
