@@ -7,7 +7,7 @@ setup:  ## create/update the two pinned environments (idempotent, quick when not
 	$(PYTHON) -m ptq_deploy.envs setup
 
 demo: setup  ## the main job: every scheme of the embedded SmolLM2-135M, compressed, measured, ranked
-	$(RUNTIME_PY) -m ptq_deploy.cli run experiments/smollm2-135m.yaml; rc=$$?; \
+	$(RUNTIME_PY) -m ptq_deploy.cli run smollm2-135m; rc=$$?; \
 	$(RUNTIME_PY) -m ptq_deploy.cli report results/smollm2-135m && exit $$rc
 
 test: setup  ## the test suite (real vLLM, real llmcompressor)

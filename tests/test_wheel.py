@@ -1,0 +1,28 @@
+"""The built wheel carries the scheme registry and the bundled experiments (package data, not the
+source tree): installed outside the checkout, it lists the eight schemes and loads the ready experiment."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_installed_wheel_has_the_registry(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(wheels), str(REPO)], check=True, cwd=tmp_path)
+    (whl,) = wheels.glob("ptq_deploy-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(whl)],
+                   check=True, cwd=tmp_path)
+    code = ("import ptq_deploy, ptq_deploy.schemes as s, ptq_deploy.suite.experiment as e; "
+            "print(ptq_deploy.__file__); print(','.join(s.names())); print(e.load('smollm2-135m').name)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    where, names, exp = p.stdout.split()
+    assert where.startswith(str(site))  # the wheel's copy, not the checkout
+    assert names.split(",") == ["BF16", "FP8-W8A8", "INT8-W8A8", "INT8-W8A16", "INT8-W8A16-RTN", "INT4-W4A16",
+                                "INT4-W4A16-AWQ", "INT4-W4A16-RTN"]
+    assert exp == "smollm2-135m"
