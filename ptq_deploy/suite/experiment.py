@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ptq_deploy import schemes
 from ptq_deploy.errors import UsageError
+from ptq_deploy.report.settings import ReportSettings
 
 REPO = Path(__file__).resolve().parent.parent.parent
 EXPERIMENTS_DIR = REPO / "experiments"
@@ -50,6 +51,7 @@ class Experiment(BaseModel):
     perf: dict[str, Any] = Field(default_factory=dict, description="PerfConfig fields")
     eval: EvalSettings = EvalSettings()
     steps: list[str] = ["compress", "inspect", "perf", "eval"]
+    report: ReportSettings = ReportSettings()
 
     def check(self) -> "Experiment":
         for s in self.schemes:
