@@ -24,6 +24,8 @@ from ptq_deploy.stats import Summary
 from ptq_deploy.suite.layout import StepRecord, result_file, step_file
 
 PPL_DOCS, PPL_WORDS = 24, 370  # austen_ppl: 24 documents of ~370 words
+# the ``cli`` fixture runs the installed entry point: make it import this checkout (a worktree too)
+CLI_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
 
 def put(root: Path, model: str, cell: str, step: str, result=None, status: str = "ok", reason: str | None = None,
@@ -72,8 +74,8 @@ def documents(ppl: float, delta: float = 0.0, se: float = 0.0, n: int = PPL_DOCS
 
 
 # ---------------------------------------------------------------- result objects
-def _settings(backend: str) -> EvalSettings:
-    return EvalSettings(backend=backend, dtype="bfloat16", max_model_len=1024, kv_cache_dtype="auto",
+def _settings(backend: str, kv: str) -> EvalSettings:
+    return EvalSettings(backend=backend, dtype="bfloat16", max_model_len=1024, kv_cache_dtype=kv,
                         enforce_eager=True, add_bos_token=True, apply_chat_template=False, num_fewshot=None,
                         limit=100, seed=0, batch_size="auto")
 
@@ -98,9 +100,10 @@ def ppl_task(docs: list[list[float]], per_sample: bool = True) -> TaskResult:
                       if per_sample else None)
 
 
-def eval_result(model: str, cell: str, tasks: list[TaskResult], backend: str = "vllm") -> EvalResult:
+def eval_result(model: str, cell: str, tasks: list[TaskResult], backend: str = "vllm",
+                kv_cache_dtype: str = "auto") -> EvalResult:
     return EvalResult(checkpoint=f"/ckpt/{model}/{cell}", model_name=model, scheme=cell, backend=backend,
-                      settings=_settings(backend), tasks={t.task: t for t in tasks},
+                      settings=_settings(backend, kv_cache_dtype), tasks={t.task: t for t in tasks},
                       config=EvalConfig(checkpoint=f"/ckpt/{model}/{cell}", limit=100, backend=backend))
 
 

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from report_synth import answers, cloze_task, documents, eval_result, perf_result, ppl_task, put
+from report_synth import CLI_ENV, answers, cloze_task, documents, eval_result, perf_result, ppl_task, put
 
 from ptq_deploy.errors import UsageError
 from ptq_deploy.eval import recovery
@@ -34,7 +34,6 @@ READY = {
     "INT4-W4A16-RTN": ((56.2, 4.4), (4, 1), 300.0, 0.11e9),
 }
 MODEL = "smollm2-135m"
-HERE = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}  # the CLI of this checkout (worktrees too)
 
 
 def _cell(root: Path, cell: str, cloze, ppl, tok_s: float | None = None, weights: float = 0.16e9, model=MODEL):
@@ -240,12 +239,12 @@ def test_html_tables_fit_a_laptop_screen(ready_report, tmp_path):
 
 def test_cli_per_task_constraint(cli, ready, tmp_path):
     p = cli("report", str(ready), "-o", str(tmp_path / "r"), "--min-recovery", "austen_ppl=0.97", "--format", "json",
-            env=HERE)
+            env=CLI_ENV)
     assert p.returncode == 0, p.stderr
     text = " ".join(p.stdout.split())
     assert "constraints (command line): recovery ≥ 99% on every quality measure (austen_ppl ≥ 97%)" in text
     assert "excluded:" in text and "INT4-W4A16-RTN: austen_ppl" in text and "inconclusive (more data needed):" in text
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert rep["constraints"]["min_recovery_by_task"] == {"austen_ppl": 0.97}
-    p = cli("report", str(ready), "--min-recovery", "austen_ppx=0.97", env=HERE)
+    p = cli("report", str(ready), "--min-recovery", "austen_ppx=0.97", env=CLI_ENV)
     assert p.returncode != 0 and p.stderr.strip().startswith("error:") and "Available:" in p.stderr
