@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptq_deploy.errors import UsageError
+from ptq_deploy.report import compare, html, plots, render
 from ptq_deploy.report.cells import baseline_scheme, experiment_settings
 from ptq_deploy.report.collect import collect
 from ptq_deploy.report.compare import Comparison, compare as compare_reports
@@ -62,8 +63,6 @@ def parse_formats(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 
 def write_report(report: Report, out_dir: Path, formats=FORMATS) -> list[Path]:
     """Write the report in ``formats`` (plots with md and html) into ``out_dir``; returns the paths."""
-    from ptq_deploy.report import html, plots, render
-
     out = Path(out_dir)
     fmts = parse_formats(formats)
     written: list[Path] = []
@@ -86,8 +85,6 @@ def write_report(report: Report, out_dir: Path, formats=FORMATS) -> list[Path]:
 
 
 def write_comparison(comp: Comparison, out_dir: Path, formats=FORMATS) -> list[Path]:
-    from ptq_deploy.report import compare
-
     out = Path(out_dir)
     text = {"md": compare.markdown, "json": lambda c: c.model_dump_json(indent=2) + "\n", "csv": compare.to_csv,
             "html": compare.html}

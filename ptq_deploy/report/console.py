@@ -10,12 +10,12 @@ from ptq_deploy.report.leaderboard import Leaderboard, Report
 from ptq_deploy.report.render import Column, columns, decisions, table_frame
 
 # the columns shown, by their first field (or header when they show none), and every task's recovery
-SHOWN = ("rank", "scheme", "quality", "worst_recovery_pct", "ppl_delta", "throughput_tok_s", "speedup", "weights_gb")
+SHOWN = ("rank", "scheme", "quality", "throughput_tok_s", "speedup", "weights_gb")
 
 
 def _shown(c: Column) -> bool:
     first = c.fields[0] if c.fields else c.header
-    return first in SHOWN or first.endswith(".recovery_pct")
+    return first in SHOWN or first.startswith("tasks.") and first.endswith(".recovery_pct")
 
 
 def _table(lb: Leaderboard) -> Table:

@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 from ptq_deploy.errors import UsageError
+from ptq_deploy.eval import recovery
 from ptq_deploy.report.cells import Cell
 from ptq_deploy.report.row import Row, TaskScore, err, sig
 
@@ -111,8 +112,6 @@ def _worst(row: Row) -> None:
 
 def fill(row: Row, c: Cell, base: Cell | None, iters: int, seed: int) -> None:
     """Set the row's task scores, recoveries, verdict and perplexity figures from the cell's eval."""
-    from ptq_deploy.eval import recovery  # lm-eval's aggregations (heavy) are imported with it
-
     evs = evals(c)
     if not evs:
         return
