@@ -19,6 +19,7 @@ from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.eval.config import EvalConfig, EvalOptions
 from ptq_deploy.inspection.report import InspectConfig
 from ptq_deploy.perf.config import PerfConfig, PerfSettings
+from ptq_deploy.report.settings import ReportSettings, parse_min_recovery
 from ptq_deploy.ui import console, out
 
 app = typer.Typer(
@@ -353,31 +354,34 @@ def report_cmd(
     results_dir: Path = typer.Argument(..., help="a suite results dir (`ptq-deploy run`)"),
     results_dir_b: Optional[Path] = typer.Argument(None, help="a second results dir: compare A and B side by side"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="where the report goes (default: RESULTS_DIR/report)"),
-    min_recovery: Optional[float] = typer.Option(0.99, help="recommend only schemes keeping this fraction of the baseline's accuracy"),
-    max_memory_gb: Optional[float] = typer.Option(None, help="recommend only schemes whose weights take at most this many GB"),
-    min_throughput: Optional[float] = typer.Option(None, help="recommend only schemes reaching this many output tokens/s"),
+    min_recovery: Optional[list[str]] = typer.Option(
+        None, "--min-recovery", metavar="[TASK=]FRACTION",
+        help="recommend only schemes whose recovery vs the baseline (accuracy: candidate/baseline, perplexity: "
+             "baseline/candidate) has its 95% interval's lower bound at or above FRACTION: for every quality measure, "
+             "or TASK=FRACTION for one task (e.g. austen_ppl=0.97); repeatable. Default: the results' experiment.yaml "
+             f"report: section, else {ReportSettings.model_fields['min_recovery'].default} for every task"),
+    max_memory_gb: Optional[float] = typer.Option(
+        ReportSettings.model_fields["max_memory_gb"].default,
+        help="recommend only schemes whose weights take at most this many GB (default: experiment.yaml, else none)"),
+    min_throughput: Optional[float] = typer.Option(
+        ReportSettings.model_fields["min_throughput"].default,
+        help="recommend only schemes reaching this many output tokens/s (default: experiment.yaml, else none)"),
     formats: str = typer.Option("md,json,csv,html", "--format", help="comma-separated: md, json, csv, html"),
 ):
     """Leaderboard per model (Markdown/JSON/CSV/HTML + plots) and a recommendation, from result files alone."""
     from ptq_deploy.report import build_report, compare_reports, parse_formats, write_comparison, write_report
-    from ptq_deploy.report.render import console_frame
+    from ptq_deploy.report.console import print_report
 
     fmts = parse_formats(formats)
-    rep = build_report(results_dir, min_recovery=min_recovery, max_memory_gb=max_memory_gb, min_throughput=min_throughput)
+    default, by_task = parse_min_recovery(min_recovery)
+    given = {"min_recovery": default, "min_recovery_by_task": by_task, "max_memory_gb": max_memory_gb,
+             "min_throughput": min_throughput}
+    rep = build_report(results_dir, **given)
     if results_dir_b is not None:
-        rep_b = build_report(results_dir_b, min_recovery=min_recovery, max_memory_gb=max_memory_gb,
-                             min_throughput=min_throughput)
-        paths = write_comparison(compare_reports(rep, rep_b), output or results_dir / "report", fmts)
+        paths = write_comparison(compare_reports(rep, build_report(results_dir_b, **given)),
+                                 output or results_dir / "report", fmts)
     else:
-        for lb in rep.leaderboards:
-            df = console_frame(lb)
-            t = Table(title=f"{lb.model} (baseline {lb.baseline}; every column: leaderboard.md / report.html)")
-            for c in df.columns:
-                t.add_column(c)
-            for row in df.itertuples(index=False):
-                t.add_row(*row)
-            out.print(t)
-            out.print(f"[bold]recommendation:[/bold] {lb.recommendation.why}", highlight=False)
+        print_report(rep, out)
         paths = write_report(rep, output or results_dir / "report", fmts)
     for p in paths:
         out.print(f"[green]wrote[/green] {p}")

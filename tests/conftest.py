@@ -29,6 +29,7 @@ def ckpt_dir(tmp_path_factory) -> Path:
 
 
 _COMPRESSED: dict[str, Path] = {}
+COMPRESS_RESULTS: dict[str, object] = {}  # checkpoint path -> its CompressResult
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +41,9 @@ def compressed(tiny_model, ckpt_dir):
         key = scheme + repr(sorted(opts.items()))
         if key not in _COMPRESSED:
             out = ckpt_dir / f"{scheme}-{len(_COMPRESSED)}"
-            compress(CompressConfig(model=str(tiny_model), scheme=scheme, output=out,
-                                    calibration=CalibrationSettings(num_samples=8, max_seq_len=64), **opts))
+            COMPRESS_RESULTS[str(out)] = compress(CompressConfig(
+                model=str(tiny_model), scheme=scheme, output=out,
+                calibration=CalibrationSettings(num_samples=8, max_seq_len=64), **opts))
             _COMPRESSED[key] = out
         return _COMPRESSED[key]
 
@@ -79,10 +81,8 @@ def engines():
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run the real console entry point in a subprocess."""
-    exe = Path(sys.executable).parent / "ptq-deploy"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ptq_deploy.cli"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout,
+    """Run the CLI of this checkout (``python -m ptq_deploy.cli`` from the repo root) in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "ptq_deploy.cli", *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=REPO)
 
 

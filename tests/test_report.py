@@ -1,8 +1,7 @@
 """report: leaderboards from a results dir built with the real steps (tiny model, BF16 + FP8-W8A8) plus
-synthetic variants with known numbers (ranking, recommendation, verdicts, Markdown == JSON, HTML)."""
+synthetic variants with known numbers (ranking, recommendation, outcomes, Markdown == JSON, HTML)."""
 
 import json
-import math
 import re
 import shutil
 import subprocess
@@ -10,32 +9,20 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import COMPRESS_RESULTS
+from report_synth import CLI_ENV, answers, cloze_task, documents, eval_result, ppl_task, put
 
-from ptq_deploy.compress import METADATA_FILE, CompressResult
+from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import UsageError
-from ptq_deploy.eval.result import MetricValue, PerSample, TaskResult
 from ptq_deploy.report import build_report, compare_reports, write_comparison, write_report
 from ptq_deploy.report import render
-from ptq_deploy.report.collect import flat, to_frame
 from ptq_deploy.report.leaderboard import pareto
-from ptq_deploy.results import atomic_write_json
+from ptq_deploy.report.row import flat, to_frame
 from ptq_deploy.stats import Summary
-from ptq_deploy.suite.layout import StepRecord, result_file, step_file
+from ptq_deploy.suite.layout import result_file
 
 TASKS = ["austen_cloze", "austen_ppl"]
 INT4_REASON = "INT4-W4A16 needs the AVX-512 build of vLLM (CPU WNA16 kernels); this CPU has AVX2 only"
-
-
-def put(root: Path, model: str, cell: str, step: str, result=None, status: str = "ok", reason: str | None = None,
-        scheme: str | None = None, kv: str = "none") -> None:
-    rel = None
-    if result is not None:
-        path = result_file(root, model, cell, step)
-        atomic_write_json(path, result, force=True)
-        rel = str(path.relative_to(root))
-    rec = StepRecord(model=model, cell=cell, scheme=scheme or cell.split("+")[0], kv_cache=kv, step=step, key="test",
-                     status=status, reason=reason, started_at=StepRecord.now(), duration_s=1.5, result=rel)
-    atomic_write_json(step_file(root, model, cell, step), rec, force=True)
 
 
 # ---------------------------------------------------------------- real steps on the tiny model
@@ -44,7 +31,7 @@ def real_results(tiny_model, compressed, engines, tmp_path_factory) -> Path:
     """BF16 (the tiny model itself, no compress step) and FP8-W8A8 (compressed through the product path):
     inspect, perf (offline) and eval (bundled tasks) on one shared engine per checkpoint."""
     from ptq_deploy.eval import EvalConfig, run_eval
-    from ptq_deploy.inspect import InspectConfig, inspect_checkpoint
+    from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
     from ptq_deploy.perf import PerfConfig, run_perf
 
     root = tmp_path_factory.mktemp("report") / "results"
@@ -52,14 +39,14 @@ def real_results(tiny_model, compressed, engines, tmp_path_factory) -> Path:
     (root / "experiment.yaml").write_text("name: report-test\nbaseline: BF16\n")
     fp8 = compressed("FP8-W8A8")
     for cell, ckpt in (("BF16", tiny_model), ("FP8-W8A8", fp8)):
-        if (ckpt / METADATA_FILE).is_file() and cell != "BF16":
-            put(root, "tiny", cell, "compress", CompressResult.model_validate_json((ckpt / METADATA_FILE).read_text()))
+        if str(ckpt) in COMPRESS_RESULTS:
+            put(root, "tiny", cell, "compress", COMPRESS_RESULTS[str(ckpt)])
         put(root, "tiny", cell, "inspect", inspect_checkpoint(InspectConfig(checkpoint=ckpt)))
         llm, info = engines.get(ckpt)
         put(root, "tiny", cell, "perf", run_perf(PerfConfig(checkpoint=str(ckpt), num_prompts=4, input_len=16, output_len=8,
                                                               iterations=2, warmup=0, serving=False, write=False),
                                                    llm=llm, info=info))
-        put(root, "tiny", cell, "eval", run_eval(EvalConfig(checkpoint=str(ckpt), tasks=TASKS, limit=8, max_model_len=512,
+        put(root, "tiny", cell, "eval", run_eval(EvalConfig(checkpoint=str(ckpt), tasks=TASKS, limit=8, engine=EngineConfig(max_model_len=512),
                                                              write=False), llm=llm))
     engines.close()
     return root
@@ -74,36 +61,25 @@ def _read(root: Path, cell: str, step: str, model: str = "tiny"):
 
 
 # ---------------------------------------------------------------- synthetic variants with known numbers
-N_DOCS = 40
-SYNTH = {  # cell -> (correct of 40, throughput tok/s, weights bytes, kv)
-    "BF16": (36, 100.0, 400e6, "none"),
-    "FP8-W8A8": (35, 150.0, 200e6, "none"),
-    "INT8-W8A8": (36, 180.0, 250e6, "none"),
-    "FP8-W8A8+kv-fp8": (36, 120.0, 200e6, "fp8"),
-    "INT8-W8A16": (10, 300.0, 250e6, "none"),  # fastest, but regressed
+N_DOCS, CORRECT, PPL = 100, 54, 145.8
+SYNTH = {  # cell -> ((cloze gains, losses) vs BF16's 54 of 100, (ppl delta, stderr), tok/s, weights bytes, kv)
+    "BF16": ((0, 0), (0.0, 0.0), 100.0, 400e6, "none"),
+    "FP8-W8A8": ((0, 1), (0.2, 0.1), 150.0, 200e6, "none"),  # 98.1% on cloze, inside the noise: inconclusive
+    "INT8-W8A8": ((0, 0), (0.1, 0.05), 180.0, 250e6, "none"),
+    "FP8-W8A8+kv-fp8": ((0, 0), (0.3, 0.1), 120.0, 200e6, "fp8"),
+    "INT8-W8A16": ((0, 34), (40.0, 3.0), 300.0, 250e6, "none"),  # fastest, but fails both
 }
-EVAL_ONLY = {  # cell -> (correct of 40, perplexity scale): accuracy measured, no perf (not runnable here)
-    "INT4-W4A16-RTN": (37, 10.0),  # best cloze score, but perplexity regressed: ranked after AWQ
-    "INT4-W4A16-AWQ": (36, 1.0),
+EVAL_ONLY = {  # cell -> (cloze gains, losses), (ppl delta, stderr): accuracy measured, no perf (not runnable here)
+    "INT4-W4A16-RTN": ((3, 0), (50.0, 4.0)),  # best cloze score, but its perplexity fails
+    "INT4-W4A16-AWQ": ((0, 0), (0.2, 0.1)),
 }
-EXPECTED_ORDER = ["BF16", "INT8-W8A8", "FP8-W8A8", "FP8-W8A8+kv-fp8", "INT4-W4A16-AWQ", "INT8-W8A16",
+EXPECTED_ORDER = ["BF16", "INT8-W8A8", "FP8-W8A8+kv-fp8", "INT4-W4A16-AWQ", "FP8-W8A8", "INT8-W8A16",
                   "INT4-W4A16-RTN", "INT4-W4A16"]
 
 
-def _synth_eval(base_eval, correct: int, kv: str, ppl_scale: float):
-    acc = [1.0] * correct + [0.0] * (N_DOCS - correct)
-    mean = sum(acc) / N_DOCS
-    cloze = TaskResult(task="austen_cloze", n_samples={"effective": N_DOCS},
-                       metrics={"acc": MetricValue(value=mean, stderr=math.sqrt(mean * (1 - mean) / (N_DOCS - 1)),
-                                                   stderr_source="lm-eval", higher_is_better=True, aggregation="mean")},
-                       per_sample=PerSample(doc_ids=list(range(N_DOCS)), values={"acc": acc}))
-    ppl = base_eval.tasks["austen_ppl"]
-    m = ppl.primary_metric()
-    ppl = ppl.model_copy(update={"per_sample": None, "metrics": {
-        m: ppl.metrics[m].model_copy(update={"value": ppl.metrics[m].value * ppl_scale})}})
-    settings = base_eval.settings.model_copy(update={"kv_cache_dtype": "fp8"}) if kv != "none" else base_eval.settings
-    return base_eval.model_copy(update={"model_name": "synth", "tasks": {"austen_cloze": cloze, "austen_ppl": ppl},
-                                        "settings": settings})
+def _synth_eval(cell: str, cloze: tuple[int, int], ppl: tuple[float, float], kv: str = "none"):
+    return eval_result("synth", cell, [cloze_task(answers(N_DOCS, CORRECT, *cloze)), ppl_task(documents(PPL, *ppl))],
+                       kv_cache_dtype="fp8" if kv != "none" else "auto")
 
 
 def _synth_perf(base_perf, tok_s: float, weights: float):
@@ -119,14 +95,14 @@ def results(real_results, tmp_path_factory) -> Path:
     """The real results plus a second model "synth" with controlled numbers and a not-runnable cell."""
     root = tmp_path_factory.mktemp("report-synth") / "results"
     shutil.copytree(real_results, root)
-    base_eval, base_perf = _read(real_results, "BF16", "eval"), _read(real_results, "BF16", "perf")
-    for cell, (correct, tok_s, weights, kv) in SYNTH.items():
-        put(root, "synth", cell, "eval", _synth_eval(base_eval, correct, kv, 1.5 if correct < 20 else 1.0), kv=kv)
+    base_perf = _read(real_results, "BF16", "perf")
+    for cell, (cloze, ppl, tok_s, weights, kv) in SYNTH.items():
+        put(root, "synth", cell, "eval", _synth_eval(cell, cloze, ppl, kv), kv=kv)
         put(root, "synth", cell, "perf", _synth_perf(base_perf, tok_s, weights), kv=kv)
-    for cell, (correct, ppl_scale) in EVAL_ONLY.items():
+    for cell, (cloze, ppl) in EVAL_ONLY.items():
         put(root, "synth", cell, "compress", status="ok")
         put(root, "synth", cell, "perf", status="not_runnable", reason=INT4_REASON)
-        put(root, "synth", cell, "eval", _synth_eval(base_eval, correct, "none", ppl_scale))
+        put(root, "synth", cell, "eval", _synth_eval(cell, cloze, ppl))
     put(root, "synth", "INT4-W4A16", "compress", status="ok")
     for step in ("perf", "eval"):
         put(root, "synth", "INT4-W4A16", step, status="not_runnable", reason=INT4_REASON)
@@ -154,7 +130,8 @@ def test_real_rows_have_every_figure(report):
     lb = _lb(report, "tiny")
     assert [r.cell for r in lb.rows] == ["BF16", "FP8-W8A8"] and lb.baseline == "BF16"
     base, fp8 = lb.rows
-    assert base.baseline and base.rank == 1 and base.verdict == "baseline" and base.recovery_pct == 100
+    assert base.baseline and base.rank == 1 and base.verdict == "baseline" and base.worst_recovery_pct == 100
+    assert base.quality == "baseline"
     assert base.speedup == 1 and base.compress_s is None  # the tiny model stands as baseline: no compress step
     assert set(base.tasks) == set(TASKS) and base.eval_backend == "vllm"
     for r in (base, fp8):
@@ -164,38 +141,43 @@ def test_real_rows_have_every_figure(report):
         assert r.ttft_p50_ms > 0 and r.tpot_p99_ms > 0 and r.latency_source == "offline, batch 1"
         assert r.weights_gb > 0 and r.memory_gb > 0 and r.roofline_pct is not None
     assert fp8.compress_s > 0 and fp8.weights_gb < base.weights_gb
-    assert fp8.recovery_pct > 0 and fp8.recovery_pct_stderr is not None
-    assert fp8.verdict in ("not distinguishable", "regressed", "improved")
-    assert fp8.tasks["austen_cloze"].method.startswith("paired bootstrap")
-    assert fp8.ppl_delta is not None and fp8.ppl_verdict is not None
+    for t in TASKS:  # every quality measure has a recovery with its interval, and an outcome
+        ts = fp8.tasks[t]
+        assert ts.method.startswith("paired bootstrap") and ts.n == 8
+        assert ts.recovery_low_pct <= ts.recovery_pct <= ts.recovery_high_pct
+        assert ts.verdict in ("not distinguishable", "regressed", "improved")
+        assert ts.outcome in ("meets", "fails", "inconclusive") and ts.min_recovery_pct == 99
+    assert fp8.worst_recovery_pct == min(fp8.tasks[t].recovery_pct for t in TASKS)
+    assert fp8.ppl_delta is not None and fp8.quality in ("meets", "fails", "inconclusive")
     assert fp8.speedup == pytest.approx(fp8.throughput_tok_s / base.throughput_tok_s, rel=1e-3)
 
 
-def test_ranking_order_and_verdicts(report):
+def test_ranking_order_and_outcomes(report):
     lb = _lb(report, "synth")
-    assert [r.cell for r in lb.rows] == EXPECTED_ORDER, [(r.cell, r.verdict, r.ppl_delta, r.ppl_verdict) for r in lb.rows]
+    assert [r.cell for r in lb.rows] == EXPECTED_ORDER, [(r.cell, r.quality, r.quality_note) for r in lb.rows]
     assert [r.rank for r in lb.rows] == list(range(1, 9))
-    v = {r.cell: r.verdict for r in lb.rows}
-    assert v == {"BF16": "baseline", "INT8-W8A8": "not distinguishable", "FP8-W8A8": "not distinguishable",
-                 "FP8-W8A8+kv-fp8": "not distinguishable", "INT8-W8A16": "regressed", "INT4-W4A16": None,
-                 "INT4-W4A16-RTN": "not distinguishable", "INT4-W4A16-AWQ": "not distinguishable"}
-    pv = {r.cell: r.ppl_verdict for r in lb.rows if r.cell.startswith("INT4-W4A16-")}
-    assert pv == {"INT4-W4A16-RTN": "regressed", "INT4-W4A16-AWQ": "not distinguishable"}
+    q = {r.cell: r.quality for r in lb.rows}
+    assert q == {"BF16": "baseline", "INT8-W8A8": "meets", "FP8-W8A8+kv-fp8": "meets", "INT4-W4A16-AWQ": "meets",
+                 "FP8-W8A8": "inconclusive", "INT8-W8A16": "fails", "INT4-W4A16-RTN": "fails",
+                 "INT4-W4A16": "unmeasured"}
     rows = {r.cell: r for r in lb.rows}
-    assert rows["FP8-W8A8"].recovery_pct == pytest.approx(35 / 36 * 100, abs=0.01)
-    assert rows["FP8-W8A8"].speedup == 1.5 and rows["INT8-W8A16"].ppl_verdict is not None
-    assert rows["INT8-W8A16"].ppl_delta > 0  # perplexity got worse
-    assert rows["FP8-W8A8+kv-fp8"].recovery_pct == 100  # kv cell compared despite the KV dtype difference
+    cloze = {c: r.tasks["austen_cloze"].verdict for c, r in rows.items() if r.tasks}
+    assert cloze["INT8-W8A16"] == "regressed" and cloze["INT4-W4A16-RTN"] == "not distinguishable"
+    assert rows["INT4-W4A16-RTN"].tasks["austen_ppl"].verdict == "regressed"
+    assert rows["INT4-W4A16-RTN"].quality_note.startswith("austen_ppl ")  # the binding measure, not cloze
+    assert rows["FP8-W8A8"].tasks["austen_cloze"].recovery_pct == pytest.approx(53 / 54 * 100, abs=0.01)
+    assert rows["FP8-W8A8"].speedup == 1.5 and rows["INT8-W8A16"].ppl_delta > 0  # perplexity got worse
+    assert rows["FP8-W8A8+kv-fp8"].tasks["austen_cloze"].recovery_pct == 100  # compared despite the KV dtype
     int4 = rows["INT4-W4A16"]
     assert int4.status == {"compress": "ok", "perf": "not_runnable", "eval": "not_runnable"}
     assert int4.reasons["perf"] == INT4_REASON and "not runnable here" in int4.status_text
-    assert int4.throughput_tok_s is None and int4.recovery_pct is None
-    assert pareto(lb.rows) == {r.cell for r in lb.rows if r.pareto} == {"INT8-W8A8", "INT8-W8A16"}
+    assert int4.throughput_tok_s is None and int4.worst_recovery_pct is None
+    assert pareto(lb.rows) == {r.cell for r in lb.rows if r.pareto} == {"BF16", "INT8-W8A8", "INT8-W8A16"}
 
 
 @pytest.mark.parametrize("cons, expected", [
-    ({}, "INT8-W8A8"),  # 99% recovery: only exact matches of the baseline, the fastest of them
-    ({"min_recovery": 0.95, "max_memory_gb": 0.22}, "FP8-W8A8"),
+    ({}, "INT8-W8A8"),  # 99% on every measure: the fastest scheme whose intervals clear it
+    ({"min_recovery": 0.9, "max_memory_gb": 0.22}, "FP8-W8A8"),
     ({"min_recovery": 0.2}, "INT8-W8A16"),  # the user accepts a big loss: the fastest wins
     ({"min_recovery": 0.99, "max_memory_gb": 0.1}, None),
     ({"min_throughput": 1000}, None),
@@ -208,20 +190,24 @@ def test_recommendation_under_constraints(results, cons, expected):
         assert rec.why.startswith(expected) and "tok/s" in rec.why
     else:
         assert rec.why.startswith("No scheme meets")
+    assert set(rec.candidates) | set(rec.excluded) | set(rec.inconclusive) == set(EXPECTED_ORDER)
+    assert all(why for why in [*rec.excluded.values(), *rec.inconclusive.values()])
 
 
 _NUM = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
-def _md_tables(md: str) -> dict[str, list[list[str]]]:
-    """model -> table rows (cells) of each leaderboard section in the Markdown."""
+def _md_tables(md: str) -> dict[str, list[list[list[str]]]]:
+    """model -> its tables (each a list of rows of cells), in the order of the Markdown."""
     out, model = {}, None
     for line in md.splitlines():
         if line.startswith("## ") and "(baseline" in line:
             model = line[3:].split(" (baseline")[0]
             out[model] = []
+        elif model and line.startswith("### "):
+            out[model].append([])
         elif model and line.startswith("|") and not set(line) <= set("|-: "):
-            out[model].append([c.strip() for c in line.strip().strip("|").split("|")])
+            out[model][-1].append([c.strip() for c in line.strip().strip("|").split("|")])
     return out
 
 
@@ -234,24 +220,30 @@ def test_every_markdown_number_equals_the_json(written):
     tables = _md_tables(md)
     checked = 0
     for lb in rep.leaderboards:
-        header, *rows = tables[lb.model]
-        cols = render.columns(lb)
-        assert header == [c.header for c in cols]
-        assert len(rows) == len(lb.rows)
-        for md_row, row in zip(rows, lb.rows):
-            assert md_row[1].startswith(row.cell)
-            values = flat(row)
-            for text, col in zip(md_row, cols):
-                if not col.fields:
-                    continue
-                expected = [values[f] for f in col.fields if values.get(f) is not None]
-                got = [float(x) for x in _NUM.findall(text)]
-                assert got == expected, (lb.model, row.cell, col.header, text, expected)
-                checked += len(got)
-        assert f"**Recommendation:** {lb.recommendation.why}" in md
+        assert len(tables[lb.model]) == len(render.GROUPS)
+        shown = set()
+        for (header, *rows), group in zip(tables[lb.model], render.GROUPS):
+            cols = render.group_columns(lb, group)
+            assert header == [c.header for c in cols]
+            assert len(rows) == len(lb.rows)
+            shown |= {c.header for c in cols}
+            for md_row, row in zip(rows, lb.rows):
+                assert md_row[1].startswith(row.cell)
+                values = flat(row)
+                for text, col in zip(md_row, cols):
+                    if not col.fields:
+                        continue
+                    expected = [values[f] for f in col.fields if values.get(f) is not None]
+                    got = [float(x) for x in _NUM.findall(text)]
+                    assert got == expected, (lb.model, row.cell, col.header, text, expected)
+                    checked += len(got)
+        assert shown == {c.header for c in render.columns(lb)}  # every column is in one of the tables
+        rec = lb.recommendation
+        assert f"**Recommendation:** {rec.why}" in md
+        assert all(f"- {c}: {why}" in md for c, why in [*rec.excluded.items(), *rec.inconclusive.items()])
     assert checked > 100
-    assert "not distinguishable" in md and "regressed" in md and INT4_REASON in md
-    assert "![recovery_vs_throughput](plots/recovery_vs_throughput.png)" in md
+    assert "inconclusive" in md and "regressed" in md and INT4_REASON in md
+    assert "![quality_vs_throughput](plots/quality_vs_throughput.png)" in md
 
 
 def test_csv_and_frame_match_the_json(written, report):
@@ -261,7 +253,8 @@ def test_csv_and_frame_match_the_json(written, report):
     assert len(csv) == len(report.rows()) == 10
     for r, (_, c) in zip(report.rows(), csv.iterrows()):
         assert (c["model"], c["cell"], c["rank"]) == (r.model, r.cell, r.rank)
-        for f in ("recovery_pct", "throughput_tok_s", "weights_gb", "tasks.austen_cloze.value"):
+        for f in ("worst_recovery_pct", "throughput_tok_s", "weights_gb", "tasks.austen_cloze.value",
+                  "tasks.austen_ppl.recovery_low_pct"):
             v = flat(r).get(f)
             assert (pd.isna(c[f]) and v is None) or c[f] == pytest.approx(v, rel=1e-12), (r.cell, f)
     assert list(to_frame(report.rows())["cell"]) == list(csv["cell"])
@@ -278,7 +271,7 @@ def test_plots_written_and_survive_missing_data(written, report, tmp_path):
     empty = report.model_copy(deep=True)
     for lb in empty.leaderboards:  # every figure missing: each plot says "no data", none crashes
         lb.rows = [r.model_copy(update={k: None for k in type(r).model_fields if k.endswith(("_ms", "_gb", "_pct", "_tok_s"))
-                                        or k in ("acc_avg", "acc_avg_stderr")}) for r in lb.rows]
+                                        or k in ("acc_avg", "acc_avg_stderr")} | {"tasks": {}}) for r in lb.rows]
     assert all(png.startswith(b"\x89PNG") for png in plots.render_all(empty).values())
 
 
@@ -332,19 +325,20 @@ def test_errors_are_one_line(cli, tmp_path):
     with pytest.raises(UsageError, match="no suite results"):
         build_report(tmp_path)
     for args in (["report", str(tmp_path / "nope")], ["report", str(tmp_path)],
-                 ["report", str(tmp_path), "--format", "pdf"]):
-        p = cli(*args)
+                 ["report", str(tmp_path), "--format", "pdf"], ["report", str(tmp_path), "--min-recovery", "99"]):
+        p = cli(*args, env=CLI_ENV)
         err = p.stderr.strip()
         assert p.returncode != 0 and "Traceback" not in p.stderr + p.stdout
         assert len(err.splitlines()) == 1 and err.startswith("error:"), err
 
 
 def test_cli_report_and_compare(cli, results, tmp_path):
-    p = cli("report", str(results), "-o", str(tmp_path / "r"), "--min-recovery", "0.95", "--max-memory-gb", "0.22")
+    p = cli("report", str(results), "-o", str(tmp_path / "r"), "--min-recovery", "0.9", "--max-memory-gb", "0.22",
+            env=CLI_ENV)
     assert p.returncode == 0, p.stderr
     assert "recommendation:" in p.stdout and "FP8-W8A8: the fastest" in p.stdout.replace("\n", " ")
     assert {f.name for f in (tmp_path / "r").iterdir()} >= {"leaderboard.md", "report.json", "leaderboard.csv",
                                                            "report.html", "plots"}
-    p = cli("report", str(results), str(results), "-o", str(tmp_path / "c"), "--format", "md,json")
+    p = cli("report", str(results), str(results), "-o", str(tmp_path / "c"), "--format", "md,json", env=CLI_ENV)
     assert p.returncode == 0, p.stderr
     assert sorted(f.name for f in (tmp_path / "c").iterdir()) == ["compare.json", "compare.md"]

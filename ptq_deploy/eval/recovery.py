@@ -8,7 +8,8 @@ Uncertainty of the delta: a paired bootstrap over the documents both runs scored
 resampled on both sides, each side re-aggregated with lm-eval's own aggregation function), which
 removes the between-document variance both runs share; without per-sample data, the two lm-eval
 stderrs combined as independent (``sqrt(se_b^2 + se_q^2)``, conservative). The verdict is
-"not distinguishable" when the 95% interval of the delta contains 0.
+"not distinguishable" when the 95% interval of the delta contains 0, and "unknown" when there is no
+interval (neither per-sample values nor stderrs): an unmeasured uncertainty is never a pass.
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ def check_comparable(baseline: EvalResult, quantized: EvalResult) -> None:
 
 
 def _verdict(delta: float, ci: tuple[float, float] | None, higher_is_better: bool) -> str:
-    if ci is None or ci[0] <= 0 <= ci[1]:
+    if ci is None:
+        return "unknown"
+    if ci[0] <= 0 <= ci[1]:
         return "not distinguishable"
     better = delta > 0 if higher_is_better else delta < 0
     return "improved" if better else "regressed"

@@ -87,7 +87,7 @@ class Recovery(BaseModel):
     ci95: tuple[float, float] | None
     method: str
     n_paired: int | None = None
-    verdict: Literal["not distinguishable", "regressed", "improved"]
+    verdict: Literal["not distinguishable", "regressed", "improved", "unknown"]
 
 
 class EvalResult(ResultEnvelope):

@@ -12,23 +12,43 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptq_deploy.errors import UsageError
-from ptq_deploy.report.collect import Row, baseline_scheme, collect, to_frame
+from ptq_deploy.report import compare, html, plots, render
+from ptq_deploy.report.cells import baseline_scheme, experiment_settings
+from ptq_deploy.report.collect import collect
 from ptq_deploy.report.compare import Comparison, compare as compare_reports
-from ptq_deploy.report.leaderboard import Constraints, Leaderboard, Recommendation, Report, build
+from ptq_deploy.report.leaderboard import Report, build
+from ptq_deploy.report.settings import ReportSettings
 from ptq_deploy.results import atomic_write_text
 
 FORMATS = ("md", "json", "csv", "html")
 FILES = {"md": "leaderboard.md", "json": "report.json", "csv": "leaderboard.csv", "html": "report.html"}
 
 
-def build_report(results_dir: Path, min_recovery: float | None = 0.99, max_memory_gb: float | None = None,
+def resolve_settings(results_dir: Path, min_recovery: float | None = None,
+                     min_recovery_by_task: dict[str, float] | None = None, max_memory_gb: float | None = None,
+                     min_throughput: float | None = None) -> tuple[ReportSettings, str]:
+    """The constraints to report under and where they came from: each value given here, over the results
+    dir's ``experiment.yaml`` ``report:`` section, over ``ReportSettings``' defaults."""
+    exp = experiment_settings(results_dir)
+    given = {"min_recovery": min_recovery, "min_recovery_by_task": min_recovery_by_task or None,
+             "max_memory_gb": max_memory_gb, "min_throughput": min_throughput}
+    cli = any(v is not None for v in given.values())
+    source = " + ".join(s for s, used in (("experiment.yaml", exp is not None), ("command line", cli)) if used)
+    return (exp or ReportSettings()).override(**given), source or "defaults"
+
+
+def build_report(results_dir: Path, min_recovery: float | None = None,
+                 min_recovery_by_task: dict[str, float] | None = None, max_memory_gb: float | None = None,
                  min_throughput: float | None = None, baseline: str | None = None,
                  bootstrap_iters: int = 1000, seed: int = 0) -> Report:
-    """Read ``results_dir`` and rank every model's cells (see ``leaderboard`` for the rules)."""
+    """Read ``results_dir`` and rank every model's cells (``leaderboard``) under the constraints given here
+    (``resolve_settings``: over the experiment's ``report:`` section, over the defaults)."""
     root = Path(results_dir)
-    cons = Constraints(min_recovery=min_recovery, max_memory_gb=max_memory_gb, min_throughput=min_throughput)
+    settings, source = resolve_settings(root, min_recovery, min_recovery_by_task, max_memory_gb, min_throughput)
     base = baseline or baseline_scheme(root)
-    return build(collect(root, base, iters=bootstrap_iters, seed=seed), root, cons, base)
+    rows = collect(root, base, iters=bootstrap_iters, seed=seed)
+    settings.check_tasks(t for r in rows for t in r.tasks)
+    return build(rows, root, settings, base, source)
 
 
 def parse_formats(spec: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -43,8 +63,6 @@ def parse_formats(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 
 def write_report(report: Report, out_dir: Path, formats=FORMATS) -> list[Path]:
     """Write the report in ``formats`` (plots with md and html) into ``out_dir``; returns the paths."""
-    from ptq_deploy.report import html, plots, render
-
     out = Path(out_dir)
     fmts = parse_formats(formats)
     written: list[Path] = []
@@ -67,14 +85,9 @@ def write_report(report: Report, out_dir: Path, formats=FORMATS) -> list[Path]:
 
 
 def write_comparison(comp: Comparison, out_dir: Path, formats=FORMATS) -> list[Path]:
-    from ptq_deploy.report import compare
-
     out = Path(out_dir)
     text = {"md": compare.markdown, "json": lambda c: c.model_dump_json(indent=2) + "\n", "csv": compare.to_csv,
             "html": compare.html}
     ext = {"md": "md", "json": "json", "csv": "csv", "html": "html"}
     return [atomic_write_text(out / f"compare.{ext[f]}", text[f](comp), force=True) for f in parse_formats(formats)]
 
-
-__all__ = ["build_report", "write_report", "compare_reports", "write_comparison", "parse_formats", "Report",
-           "Leaderboard", "Recommendation", "Constraints", "Row", "Comparison", "to_frame", "FORMATS", "FILES"]

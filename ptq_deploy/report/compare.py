@@ -11,12 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from ptq_deploy.report.collect import sig
 from ptq_deploy.report.fmt import MISSING, num
 from ptq_deploy.report.leaderboard import Report
+from ptq_deploy.report.row import sig
 
 METRICS: dict[str, str] = {  # Row field -> header
-    "recovery_pct": "recovery %",
+    "worst_recovery_pct": "worst recovery %",
     "acc_avg": "acc avg",
     "ppl": "perplexity",
     "throughput_tok_s": "out tok/s",
@@ -35,6 +35,8 @@ class CompareRow(BaseModel):
     only_in: Literal["a", "b"] | None = None
     verdict_a: str | None = None
     verdict_b: str | None = None
+    quality_a: str | None = None  # the constraint outcome (meets | fails | inconclusive | ...)
+    quality_b: str | None = None
     a: dict[str, float | None]
     b: dict[str, float | None]
     delta: dict[str, float | None]  # b - a
@@ -61,6 +63,7 @@ def compare(a: Report, b: Report) -> Comparison:
         d = {m: sig(vb[m] - va[m]) if va[m] is not None and vb[m] is not None else None for m in METRICS}
         rows.append(CompareRow(model=key[0], cell=key[1], only_in=None if x and y else "a" if x else "b",
                                verdict_a=x.verdict if x else None, verdict_b=y.verdict if y else None,
+                               quality_a=x.quality if x else None, quality_b=y.quality if y else None,
                                a=va, b=vb, delta=d))
     return Comparison(a=a.results_dir, b=b.results_dir, rows=rows,
                       generated_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -77,9 +80,10 @@ def table_frame(c: Comparison, model: str):
     import pandas as pd
 
     rows = [[r.cell + (f" (only in {r.only_in.upper()})" if r.only_in else ""),
+             f"{r.quality_a or MISSING} → {r.quality_b or MISSING}",
              f"{r.verdict_a or MISSING} → {r.verdict_b or MISSING}", *(_cell(r, m) for m in METRICS)]
             for r in c.rows if r.model == model]
-    return pd.DataFrame(rows, columns=["scheme", "verdict", *(f"{h} A → B (Δ)" for h in METRICS.values())])
+    return pd.DataFrame(rows, columns=["scheme", "quality", "verdict", *(f"{h} A → B (Δ)" for h in METRICS.values())])
 
 
 def markdown(c: Comparison) -> str:
@@ -94,7 +98,8 @@ def to_csv(c: Comparison) -> str:
     import pandas as pd
 
     flat = [{"model": r.model, "cell": r.cell, "only_in": r.only_in, "verdict_a": r.verdict_a,
-             "verdict_b": r.verdict_b, **{f"{m}.a": r.a[m] for m in METRICS}, **{f"{m}.b": r.b[m] for m in METRICS},
+             "verdict_b": r.verdict_b, "quality_a": r.quality_a, "quality_b": r.quality_b,
+             **{f"{m}.a": r.a[m] for m in METRICS}, **{f"{m}.b": r.b[m] for m in METRICS},
              **{f"{m}.delta": r.delta[m] for m in METRICS}} for r in c.rows]
     return pd.DataFrame(flat).to_csv(index=False)
 

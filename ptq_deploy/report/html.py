@@ -1,5 +1,6 @@
-"""One self-contained HTML page: the leaderboards (same cell texts as the Markdown) and the plots
-embedded as base64 PNGs; no external file, script or font."""
+"""One self-contained HTML page: the leaderboards (same cell texts as the Markdown, in the same two
+tables per model, so each fits a laptop screen; rank and scheme stay in view if a table is still too
+wide) and the plots embedded as base64 PNGs; no external file, script or font."""
 
 from __future__ import annotations
 
@@ -7,17 +8,21 @@ import base64
 from html import escape
 
 from ptq_deploy.report.leaderboard import Report
-from ptq_deploy.report.render import LEGEND, notes, table_frame
+from ptq_deploy.report.render import GROUPS, LEGEND, decisions, header, notes, table_frame
 
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
-table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
-th { background: #2f4b7c; color: #fff; }
+body { font-family: system-ui, sans-serif; margin: 16px; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; } h3 { font-size: 1em; margin: 1em 0 0.3em; }
+table { border-collapse: separate; border-spacing: 0; font-size: 13px; margin: 8px 0; }
+th, td { border-right: 1px solid #ccc; border-bottom: 1px solid #ccc; padding: 4px 6px; text-align: right;
+         white-space: nowrap; background: #fff; }
+th { background: #2f4b7c; color: #fff; white-space: normal; min-width: 4em; vertical-align: bottom; }
 td:nth-child(2), td:nth-child(3) { text-align: left; }
-tr:nth-child(even) { background: #f3f6fb; }
-tr.baseline { background: #fff4d6; font-weight: 600; }
+th:nth-child(1), td:nth-child(1) { position: sticky; left: 0; min-width: 2.5em; max-width: 2.5em; z-index: 1; }
+th:nth-child(2), td:nth-child(2) { position: sticky; left: calc(2.5em + 13px); z-index: 1;
+                                   box-shadow: 2px 0 2px -1px #999; }
+tr:nth-child(even) td { background: #f3f6fb; }
+tr.baseline td { background: #fff4d6; font-weight: 600; }
 .rec { background: #e3f4e1; border-left: 4px solid #3a9a3a; padding: 8px 12px; }
 .small { font-size: 12px; color: #555; }
 .scroll { overflow-x: auto; max-width: 100%; }
@@ -25,22 +30,25 @@ img { max-width: 100%; border: 1px solid #ddd; margin: 6px 0; }
 """
 
 
-def _table(lb) -> str:
-    html = table_frame(lb).to_html(index=False, escape=True, border=0)
+def _table(lb, group: str) -> str:
+    html = table_frame(lb, group).to_html(index=False, escape=True, border=0)
     if lb.rows and lb.rows[0].baseline:  # mark the baseline row (the first one)
         html = html.replace("<tbody>\n    <tr>", '<tbody>\n    <tr class="baseline">', 1)
-    return f"<div class='scroll'>{html}</div>"
+    return f"<h3>{escape(GROUPS[group])}</h3><div class='scroll'>{html}</div>"
 
 
 def page(rep: Report, plots: dict[str, bytes]) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ptq-deploy report</title>"
              f"<style>{CSS}</style></head><body>",
              f"<h1>ptq-deploy report: {escape(rep.results_dir)}</h1>",
-             f"<p class='small'>Generated {escape(rep.generated_at)}. Constraints: "
-             f"{escape(rep.constraints.describe())}. Ranking: {escape(rep.ranking_rule)}.</p>"]
+             f"<p class='small'>{escape(header(rep))}</p>"]
     for lb in rep.leaderboards:
         parts += [f"<h2>{escape(lb.model)} (baseline {escape(lb.baseline)})</h2>",
-                  f"<p class='rec'><b>Recommendation:</b> {escape(lb.recommendation.why)}</p>", _table(lb)]
+                  f"<p class='rec'><b>Recommendation:</b> {escape(lb.recommendation.why)}</p>"]
+        for heading, items in decisions(lb.recommendation):
+            parts.append(f"<p class='small'><b>{escape(heading)}:</b></p><ul class='small'>"
+                         + "".join(f"<li>{escape(x)}</li>" for x in items) + "</ul>")
+        parts += [_table(lb, group) for group in GROUPS]
         n = notes(lb)
         if n:
             parts.append("<ul class='small'>" + "".join(f"<li>{escape(x)}</li>" for x in n) + "</ul>")

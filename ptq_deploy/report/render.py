@@ -1,8 +1,10 @@
 """Markdown, JSON and CSV of a ``Report``.
 
-The tables of every format come from ``table()``: one cell text per row x column, built only from the
-row's (already rounded) values with ``fmt.num`` / ``fmt.pm``, so a number in the Markdown is the
-number in the JSON.
+The tables of every format come from ``columns()``: one cell text per row x column, built only from the
+row's (already rounded) values with ``fmt.num`` / ``fmt.pm``, so a number in the Markdown is the number
+in the JSON. Columns come in two groups, each its own table so that neither needs sideways scrolling:
+"quality" (the outcome, the worst recovery, each task's score and recovery with its 95% interval,
+the most discriminating task first) and "speed" (throughput, latency, sizes, status).
 """
 
 from __future__ import annotations
@@ -10,85 +12,116 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ptq_deploy.report.collect import Row, flat, to_frame
 from ptq_deploy.report.fmt import MISSING, num, pm
 from ptq_deploy.report.leaderboard import Leaderboard, Report
+from ptq_deploy.report.recommend import Recommendation
+from ptq_deploy.report.row import Row, to_frame
 
-VERDICT_MARK = {"baseline": "baseline", "not distinguishable": "not distinguishable", "regressed": "regressed",
-                "improved": "improved", None: MISSING}
-LEGEND = ("± is one standard error (accuracy: lm-eval's or bootstrap; recovery and Δ: the paired bootstrap of the "
-          "delta vs the baseline, same backend); a verdict is \"not distinguishable\" when the 95% interval of the "
-          "delta contains 0. Throughput: offline output tokens/s, median ± stdev over iterations. Weights: tensor "
-          "bytes (GB = 1e9 bytes); peak mem: measured peak of the perf engine (includes vLLM's KV-cache space). "
-          "★: on the recovery × throughput Pareto front.")
+GROUPS = {"quality": "Quality vs the baseline", "speed": "Speed and size"}
+LEGEND = ("Recovery: candidate / baseline for accuracy, baseline / candidate for perplexity (below 100% is worse), "
+          "with its 95% interval from the paired bootstrap of the delta vs the baseline scored with the same backend. "
+          "Quality: meets when every task's interval lies at or above its minimum recovery, fails when one lies "
+          "below, inconclusive when one straddles it or has no interval (more documents would decide). Verdict: "
+          "\"not distinguishable\" when the 95% interval of the delta contains 0, \"unknown\" without one. ± is one "
+          "standard error. Throughput: offline output tokens/s, median ± stdev over iterations. Weights: tensor bytes "
+          "(GB = 1e9 bytes); peak mem: measured peak of the perf engine (includes vLLM's KV-cache space). ★: on the "
+          "worst recovery × throughput Pareto front.")
 
 
 @dataclass(frozen=True)
 class Column:
     header: str
-    fields: tuple[str, ...]  # the JSON fields (flat names, see collect.flat) the cell shows
+    fields: tuple[str, ...]  # the JSON fields (flat names, see row.flat) the cell shows
     text: Callable[[Row], str]
+    group: str = "quality"  # both: shown in every group's table
 
 
 def _pair(a: float | None, b: float | None) -> str:
     return MISSING if a is None and b is None else f"{num(a)} / {num(b)}"
 
 
-def _task(t: str) -> Callable[[Row], str]:
+def interval(v: float | None, lo: float | None, hi: float | None) -> str:
+    """``value (lo–hi)``; just the value without an interval."""
+    if v is None:
+        return MISSING
+    return num(v) if lo is None and hi is None else f"{num(v)} ({num(lo)}–{num(hi)})"
+
+
+def _score(t: str) -> Callable[[Row], str]:
     return lambda r: pm(r.tasks[t].value, r.tasks[t].stderr) if t in r.tasks else MISSING
+
+
+def _recovery(t: str) -> Callable[[Row], str]:
+    def text(r: Row) -> str:
+        ts = r.tasks.get(t)
+        if ts is None or ts.recovery_pct is None:
+            return MISSING
+        cell = interval(ts.recovery_pct, ts.recovery_low_pct, ts.recovery_high_pct)
+        return cell if r.baseline else f"{cell} {ts.outcome}"
+    return text
+
+
+def _threshold(lb: Leaderboard, t: str) -> str:
+    ts = next((r.tasks[t] for r in lb.rows if t in r.tasks and r.tasks[t].min_recovery_pct is not None), None)
+    return f" (min {num(ts.min_recovery_pct)})" if ts else ""
 
 
 def columns(lb: Leaderboard) -> list[Column]:
     metric = {t: next((r.tasks[t].metric for r in lb.rows if t in r.tasks), "") for t in lb.tasks}
+    rec = ("recovery_pct", "recovery_low_pct", "recovery_high_pct")
     cols = [
-        Column("rank", ("rank",), lambda r: num(r.rank)),
-        Column("scheme", (), lambda r: r.cell + (" ★" if r.pareto else "")),
-        Column("status", (), lambda r: r.status_text),
+        Column("rank", ("rank",), lambda r: num(r.rank), "both"),
+        Column("scheme", (), lambda r: r.cell + (" ★" if r.pareto else ""), "both"),
+        Column("quality", (), lambda r: r.quality or MISSING),
+        Column("worst recovery %", ("worst_recovery_pct", "worst_recovery_low_pct", "worst_recovery_high_pct"),
+               lambda r: interval(r.worst_recovery_pct, r.worst_recovery_low_pct, r.worst_recovery_high_pct)),
     ]
-    cols += [Column(f"{t} {metric[t]}", (f"tasks.{t}.value", f"tasks.{t}.stderr"), _task(t)) for t in lb.tasks]
+    for t in lb.tasks:
+        cols += [Column(f"{t} {metric[t]}", (f"tasks.{t}.value", f"tasks.{t}.stderr"), _score(t)),
+                 Column(f"{t} recovery %{_threshold(lb, t)}", tuple(f"tasks.{t}.{f}" for f in rec), _recovery(t))]
     cols += [
-        Column("acc avg", ("acc_avg", "acc_avg_stderr"), lambda r: pm(r.acc_avg, r.acc_avg_stderr)),
-        Column("recovery %", ("recovery_pct", "recovery_pct_stderr"),
-               lambda r: pm(r.recovery_pct, r.recovery_pct_stderr)),
-        Column("acc verdict", (), lambda r: VERDICT_MARK[r.verdict]),
-        Column("perplexity", ("ppl", "ppl_stderr"), lambda r: pm(r.ppl, r.ppl_stderr)),
-        Column("Δ ppl", ("ppl_delta", "ppl_delta_stderr"),
-               lambda r: pm(r.ppl_delta, r.ppl_delta_stderr, sign=True) + (f" ({r.ppl_verdict})" if r.ppl_verdict else "")),
+        Column("Δ ppl", ("ppl_delta", "ppl_delta_stderr"), lambda r: pm(r.ppl_delta, r.ppl_delta_stderr, sign=True)),
+        Column("verdict", (), lambda r: r.verdict or MISSING),
+        Column("status", (), lambda r: r.status_text, "speed"),
         Column("out tok/s", ("throughput_tok_s", "throughput_tok_s_stdev"),
-               lambda r: pm(r.throughput_tok_s, r.throughput_tok_s_stdev)),
+               lambda r: pm(r.throughput_tok_s, r.throughput_tok_s_stdev), "speed"),
         Column("speedup", ("speedup", "speedup_stderr"), lambda r: pm(r.speedup, r.speedup_stderr)
-               + ("x" if r.speedup is not None else "")),
-        Column("TTFT p50 / p99 ms", ("ttft_p50_ms", "ttft_p99_ms"), lambda r: _pair(r.ttft_p50_ms, r.ttft_p99_ms)),
-        Column("TPOT p50 / p99 ms", ("tpot_p50_ms", "tpot_p99_ms"), lambda r: _pair(r.tpot_p50_ms, r.tpot_p99_ms)),
-        Column("load s", ("load_s",), lambda r: num(r.load_s)),
-        Column("weights GB", ("weights_gb",), lambda r: num(r.weights_gb)),
-        Column("peak mem GB", ("memory_gb",), lambda r: num(r.memory_gb)),
-        Column("compress s", ("compress_s",), lambda r: num(r.compress_s)),
-        Column("roofline %", ("roofline_pct",), lambda r: num(r.roofline_pct)),
+               + ("x" if r.speedup is not None else ""), "speed"),
+        Column("TTFT p50 / p99 ms", ("ttft_p50_ms", "ttft_p99_ms"), lambda r: _pair(r.ttft_p50_ms, r.ttft_p99_ms),
+               "speed"),
+        Column("TPOT p50 / p99 ms", ("tpot_p50_ms", "tpot_p99_ms"), lambda r: _pair(r.tpot_p50_ms, r.tpot_p99_ms),
+               "speed"),
+        Column("load s", ("load_s",), lambda r: num(r.load_s), "speed"),
+        Column("weights GB", ("weights_gb",), lambda r: num(r.weights_gb), "speed"),
+        Column("peak mem GB", ("memory_gb",), lambda r: num(r.memory_gb), "speed"),
+        Column("compress s", ("compress_s",), lambda r: num(r.compress_s), "speed"),
+        Column("roofline %", ("roofline_pct",), lambda r: num(r.roofline_pct), "speed"),
     ]
     return cols
 
 
-def table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
-    cols = columns(lb)
-    return [c.header for c in cols], [[c.text(r) for c in cols] for r in lb.rows]
+def group_columns(lb: Leaderboard, group: str) -> list[Column]:
+    return [c for c in columns(lb) if c.group in (group, "both")]
 
 
-def table_frame(lb: Leaderboard):
+def table_frame(lb: Leaderboard, group: str = "quality", cols: list[Column] | None = None):
     import pandas as pd
 
-    headers, rows = table(lb)
-    return pd.DataFrame(rows, columns=headers)
+    cols = cols if cols is not None else group_columns(lb, group)
+    return pd.DataFrame([[c.text(r) for c in cols] for r in lb.rows], columns=[c.header for c in cols])
 
 
-# the console's view (the Markdown/HTML/CSV carry every column)
-CONSOLE_COLUMNS = ("rank", "scheme", "status", "acc avg", "recovery %", "acc verdict", "Δ ppl", "out tok/s", "speedup",
-                   "weights GB")
-
-
-def console_frame(lb: Leaderboard):
-    df = table_frame(lb)
-    return df[[c for c in CONSOLE_COLUMNS if c in df.columns]]
+def decisions(rec: Recommendation) -> list[tuple[str, list[str]]]:
+    """(heading, lines) for what decided the recommendation: the measures, the excluded and the undecided."""
+    out = []
+    if rec.decided_by:
+        out.append(("Decided by", [", ".join(f"{m} ({n} scheme{'s' if n > 1 else ''})"
+                                             for m, n in rec.decided_by.items())]))
+    if rec.excluded:
+        out.append(("Excluded", [f"{c}: {why}" for c, why in rec.excluded.items()]))
+    if rec.inconclusive:
+        out.append(("Inconclusive (more data needed)", [f"{c}: {why}" for c, why in rec.inconclusive.items()]))
+    return out
 
 
 def notes(lb: Leaderboard) -> list[str]:
@@ -107,14 +140,20 @@ def notes(lb: Leaderboard) -> list[str]:
     return out
 
 
+def header(rep: Report) -> str:
+    return (f"Generated {rep.generated_at}. Constraints ({rep.constraints_from}): {rep.constraints.describe()}. "
+            f"Ranking: {rep.ranking_rule}.")
+
+
 def markdown(rep: Report, plots: list[str] | None = None) -> str:
-    lines = [f"# ptq-deploy report: {rep.results_dir}", "",
-             f"Generated {rep.generated_at}. Constraints: {rep.constraints.describe()}. "
-             f"Ranking: {rep.ranking_rule}.", ""]
+    lines = [f"# ptq-deploy report: {rep.results_dir}", "", header(rep), ""]
     for lb in rep.leaderboards:
-        lines += [f"## {lb.model} (baseline {lb.baseline})", "",
-                  f"**Recommendation:** {lb.recommendation.why}", "",
-                  table_frame(lb).to_markdown(index=False, tablefmt="github", disable_numparse=True), ""]
+        lines += [f"## {lb.model} (baseline {lb.baseline})", "", f"**Recommendation:** {lb.recommendation.why}", ""]
+        for heading, items in decisions(lb.recommendation):
+            lines += [f"{heading}:", "", *(f"- {x}" for x in items), ""]
+        for group, title in GROUPS.items():
+            lines += [f"### {title}", "",
+                      table_frame(lb, group).to_markdown(index=False, tablefmt="github", disable_numparse=True), ""]
         n = notes(lb)
         if n:
             lines += ["Notes:", "", *(f"- {x}" for x in n), ""]
@@ -130,6 +169,3 @@ def to_json(rep: Report) -> str:
 
 def to_csv(rep: Report) -> str:
     return to_frame(rep.rows()).to_csv(index=False)
-
-
-__all__ = ["Column", "columns", "table", "table_frame", "notes", "markdown", "to_json", "to_csv", "flat"]

@@ -20,6 +20,7 @@ from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import UsageError
 from ptq_deploy.eval.config import EvalOptions
 from ptq_deploy.perf.config import PerfSettings
+from ptq_deploy.report.settings import ReportSettings
 from ptq_deploy.schemes import KV_CACHE_SCHEMES
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "data" / "experiments"
@@ -54,6 +55,7 @@ class Experiment(BaseModel):
     perf: PerfSettings = Field(default_factory=PerfSettings)
     eval: ExperimentEval = Field(default_factory=ExperimentEval)
     steps: list[Literal["compress", "inspect", "perf", "eval"]] = list(STEPS)
+    report: ReportSettings = Field(default_factory=ReportSettings, description="the recommendation's constraints")
 
     @model_validator(mode="after")
     def _check(self) -> "Experiment":

@@ -1,0 +1,41 @@
+"""The ``report`` command's console view: per model, the main columns (the files carry them all), the
+recommendation, and what excluded or left undecided every other scheme."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from ptq_deploy.report.leaderboard import Leaderboard, Report
+from ptq_deploy.report.render import Column, columns, decisions, table_frame
+
+# the columns shown, by their first field (or header when they show none), and every task's recovery
+SHOWN = ("rank", "scheme", "quality", "throughput_tok_s", "speedup", "weights_gb")
+
+
+def _shown(c: Column) -> bool:
+    first = c.fields[0] if c.fields else c.header
+    return first in SHOWN or first.startswith("tasks.") and first.endswith(".recovery_pct")
+
+
+def _table(lb: Leaderboard) -> Table:
+    cols = [c for c in columns(lb) if _shown(c)]
+    df = table_frame(lb, cols=cols)
+    t = Table(title=f"{lb.model} (baseline {lb.baseline}; every column: leaderboard.md / report.html)")
+    for c in df.columns:
+        t.add_column(c)
+    for row in df.itertuples(index=False):
+        t.add_row(*row)
+    return t
+
+
+def print_report(rep: Report, out: Console) -> None:
+    """Print every leaderboard with its recommendation and decisions."""
+    out.print(f"constraints ({rep.constraints_from}): {rep.constraints.describe()}", highlight=False)
+    for lb in rep.leaderboards:
+        out.print(_table(lb))
+        out.print(f"[bold]recommendation:[/bold] {lb.recommendation.why}", highlight=False)
+        for heading, items in decisions(lb.recommendation):
+            out.print(f"[bold]{heading.lower()}:[/bold]", highlight=False)
+            for x in items:
+                out.print(f"  - {x}", highlight=False, markup=False)
