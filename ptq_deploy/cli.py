@@ -10,7 +10,6 @@ import click
 import pydantic
 import typer
 from pydantic import BaseModel
-from rich.table import Table
 
 from ptq_deploy import __version__
 from ptq_deploy.compress import CalibrationSettings, CompressConfig
@@ -82,18 +81,12 @@ def doctor(
 # ---------------------------------------------------------------- schemes
 @schemes_app.callback()
 def schemes_list(ctx: typer.Context):
-    """List the schemes (one YAML file each in schemes/)."""
+    """List the schemes (one YAML file each in ptq_deploy/data/schemes/)."""
     if ctx.invoked_subcommand:
         return
     from ptq_deploy import schemes
 
-    t = Table(title="schemes")
-    for c in ("name", "weights", "activations", "group", "calibration", "description"):
-        t.add_column(c)
-    for s in schemes.registry().values():
-        t.add_row(s.name, s.weights, s.activations, str(s.group_size or "-"),
-                  "yes" if s.calibration else "no", s.description)
-    out.print(t)
+    out.print(schemes.table())
 
 
 @schemes_app.command("show")
@@ -359,12 +352,12 @@ def report_cmd(
         help="recommend only schemes whose recovery vs the baseline (accuracy: candidate/baseline, perplexity: "
              "baseline/candidate) has its 95% interval's lower bound at or above FRACTION: for every quality measure, "
              "or TASK=FRACTION for one task (e.g. austen_ppl=0.97); repeatable. Default: the results' experiment.yaml "
-             f"report: section, else {ReportSettings.model_fields['min_recovery'].default} for every task"),
+             f"report: section, else {_d(ReportSettings, 'min_recovery')} for every task"),
     max_memory_gb: Optional[float] = typer.Option(
-        ReportSettings.model_fields["max_memory_gb"].default,
+        _d(ReportSettings, "max_memory_gb"),
         help="recommend only schemes whose weights take at most this many GB (default: experiment.yaml, else none)"),
     min_throughput: Optional[float] = typer.Option(
-        ReportSettings.model_fields["min_throughput"].default,
+        _d(ReportSettings, "min_throughput"),
         help="recommend only schemes reaching this many output tokens/s (default: experiment.yaml, else none)"),
     formats: str = typer.Option("md,json,csv,html", "--format", help="comma-separated: md, json, csv, html"),
 ):

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict
+from rich.table import Table
 
 from ptq_deploy.checkpoint.quant import QUANT_MODIFIERS, from_recipe, modifiers
 from ptq_deploy.errors import UsageError
@@ -90,6 +91,17 @@ def registry() -> dict[str, Scheme]:
     # baseline first, then by weight bits (high to low), W8A8 before weight-only
     loaded.sort(key=lambda s: (-s.weight_bits, s.activations == "bf16", s.name))
     return {s.name: s for s in loaded}
+
+
+def table() -> Table:
+    """The registry as the console shows it (``ptq-deploy schemes``)."""
+    t = Table(title="schemes")
+    for c in ("name", "weights", "activations", "group", "calibration", "description"):
+        t.add_column(c)
+    for s in registry().values():
+        t.add_row(s.name, s.weights, s.activations, str(s.group_size or "-"), "yes" if s.calibration else "no",
+                  s.description)
+    return t
 
 
 def names() -> list[str]:

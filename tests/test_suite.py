@@ -35,8 +35,14 @@ def test_plan_marks_what_cannot_run_here(tiny_model, tmp_path):
     by = {(s.cell, s.step): s for s in steps}
     assert by[("INT8-W8A16-RTN", "perf")].state == "not_runnable"
     assert "uint4" in by[("INT8-W8A16-RTN", "perf")].reason
-    assert by[("INT8-W8A16-RTN", "eval")].backend == "hf"   # fallback, and then the baseline needs hf too
-    assert by[("BF16", "eval-hf")].backend == "hf" and by[("BF16", "eval")].backend == "vllm"
+    # weight-only: scored in vLLM on its dequantized weights, against the same vLLM baseline
+    assert by[("INT8-W8A16-RTN", "eval")].backend == "vllm-dequantized" and ("BF16", "eval-hf") not in by
+    hf = {(s.cell, s.step): s for s in plan(_exp(tiny_model, eval={"tasks": ["austen_cloze"], "fallback": "hf"}),
+                                            RunOptions(results_dir=tmp_path))}
+    assert hf[("INT8-W8A16-RTN", "eval")].backend == "hf"  # and then the baseline needs hf too
+    assert hf[("BF16", "eval-hf")].backend == "hf" and hf[("BF16", "eval")].backend == "vllm"
+    none = plan(_exp(tiny_model, eval={"tasks": ["austen_cloze"], "fallback": None}), RunOptions(results_dir=tmp_path))
+    assert {s.state for s in none if s.cell == "INT8-W8A16-RTN" and s.step in ("perf", "eval")} == {"not_runnable"}
     assert all(s.state == "pending" for s in steps if s.step == "compress")
     assert [s.cell for s in steps][0] == "BF16"
     only = plan(_exp(tiny_model), RunOptions(results_dir=tmp_path, include_schemes=["FP8-W8A8"]))
@@ -77,7 +83,8 @@ def test_suite_runs_every_step_and_records_it(suite_run):
     perf = json.loads((root / recs[("FP8-W8A8", "perf")].result).read_text())
     assert perf["kind"] == "perf" and perf["vllm_quantization"] == "compressed-tensors"
     ev = json.loads((root / recs[("INT8-W8A16-RTN", "eval")].result).read_text())
-    assert ev["settings"]["backend"] == "hf"
+    assert ev["settings"]["backend"] == "vllm" and ev["dequantized_from"].endswith("INT8-W8A16-RTN")
+    assert ev["identity"]["scheme"] == "INT8-W8A16-RTN"
     assert (layout.log_file(root, "tiny", "FP8-W8A8", "compress")).stat().st_size > 0
     assert yaml.safe_load((root / "experiment.yaml").read_text())["name"] == "tiny"
 

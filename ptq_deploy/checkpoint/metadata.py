@@ -33,6 +33,7 @@ class CheckpointMetadata(BaseModel):
     calibration: CalibrationInfo | None = None
     recipe: dict[str, Any] | None = None
     provenance: Provenance | None = None
+    dequantized_from: str | None = None  # a dense copy of that quantized checkpoint (checkpoint.dequantize)
 
     @model_validator(mode="before")
     @classmethod

@@ -100,6 +100,7 @@ class EvalResult(ResultEnvelope):
     config: EvalConfig
     baseline: str | None = None
     recovery: list[Recovery] | None = None
+    dequantized_from: str | None = None  # scored on a dense copy of this quantized checkpoint
     path: str | None = Field(None, exclude=True)  # where it was read from / written to
 
     @classmethod

@@ -37,16 +37,18 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- checks before loading anything
-def resolve_checkpoint(spec: str) -> tuple[str, Identity]:
-    """``(path or hub id, identity)``; one clear error for a path that does not exist."""
+def resolve_checkpoint(spec: str) -> tuple[str, Identity, str | None]:
+    """``(path or hub id, identity, the checkpoint a dense copy was dequantized from)``; one clear error for
+    a path that does not exist."""
     p = Path(spec).expanduser()
     if spec not in DEFAULT_ALIASES and not p.exists():
         if spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec) or p.suffix.lower() == ".gguf":
             raise UsageError(f"checkpoint not found: {spec}")
     src = resolve(spec)
     if src.kind == "hub":
-        return src.path, Identity(model=spec.split("/")[-1], scheme="hub", checkpoint=spec)
-    return src.path, checkpoint.read(src.path).identity()
+        return src.path, Identity(model=spec.split("/")[-1], scheme="hub", checkpoint=spec), None
+    facts = checkpoint.read(src.path)
+    return src.path, facts.identity(), facts.metadata.dequantized_from if facts.metadata else None
 
 
 @contextmanager
@@ -219,9 +221,9 @@ def run_eval(cfg: EvalConfig, llm=None) -> EvalResult:
     recovery; both sides are scored with the same backend and settings, or the comparison is refused.
     """
     hw = detect()
-    path, identity = resolve_checkpoint(cfg.checkpoint)
+    path, identity, dequantized_from = resolve_checkpoint(cfg.checkpoint)
     base_file: EvalResult | None = None
-    base_ckpt: tuple[str, Identity] | None = None
+    base_ckpt: tuple[str, Identity, str | None] | None = None
     if cfg.baseline:
         bp = Path(cfg.baseline).expanduser()
         if bp.suffix == ".json" or bp.is_file():
@@ -246,6 +248,7 @@ def run_eval(cfg: EvalConfig, llm=None) -> EvalResult:
         if cfg.write:
             baseline.write_to(cfg.output_dir)
     result = _evaluate(cfg, path, identity, settings, args, tasks, tm, llm)
+    result.dequantized_from = dequantized_from
     if baseline is not None:
         result.baseline = baseline.path or baseline.identity.checkpoint
         result.recovery = recovery.compare(baseline, result, iters=cfg.bootstrap_iters, seed=cfg.engine.seed)

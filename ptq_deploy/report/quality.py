@@ -118,6 +118,8 @@ def fill(row: Row, c: Cell, base: Cell | None, iters: int, seed: int) -> None:
     backend = "vllm" if "vllm" in evs else next(iter(evs))
     ev = evs[backend]
     row.eval_backend = backend
+    if ev.dequantized_from:
+        row.notes.append("quality scored in vLLM on dequantized weights; speed not measured here")
     _scores(row, ev)
     if row.baseline:
         row.verdict = "baseline"

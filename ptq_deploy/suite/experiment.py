@@ -38,9 +38,10 @@ class ModelSpec(BaseModel):
 
 
 class ExperimentEval(EvalOptions):
-    # schemes vLLM cannot run here are scored with lm-eval's HF backend (the baseline too, so recovery
-    # compares like with like); None records them as not runnable
-    fallback_backend: Literal["hf"] | None = "hf"
+    # how a scheme vLLM cannot run here is scored: "dequantized": weight-only schemes in vLLM on a dense
+    # copy of their dequantized weights (same backend as the baseline); "hf": lm-eval's HF backend (the
+    # baseline is then scored by HF too); None: recorded as not runnable
+    fallback: Literal["dequantized", "hf"] | None = "dequantized"
 
 
 class Experiment(BaseModel):

@@ -3,6 +3,7 @@
     RESULTS_DIR/
       experiment.yaml                      the experiment as run (resolved)
       checkpoints/<model>/<cell>/          compressed checkpoints (with ptq_deploy.json)
+      checkpoints/<model>/<cell>.dequantized/  a weight-only cell's dense copy, where vLLM lacks its kernel
       steps/<model>/<cell>/<step>.json     one StepRecord per finished step (ok | failed | not_runnable)
       results/<model>/<cell>/<step>.json   the step's result object (CompressResult, InspectReport,
                                            PerfResult, EvalResult) as JSON
@@ -10,7 +11,7 @@
 
 ``<cell>`` is the scheme name, plus ``+kv-fp8`` when the KV-cache option is not ``none``.
 Steps: ``compress``, ``inspect``, ``perf``, ``eval`` (and ``eval-hf`` for a baseline evaluated with
-the HF backend, so that cells that vLLM cannot run here can still be compared like for like).
+the HF backend when an experiment scores cells vLLM cannot run with ``fallback: hf``).
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def log_file(root: Path, model: str, cell: str, step: str) -> Path:
 
 def checkpoint_dir(root: Path, model: str, cell: str) -> Path:
     return root / "checkpoints" / model / cell
+
+
+def dequantized_dir(root: Path, model: str, cell: str) -> Path:
+    """A weight-only cell's dense copy, scored in vLLM where its kernel does not run."""
+    return root / "checkpoints" / model / f"{cell}.dequantized"
 
 
 def records(root: Path) -> list[StepRecord]:

@@ -24,6 +24,8 @@ from ptq_deploy.support import kv_cache_support, scheme_support
 State = Literal["done", "pending", "not_runnable", "blocked", "running", "ok", "failed"]
 # the vLLM KV-cache dtype of a cell's KV-cache option
 KV_DTYPE = {"none": "auto", "fp8": "fp8"}
+# eval backend of a weight-only cell scored in vLLM on a dense copy of its dequantized weights
+DEQUANTIZED = "vllm-dequantized"
 
 
 class RunOptions(BaseModel):
@@ -46,7 +48,7 @@ class PlannedStep(BaseModel):
     key: str
     state: State
     reason: str | None = None
-    backend: str | None = None  # eval steps: vllm | hf
+    backend: str | None = None  # eval steps: vllm | vllm-dequantized | hf
     duration_s: float | None = None
 
 
@@ -92,23 +94,31 @@ def _cell_steps(exp: Experiment, m: ModelSpec, scheme: str, kv: str, hw: Hardwar
         if step == "perf" and not runnable:
             ps.state, ps.reason = "not_runnable", f"not runnable here: {reason}"
         if step == "eval":
-            ps.backend = "vllm"
-            if not runnable and exp.eval.fallback_backend and kv == "none":
-                ps.backend, ps.key = exp.eval.fallback_backend, _hash({"k": ps.key, "backend": exp.eval.fallback_backend})
-            elif not runnable:
+            ps.backend = "vllm" if runnable else _fallback(exp, s, kv)
+            if ps.backend is None:
                 ps.state, ps.reason = "not_runnable", f"not runnable here: {reason}"
+            elif ps.backend != "vllm":
+                ps.key = _hash({"k": ps.key, "backend": ps.backend})
         out.append(ps)
     return out
+
+
+def _fallback(exp: Experiment, scheme: schemes.Scheme, kv: str) -> str | None:
+    """The eval backend of a cell vLLM cannot run here (``PlannedStep.backend``), or None."""
+    if kv != "none" or exp.eval.fallback is None:
+        return None
+    if exp.eval.fallback == "dequantized":
+        return DEQUANTIZED if scheme.kind == "wna16" else None
+    return "hf"
 
 
 def _model_steps(exp: Experiment, m: ModelSpec, names: list[str], hw: HardwareInfo) -> list[PlannedStep]:
     steps = [ps for scheme in names for kv in exp.kv_cache if not (scheme == exp.baseline and kv != "none")
              for ps in _cell_steps(exp, m, scheme, kv, hw)]
-    fallback = exp.eval.fallback_backend
-    if fallback and any(ps.step == "eval" and ps.backend == fallback for ps in steps):
+    if any(ps.step == "eval" and ps.backend == "hf" for ps in steps):  # the baseline scored by HF too
         base = next(p for p in steps if p.cell == exp.baseline and p.step == "eval")
         steps.insert(steps.index(base) + 1, base.model_copy(update={
-            "step": "eval-hf", "backend": fallback, "key": _hash({"k": base.key, "backend": fallback})}))
+            "step": "eval-hf", "backend": "hf", "key": _hash({"k": base.key, "backend": "hf"})}))
     return steps
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ptq_deploy import engine, schemes
+from ptq_deploy.checkpoint.dequantize import dequantize
 from ptq_deploy.compress import CompressConfig, compress
 from ptq_deploy.errors import PtqError
 from ptq_deploy.eval import EvalConfig, run_eval
@@ -23,7 +24,7 @@ from ptq_deploy.perf import PerfConfig, run_perf
 from ptq_deploy.results import Identity, atomic_write_json
 from ptq_deploy.suite import layout
 from ptq_deploy.suite.experiment import Experiment, ModelSpec
-from ptq_deploy.suite.plan import PlannedStep, RunOptions, cell_engine
+from ptq_deploy.suite.plan import DEQUANTIZED, PlannedStep, RunOptions, cell_engine
 from ptq_deploy.timeutil import timestamp
 
 
@@ -71,8 +72,16 @@ class StepRunner:
             raise PtqError(f"inspect found errors: {rep.errors[0].message}")
         return rep
 
-    def _engine(self, ps: PlannedStep, m: ModelSpec):
-        ck, cfg = str(self._ckpt(ps)), cell_engine(m, ps.kv_cache)
+    def _dequantized(self, ps: PlannedStep) -> Path:
+        """The cell's dense copy (made once; a rerun of the cell's compress step replaces it)."""
+        out = layout.dequantized_dir(self.root, ps.model, ps.cell)
+        src = self._ckpt(ps)
+        if not out.is_dir() or out.stat().st_mtime < src.stat().st_mtime:
+            dequantize(src, out, force=True)
+        return out
+
+    def _engine(self, ps: PlannedStep, m: ModelSpec, ckpt: Path | None = None):
+        ck, cfg = str(ckpt or self._ckpt(ps)), cell_engine(m, ps.kv_cache)
         if self.engine is None or self.engine[:2] != (ck, cfg):
             self.close_engine()
             llm, info = engine.load(ck, cfg, self.hw)
@@ -91,10 +100,11 @@ class StepRunner:
         return run_perf(cfg, llm=llm, info=info, hw=self.hw)
 
     def eval(self, ps: PlannedStep, m: ModelSpec):
-        options = self.exp.eval.model_dump(exclude={"fallback_backend"})
-        cfg = EvalConfig(**options, checkpoint=str(self._ckpt(ps)), engine=cell_engine(m, ps.kv_cache),
-                         backend=ps.backend or "vllm", write=False)
-        llm = self._engine(ps, m)[0] if cfg.backend == "vllm" else None
+        ckpt = self._dequantized(ps) if ps.backend == DEQUANTIZED else self._ckpt(ps)
+        options = self.exp.eval.model_dump(exclude={"fallback"})
+        cfg = EvalConfig(**options, checkpoint=str(ckpt), engine=cell_engine(m, ps.kv_cache),
+                         backend="hf" if ps.backend == "hf" else "vllm", write=False)
+        llm = self._engine(ps, m, ckpt)[0] if cfg.backend == "vllm" else None
         return run_eval(cfg, llm=llm)
 
     # ----------------------------------------------------------------- one step, recorded

@@ -1,0 +1,64 @@
+"""A dense copy of a weight-only checkpoint: every quantized weight replaced by its dequantized value.
+
+For W8A16 / W4A16 the dequantized copy computes what the quantized kernel computes with 16-bit
+activations, so a vLLM build without that kernel (this AVX2 CPU) can still score its quality in
+vLLM, against the same vLLM baseline. transformers decompresses the compressed-tensors weights
+(``dequantize=True``); they are stored in float32, where scale x integer is exact. The copy keeps
+the source's ``ptq_deploy.json`` (with ``dequantized_from``), so it carries the source's model and
+scheme names; its config keeps the source's dtype, so vLLM's "auto" resolves as for the source.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ptq_deploy.checkpoint import metadata as _meta
+from ptq_deploy.checkpoint.files import weight_files
+from ptq_deploy.errors import UsageError
+from ptq_deploy.results.io import atomic_dir
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model")
+
+
+def dequantize(src: Path, out: Path, force: bool = False) -> Path:
+    """Write the dense copy of ``src`` to ``out`` (atomic); returns ``out``."""
+    import torch  # heavy: runtime environment only
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils.quantization_config import CompressedTensorsConfig
+
+    src, out = Path(src), Path(out)
+    config = json.loads((src / "config.json").read_text())
+    if (config.get("quantization_config") or {}).get("quant_method") != "compressed-tensors":
+        raise UsageError(f"{src} is not a compressed-tensors checkpoint: nothing to dequantize")
+    meta, problem = _meta.read(src)
+    with atomic_dir(out, force=force) as tmp:
+        loaded = AutoModelForCausalLM.from_pretrained(
+            src, dtype=torch.float32, quantization_config=CompressedTensorsConfig(dequantize=True))
+        dense_cfg = AutoConfig.from_pretrained(src)
+        if hasattr(dense_cfg, "quantization_config"):
+            del dense_cfg.quantization_config
+        plain = AutoModelForCausalLM.from_config(dense_cfg, dtype=torch.float32)
+        missing, _ = plain.load_state_dict(loaded.state_dict(), strict=False)  # scales etc. are left behind
+        missing = [m for m in missing if not (m == "lm_head.weight" and dense_cfg.tie_word_embeddings)]
+        if missing:
+            raise UsageError(f"cannot dequantize {src}: no dense value for {missing[0]} ({len(missing)} tensors)")
+        plain.tie_weights()
+        plain.save_pretrained(tmp)
+        saved = json.loads((tmp / "config.json").read_text())
+        for key in ("torch_dtype", "dtype"):  # the source's dtype, so "auto" resolves as it does for the source
+            if key in config:
+                saved[key] = config[key]
+        (tmp / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
+        if meta is not None:
+            meta.model_copy(update={"dequantized_from": str(src.resolve())}).write(tmp)
+        elif problem:
+            raise UsageError(f"cannot dequantize {src}: {problem}")
+    if not weight_files(out)[0]:
+        raise UsageError(f"dequantizing {src} wrote no weights")
+    return out
