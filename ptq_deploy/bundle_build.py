@@ -1,0 +1,328 @@
+"""Building offline bundles: resolve each environment's lock for another host, fetch its wheels.
+
+``lock`` turns requirements into a complete lock for a :class:`Target` with pip's resolver
+(``pip install --dry-run --report`` for the target's Python, ABI and manylinux platforms).
+``build`` checks that each role's lock is exactly what pip resolves for the target, downloads those
+wheels and this project's own wheel into ``DIR/wheels`` and writes the manifest (see ``bundle``).
+Packages the host already has (``--torch-present``: torch and what only torch needs) are left out.
+
+Stdlib-only, like ``envs``; needs pip >= 22.2 and an interpreter of the target's Python version.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import unquote
+
+from ptq_deploy.bundle import FORMAT, WHEELS, sha256, version_tuple, write_manifest
+from ptq_deploy.errors import BundleError
+
+PROJECT = "ptq-deploy"
+PROJECT_FILES = ("pyproject.toml", "README.md", "ptq_deploy")
+MAX_SDIST_BUILDS = 10
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def norm(name: str) -> str:
+    """PEP 503 normalized distribution name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass(frozen=True)
+class Target:
+    """The host a bundle is for: CPython ``python`` on Linux ``arch`` with glibc ``glibc`` or newer.
+
+    ``torch_present`` (a version) means torch is installed there already: it and whatever only torch
+    needs are left out, and each venv sees it through ``--system-site-packages``. ``exclude`` names
+    more packages to leave out the same way. The architecture is this machine's: pip evaluates
+    environment markers for the machine it runs on.
+    """
+
+    accel: str
+    python: str
+    glibc: str
+    torch_present: str | None = None
+    exclude: tuple[str, ...] = ()
+    arch: str = field(default_factory=platform.machine)
+
+    def platforms(self) -> list[str]:
+        major, minor = version_tuple(self.glibc)[:2]
+        new = [f"manylinux_{major}_{m}_{self.arch}" for m in range(minor, 4, -1)]
+        return new + [f"manylinux{tag}_{self.arch}" for tag in ("2014", "2010", "1")]
+
+    def abis(self) -> set[str]:
+        return {"cp" + self.python.replace(".", ""), "abi3", "none"}
+
+    def pip_args(self) -> list[str]:
+        args = ["--only-binary=:all:", "--python-version", self.python, "--implementation", "cp",
+                "--abi", "cp" + self.python.replace(".", "")]
+        for tag in self.platforms():
+            args += ["--platform", tag]
+        return args
+
+    def left_out_roots(self) -> set[str]:
+        return {norm(n) for n in self.exclude} | ({"torch"} if self.torch_present else set())
+
+    def describe(self) -> str:
+        torch = f", torch {self.torch_present} present" if self.torch_present else ""
+        return f"{self.accel}, CPython {self.python}, {self.arch}, glibc >= {self.glibc}{torch}"
+
+
+def wheel_fits(filename: str, target: Target) -> bool:
+    """True when ``filename`` is a wheel installable on ``target`` (CPython version, ABI, platform)."""
+    if not filename.endswith(".whl"):
+        return False
+    pys, abis, plats = filename[:-4].split("-")[-3:]
+    major, minor = version_tuple(target.python)[:2]
+    py_ok = any(p in (f"py{major}", f"cp{major}{minor}") or (abis == "abi3" and p.startswith("cp3")
+                and int(p[3:]) <= minor) for p in pys.split("."))
+    plat_ok = any(p == "any" or p in target.platforms() for p in plats.split("."))
+    return py_ok and plat_ok and any(a in target.abis() for a in abis.split("."))
+
+
+@dataclass
+class Pkg:
+    """One distribution pip's resolver chose."""
+
+    name: str
+    version: str
+    filename: str
+    sha256: str | None
+    requires: list[str]
+    requested: bool
+    local: bool
+
+
+def _pip(python: str, args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([python, "-m", "pip", *args], capture_output=True, text=True)
+
+
+def _check(proc: subprocess.CompletedProcess, what: str) -> None:
+    if proc.returncode != 0:
+        lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("ERROR")] or lines or [f"exit {proc.returncode}"]
+        raise BundleError(f"{what} failed: {errors[-1].strip()}")
+
+
+def resolver_python(python: str, explicit: str | None = None) -> str:
+    """An interpreter of the target's Python version (pip evaluates markers for the one it runs in)."""
+    for cand in [explicit] if explicit else [sys.executable, shutil.which(f"python{python}")]:
+        if not cand:
+            continue
+        try:
+            out = subprocess.run([cand, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=60).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out == python:
+            return cand
+    raise BundleError(f"resolving for Python {python} needs a python{python} interpreter with pip here: "
+                      f"pass --resolver-python PATH")
+
+
+def pip_version(python: str) -> str:
+    return _pip(python, ["--version"]).stdout.split()[1]
+
+
+def resolve(python: str, target: Target, req_files: list[Path], extra: list[str], find_links: Path,
+            ) -> dict[str, Pkg]:
+    """pip's resolution of ``req_files`` + ``extra`` for ``target``, by normalized name.
+
+    A requirement with no wheel at all (an sdist-only package) is built into ``find_links`` when it
+    is pure Python, and the resolution is retried.
+    """
+    cons = [f"torch=={target.torch_present}"] if target.torch_present else []
+    built: set[str] = set()
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "constraints.txt").write_text("\n".join(cons) + "\n")
+        common = ["-c", str(Path(tmp, "constraints.txt"))] + [a for f in req_files for a in ("-c", str(f))]
+        for _ in range(MAX_SDIST_BUILDS + 1):
+            report = Path(tmp, "report.json")
+            proc = _pip(python, ["install", "--dry-run", "--ignore-installed", "--target", str(Path(tmp, "t")),
+                                 "--report", str(report), "--find-links", str(find_links), *target.pip_args(),
+                                 *common, *[a for f in req_files for a in ("-r", str(f))], *extra])
+            if proc.returncode == 0:
+                return _parse_report(json.loads(report.read_text()))
+            missing = re.search(r"No matching distribution found for (" + _NAME.pattern + ")", proc.stderr)
+            if not missing or norm(missing.group(1)) in built:
+                _check(proc, f"resolving {', '.join(f.name for f in req_files)} for {target.describe()}")
+            name = missing.group(1)
+            built.add(norm(name))
+            before = set(find_links.glob("*.whl"))
+            _check(_pip(python, ["wheel", "--no-deps", "-q", "-w", str(find_links), *common, name]),
+                   f"building {name} from its sdist")
+            for new in set(find_links.glob("*.whl")) - before:
+                if not new.name.endswith("-none-any.whl"):
+                    new.unlink()
+                    raise BundleError(f"{name} has no wheel for {target.describe()} and is not pure Python")
+    raise BundleError(f"more than {MAX_SDIST_BUILDS} sdist-only requirements: {', '.join(sorted(built))}")
+
+
+def _parse_report(report: dict) -> dict[str, Pkg]:
+    out = {}
+    for item in report["install"]:
+        meta, info = item["metadata"], item["download_info"]
+        requires = [norm(m.group(0)) for d in meta.get("requires_dist") or [] if (m := _NAME.match(d))]
+        out[norm(meta["name"])] = Pkg(
+            name=meta["name"], version=meta["version"], filename=unquote(info["url"].rsplit("/", 1)[-1]),
+            sha256=info.get("archive_info", {}).get("hashes", {}).get("sha256"), requires=requires,
+            requested=bool(item.get("requested")), local=info["url"].startswith("file:"))
+    return out
+
+
+def left_out(pkgs: dict[str, Pkg], roots: set[str]) -> set[str]:
+    """``roots`` and every package the requested ones reach only through them.
+
+    Markers are ignored when following dependencies: that keeps a package more often, never less.
+    """
+    if not roots:
+        return set()
+    seen: set[str] = set()
+    todo = [n for n, p in pkgs.items() if p.requested and n not in roots]
+    while todo:
+        n = todo.pop()
+        if n in seen or n in roots:
+            continue
+        seen.add(n)
+        todo += [d for d in pkgs[n].requires if d in pkgs]
+    return set(pkgs) - seen
+
+
+def read_pins(lock: Path) -> dict[str, str]:
+    """``name==version`` lines of a lock file, by normalized name (comments and options skipped)."""
+    pins = {}
+    for line in lock.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            if "==" not in line:
+                raise BundleError(f"{lock}: {line!r} is not pinned (name==version): not a complete lock")
+            name, version = line.split("==", 1)
+            pins[norm(name.split("[")[0])] = version.split(";")[0].strip()
+    return pins
+
+
+def project_wheel(python: str, out: Path, root: Path) -> Path:
+    """Build this project's wheel from a clean copy of its sources (no stale ``build/`` reused)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in PROJECT_FILES:
+            src, dst = root / name, Path(tmp, name)
+            if src.is_dir():
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(src, dst)
+        before = set(out.glob("*.whl"))
+        _check(_pip(python, ["wheel", "--no-deps", "-q", "-w", str(out), tmp]), "building the project wheel")
+    new = [p for p in set(out.glob("*.whl")) - before if norm(p.name.split("-")[0]) == norm(PROJECT)]
+    return new[0] if new else next(out.glob(PROJECT.replace("-", "_") + "-*.whl"))
+
+
+def resolve_role(python: str, target: Target, lock: Path, wheel: Path | None, find_links: Path,
+                 ) -> tuple[dict[str, Pkg], set[str]]:
+    """The role's resolved packages (project wheel included) and the names left out for the target."""
+    pkgs = resolve(python, target, [lock], [str(wheel)] if wheel else [], find_links)
+    return pkgs, left_out(pkgs, target.left_out_roots())
+
+
+def make_lock(out: Path, role: str, target: Target, requirements: list[str], python: str, root: Path,
+              command: str, project: bool = True) -> Path:
+    """Resolve ``requirements`` (plus, with ``project``, this project's dependencies) into a complete lock."""
+    with tempfile.TemporaryDirectory() as tmp:
+        req, wheels = Path(tmp, "requirements.in"), Path(tmp, "wheels")
+        req.write_text("\n".join(requirements) + "\n")
+        wheels.mkdir()
+        wheel = project_wheel(python, wheels, root) if project else None
+        pkgs, dropped = resolve_role(python, target, req, wheel, wheels)
+    write_lock(out, role, target, pkgs, dropped, command)
+    return out
+
+
+def write_lock(path: Path, role: str, target: Target, pkgs: dict[str, Pkg], dropped: set[str],
+               command: str) -> None:
+    """Write the resolved set as a complete lock (the project itself and left-out packages excluded)."""
+    lines = [f"# Complete lock for environment '{role}' on {target.describe()}: install with pip --no-deps.",
+             f"# Resolved by pip for that target: {command}"]
+    if dropped:
+        lines += textwrap.wrap("Left out (present on the host already): " + ", ".join(
+            sorted(f"{pkgs[n].name}=={pkgs[n].version}" for n in dropped)), 100,
+            initial_indent="# ", subsequent_indent="#   ", break_on_hyphens=False)
+    lines += sorted((f"{p.name}=={p.version}" for n, p in pkgs.items() if n not in dropped and n != norm(PROJECT)),
+                    key=str.lower)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def build(out: Path, target: Target, locks: dict[str, Path], python: str, root: Path, project: bool = True) -> dict:
+    """Build the bundle in ``out`` for ``target`` from one lock per role; returns the manifest.
+
+    ``project``: include this project's wheel in every role (and resolve its dependencies with them).
+    """
+    wheels = out / WHEELS
+    wheels.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as built:
+        return _build(out, wheels, Path(built), target, locks, python, root, project)
+
+
+def _build(out: Path, wheels: Path, built: Path, target: Target, locks: dict[str, Path], python: str, root: Path,
+           project: bool) -> dict:
+    proj = project_wheel(python, built, root) if project else None
+    files = {}
+    if proj:
+        shutil.copy2(proj, wheels / proj.name)
+        files[proj.name] = {"origin": "project"}
+    roles = {}
+    for role, lock in locks.items():
+        pkgs, dropped = resolve_role(python, target, lock, proj, built)
+        kept = {n: p for n, p in pkgs.items() if n not in dropped and n != norm(PROJECT)}
+        want = {n: p.version for n, p in kept.items()}
+        pins = read_pins(lock)
+        if want != pins:
+            diff = sorted({f"+{kept[n].name}=={v}" for n, v in want.items() if pins.get(n) != v}
+                          | {f"-{n}=={v}" for n, v in pins.items() if want.get(n) != v})
+            raise BundleError(f"{lock} is not the complete lock pip resolves for {target.describe()} "
+                              f"({', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}): regenerate it with `lock`")
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as req:
+            req.write("".join(f"{p.name}=={p.version}\n" for p in kept.values()))
+            req.flush()
+            _check(_pip(python, ["download", "--no-deps", "-q", "-d", str(wheels), "--find-links", str(built),
+                                 *target.pip_args(), "-r", req.name]), f"downloading the {role} wheels")
+        for p in kept.values():
+            path = wheels / p.filename
+            if not path.exists() or not wheel_fits(p.filename, target):
+                raise BundleError(f"{p.filename}: {'missing after download' if not path.exists() else 'not a wheel'} "
+                                  f"for {target.describe()}")
+            files[p.filename] = {"origin": "built-from-sdist" if p.local else "index", "expect": p.sha256}
+        roles[role] = {"lock": _display(lock, root), "lock_sha256": sha256(lock),
+                       "wheels": sorted([p.filename for p in kept.values()] + ([proj.name] if proj else []),
+                                        key=str.lower),
+                       "left_out": sorted(f"{pkgs[n].name}=={pkgs[n].version}" for n in dropped)}
+    entries = []
+    for name, meta in sorted(files.items(), key=lambda kv: kv[0].lower()):
+        digest = sha256(wheels / name)
+        if meta.get("expect") and meta["expect"] != digest:
+            raise BundleError(f"{name}: sha256 differs from the index's ({digest[:12]} vs {meta['expect'][:12]})")
+        entries.append({"name": name, "size": (wheels / name).stat().st_size, "sha256": digest,
+                        "origin": meta["origin"]})
+    for stray in set(p.name for p in wheels.iterdir()) - set(files):
+        (wheels / stray).unlink()
+    manifest = {"format": FORMAT, "kind": "ptq-deploy-bundle",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "pip_version": pip_version(python), "target": {**asdict(target), "exclude": list(target.exclude)},
+                "roles": roles, "files": entries, "total_bytes": sum(e["size"] for e in entries)}
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _display(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
