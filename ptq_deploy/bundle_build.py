@@ -30,6 +30,7 @@ from ptq_deploy.errors import BundleError
 PROJECT = "ptq-deploy"
 PROJECT_FILES = ("pyproject.toml", "README.md", "ptq_deploy")
 MAX_SDIST_BUILDS = 10
+UNRESOLVED = "unresolved"  # a lock line's comment: install that pin without its dependencies
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -198,17 +199,21 @@ def left_out(pkgs: dict[str, Pkg], roots: set[str]) -> set[str]:
     return set(pkgs) - seen
 
 
-def read_pins(lock: Path) -> dict[str, str]:
-    """``name==version`` lines of a lock file, by normalized name (comments and options skipped)."""
-    pins = {}
-    for line in lock.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line and not line.startswith("-"):
-            if "==" not in line:
-                raise BundleError(f"{lock}: {line!r} is not pinned (name==version): not a complete lock")
+def read_lock(lock: Path) -> tuple[dict[str, str], list[str]]:
+    """A lock's pins ``{normalized name: version}`` and its ``# unresolved`` specs (added without deps)."""
+    pins, unresolved = {}, []
+    for raw in lock.read_text().splitlines():
+        line, _, comment = (part.strip() for part in raw.partition("#"))
+        if not line or line.startswith("-"):
+            continue
+        if "==" not in line:
+            raise BundleError(f"{lock}: {line!r} is not pinned (name==version): not a complete lock")
+        if comment.startswith(UNRESOLVED):
+            unresolved.append(line)
+        else:
             name, version = line.split("==", 1)
             pins[norm(name.split("[")[0])] = version.split(";")[0].strip()
-    return pins
+    return pins, unresolved
 
 
 def project_wheel(python: str, out: Path, root: Path) -> Path:
@@ -234,20 +239,26 @@ def resolve_role(python: str, target: Target, lock: Path, wheel: Path | None, fi
 
 
 def make_lock(out: Path, role: str, target: Target, requirements: list[str], python: str, root: Path,
-              command: str, project: bool = True) -> Path:
-    """Resolve ``requirements`` (plus, with ``project``, this project's dependencies) into a complete lock."""
+              command: str, project: bool = True, unresolved: tuple[str, ...] = ()) -> Path:
+    """Resolve ``requirements`` (plus, with ``project``, this project's dependencies) into a complete lock.
+
+    ``unresolved`` pins are written as they are, to be installed without their dependencies.
+    """
+    for spec in unresolved:
+        if "==" not in spec:
+            raise BundleError(f"{spec!r}: an unresolved requirement must be pinned (name==version)")
     with tempfile.TemporaryDirectory() as tmp:
         req, wheels = Path(tmp, "requirements.in"), Path(tmp, "wheels")
         req.write_text("\n".join(requirements) + "\n")
         wheels.mkdir()
         wheel = project_wheel(python, wheels, root) if project else None
         pkgs, dropped = resolve_role(python, target, req, wheel, wheels)
-    write_lock(out, role, target, pkgs, dropped, command)
+    write_lock(out, role, target, pkgs, dropped, command, unresolved)
     return out
 
 
 def write_lock(path: Path, role: str, target: Target, pkgs: dict[str, Pkg], dropped: set[str],
-               command: str) -> None:
+               command: str, unresolved: tuple[str, ...] = ()) -> None:
     """Write the resolved set as a complete lock (the project itself and left-out packages excluded)."""
     lines = [f"# Complete lock for environment '{role}' on {target.describe()}: install with pip --no-deps.",
              f"# Resolved by pip for that target: {command}"]
@@ -255,7 +266,8 @@ def write_lock(path: Path, role: str, target: Target, pkgs: dict[str, Pkg], drop
         lines += textwrap.wrap("Left out (present on the host already): " + ", ".join(
             sorted(f"{pkgs[n].name}=={pkgs[n].version}" for n in dropped)), 100,
             initial_indent="# ", subsequent_indent="#   ", break_on_hyphens=False)
-    lines += sorted((f"{p.name}=={p.version}" for n, p in pkgs.items() if n not in dropped and n != norm(PROJECT)),
+    lines += sorted([f"{p.name}=={p.version}" for n, p in pkgs.items() if n not in dropped and n != norm(PROJECT)]
+                    + [f"{spec}  # {UNRESOLVED}: installed without its dependencies" for spec in unresolved],
                     key=str.lower)
     path.write_text("\n".join(lines) + "\n")
 
@@ -280,10 +292,12 @@ def _build(out: Path, wheels: Path, built: Path, target: Target, locks: dict[str
         files[proj.name] = {"origin": "project"}
     roles = {}
     for role, lock in locks.items():
-        pkgs, dropped = resolve_role(python, target, lock, proj, built)
+        pins, unresolved = read_lock(lock)
+        resolved = Path(built, f"{role}-resolved.txt")
+        resolved.write_text("".join(f"{n}=={v}\n" for n, v in pins.items()))
+        pkgs, dropped = resolve_role(python, target, resolved, proj, built)
         kept = {n: p for n, p in pkgs.items() if n not in dropped and n != norm(PROJECT)}
         want = {n: p.version for n, p in kept.items()}
-        pins = read_pins(lock)
         if want != pins:
             diff = sorted({f"+{kept[n].name}=={v}" for n, v in want.items() if pins.get(n) != v}
                           | {f"-{n}=={v}" for n, v in pins.items() if want.get(n) != v})
@@ -300,8 +314,10 @@ def _build(out: Path, wheels: Path, built: Path, target: Target, locks: dict[str
                 raise BundleError(f"{p.filename}: {'missing after download' if not path.exists() else 'not a wheel'} "
                                   f"for {target.describe()}")
             files[p.filename] = {"origin": "built-from-sdist" if p.local else "index", "expect": p.sha256}
+        extra = _download_unresolved(python, target, unresolved, wheels)
+        files.update({name: {"origin": "index, without its dependencies"} for name in extra})
         roles[role] = {"lock": _display(lock, root), "lock_sha256": sha256(lock),
-                       "wheels": sorted([p.filename for p in kept.values()] + ([proj.name] if proj else []),
+                       "wheels": sorted([p.filename for p in kept.values()] + extra + ([proj.name] if proj else []),
                                         key=str.lower),
                        "left_out": sorted(f"{pkgs[n].name}=={pkgs[n].version}" for n in dropped)}
     entries = []
@@ -319,6 +335,21 @@ def _build(out: Path, wheels: Path, built: Path, target: Target, locks: dict[str
                 "roles": roles, "files": entries, "total_bytes": sum(e["size"] for e in entries)}
     write_manifest(out, manifest)
     return manifest
+
+
+def _download_unresolved(python: str, target: Target, specs: list[str], wheels: Path) -> list[str]:
+    """Download ``specs`` for ``target`` without their dependencies; the wheels' file names."""
+    names = []
+    for spec in specs:
+        with tempfile.TemporaryDirectory() as tmp:
+            _check(_pip(python, ["download", "--no-deps", "-q", "-d", tmp, *target.pip_args(), spec]),
+                   f"downloading {spec}")
+            got = [p for p in Path(tmp).iterdir() if wheel_fits(p.name, target)]
+            if len(got) != 1:
+                raise BundleError(f"{spec}: expected one wheel for {target.describe()}, got {len(got)}")
+            shutil.move(str(got[0]), wheels / got[0].name)
+            names.append(got[0].name)
+    return names
 
 
 def _display(path: Path, root: Path) -> str:

@@ -289,6 +289,8 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("role", choices=ROLES)
     lk.add_argument("requirements", nargs="+", help="requirement specifiers (this project's own are added)")
     lk.add_argument("-o", "--output", type=Path, required=True)
+    lk.add_argument("--unresolved", action="append", default=[], metavar="NAME==VERSION",
+                    help="add this pin as it is, installed without its dependencies; repeatable")
     b = sub.add_parser("bundle", parents=[t], help="gather both roles' wheels for a target host into a directory")
     b.add_argument("-o", "--output", type=Path, required=True)
     for role in ROLES:
@@ -320,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             target = _target(args)
             out = bundle_build.make_lock(args.output, args.role, target, args.requirements,
                                          bundle_build.resolver_python(target.python, args.resolver_python),
-                                         REPO_ROOT, "python3 -m ptq_deploy.envs " + shlex.join(argv), args.project)
+                                         REPO_ROOT, "python3 -m ptq_deploy.envs " + shlex.join(argv), args.project,
+                                         tuple(args.unresolved))
             print(f"[ptq-deploy] wrote {out}")
         elif args.cmd == "bundle":
             target = _target(args)
