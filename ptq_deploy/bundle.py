@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from ptq_deploy.errors import BundleError
@@ -173,16 +174,17 @@ def check_host(target: dict) -> None:
     libc, version = platform.libc_ver()
     if libc == "glibc" and version_tuple(version) < version_tuple(target["glibc"]):
         raise BundleError(f"this bundle needs glibc >= {target['glibc']}; this machine has {version}")
+    wanted = {name: None for name in target.get("exclude") or ()}
     if target.get("torch_present"):
-        from importlib import metadata  # stdlib; only needed here
-
+        wanted["torch"] = target["torch_present"]
+    for name, version in wanted.items():  # left out of the bundle: this interpreter must have them
         try:
-            found = metadata.version("torch")
+            found = metadata.version(name)
         except metadata.PackageNotFoundError:
             found = None
-        if found is None or found.split("+")[0] != target["torch_present"]:
-            raise BundleError(f"this bundle expects torch {target['torch_present']} installed in {sys.executable}, "
-                              f"found {found or 'none'}")
+        if found is None or (version and found.split("+")[0] != version):
+            raise BundleError(f"this bundle expects {name} {version or ''} installed in {sys.executable} "
+                              f"(left out of the bundle), found {found or 'none'}".replace("  ", " "))
 
 
 def prepare(directory: Path) -> dict:

@@ -32,6 +32,7 @@ PROJECT_FILES = ("pyproject.toml", "README.md", "ptq_deploy")
 MAX_SDIST_BUILDS = 10
 UNRESOLVED = "unresolved"  # a lock line's comment: install that pin without its dependencies
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_EXTRA = re.compile(r"""extra\s*==\s*['"]([^'"]+)['"]""")
 
 
 def norm(name: str) -> str:
@@ -91,6 +92,18 @@ def wheel_fits(filename: str, target: Target) -> bool:
     return py_ok and plat_ok and any(a in target.abis() for a in abis.split("."))
 
 
+@dataclass(frozen=True)
+class Dep:
+    """One ``Requires-Dist`` entry: the package, the extras it asks of it, and the extras it needs.
+
+    ``needs_extras`` is None when the entry applies whatever extras are active.
+    """
+
+    name: str
+    extras: frozenset[str] = frozenset()
+    needs_extras: frozenset[str] | None = None
+
+
 @dataclass
 class Pkg:
     """One distribution pip's resolver chose."""
@@ -99,9 +112,50 @@ class Pkg:
     version: str
     filename: str
     sha256: str | None
-    requires: list[str]
+    requires: list[Dep]
     requested: bool
     local: bool
+    extras: frozenset[str] = frozenset()
+
+
+def _top_level(text: str, word: str) -> list[str]:
+    """``text`` split at `` word `` outside parentheses; ``[]`` when its parentheses do not balance.
+
+    With ``word=""`` it only checks the balance: ``[text]`` or ``[]``.
+    """
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            return []
+        if word and depth == 0 and text.startswith(f" {word} ", i):
+            parts.append(text[start:i])
+            start = i + len(word) + 2
+    return parts + [text[start:]] if depth == 0 else []
+
+
+def _unwrap(text: str) -> str:
+    """``text`` without parentheses that enclose all of it."""
+    text = text.strip()
+    while text.startswith("(") and text.endswith(")") and _top_level(text[1:-1], "") == [text[1:-1]]:
+        text = text[1:-1].strip()
+    return text
+
+
+def parse_dep(entry: str) -> Dep | None:
+    """A ``Requires-Dist`` string as a :class:`Dep`. Only ``extra`` markers are evaluated: a marker that
+    ANDs ``extra == X`` (or a disjunction of such tests) makes the entry need those extras; any other
+    marker counts as true, which keeps a package more often, never less."""
+    spec, _, marker = entry.partition(";")
+    m = re.match(r"\s*(" + _NAME.pattern + r")\s*(?:\[([^\]]*)\])?", spec)
+    if not m:
+        return None
+    extras = frozenset(norm(e) for e in (m.group(2) or "").split(",") if e.strip())
+    for conj in _top_level(marker.strip(), "and") if marker.strip() else []:
+        alts = [_EXTRA.fullmatch(_unwrap(a)) for a in _top_level(_unwrap(conj), "or")]
+        if alts and all(alts):
+            return Dep(norm(m.group(1)), extras, frozenset(norm(a.group(1)) for a in alts))
+    return Dep(norm(m.group(1)), extras)
 
 
 def _pip(python: str, args: list[str]) -> subprocess.CompletedProcess:
@@ -173,30 +227,32 @@ def _parse_report(report: dict) -> dict[str, Pkg]:
     out = {}
     for item in report["install"]:
         meta, info = item["metadata"], item["download_info"]
-        requires = [norm(m.group(0)) for d in meta.get("requires_dist") or [] if (m := _NAME.match(d))]
+        requires = [d for entry in meta.get("requires_dist") or [] if (d := parse_dep(entry))]
         out[norm(meta["name"])] = Pkg(
             name=meta["name"], version=meta["version"], filename=unquote(info["url"].rsplit("/", 1)[-1]),
             sha256=info.get("archive_info", {}).get("hashes", {}).get("sha256"), requires=requires,
-            requested=bool(item.get("requested")), local=info["url"].startswith("file:"))
+            requested=bool(item.get("requested")), local=info["url"].startswith("file:"),
+            extras=frozenset(norm(e) for e in item.get("requested_extras") or []))
     return out
 
 
 def left_out(pkgs: dict[str, Pkg], roots: set[str]) -> set[str]:
     """``roots`` and every package the requested ones reach only through them.
 
-    Markers are ignored when following dependencies: that keeps a package more often, never less.
+    Dependencies are followed with the extras each package is asked for (see :func:`parse_dep`).
     """
     if not roots:
         return set()
-    seen: set[str] = set()
-    todo = [n for n, p in pkgs.items() if p.requested and n not in roots]
+    active: dict[str, frozenset[str]] = {}
+    todo = [(n, p.extras) for n, p in pkgs.items() if p.requested and n not in roots]
     while todo:
-        n = todo.pop()
-        if n in seen or n in roots:
+        n, extras = todo.pop()
+        if n in roots or (n in active and extras <= active[n]):
             continue
-        seen.add(n)
-        todo += [d for d in pkgs[n].requires if d in pkgs]
-    return set(pkgs) - seen
+        active[n] = active.get(n, frozenset()) | extras
+        todo += [(d.name, d.extras) for d in pkgs[n].requires
+                 if d.name in pkgs and (d.needs_extras is None or d.needs_extras & active[n])]
+    return set(pkgs) - set(active)
 
 
 def read_lock(lock: Path) -> tuple[dict[str, str], list[str]]:

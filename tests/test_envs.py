@@ -68,17 +68,31 @@ def test_managed_environments_are_current_and_probe_reports_versions():
     assert "error" in envs.probe("/nonexistent/python")
 
 
-def _pkg(name, requires, requested=False):
+def _pkg(name, requires_dist, requested=False):
     return bundle_build.Pkg(name=name, version="1", filename=f"{name}-1-py3-none-any.whl", sha256=None,
-                            requires=requires, requested=requested, local=False)
+                            requires=[bundle_build.parse_dep(r) for r in requires_dist], requested=requested,
+                            local=False)
 
 
 def test_left_out_keeps_what_anything_but_torch_needs():
-    pkgs = {n: _pkg(n, deps, n == "vllm") for n, deps in {
-        "vllm": ["torch", "triton", "numpy"], "torch": ["nvidia-cublas", "triton", "sympy", "filelock"],
-        "nvidia-cublas": [], "triton": [], "sympy": ["mpmath"], "mpmath": [], "numpy": ["filelock"],
-        "filelock": []}.items()}
-    assert bundle_build.left_out(pkgs, {"torch"}) == {"torch", "nvidia-cublas", "sympy", "mpmath"}
+    """Requires-Dist as torch 2.11, flashinfer, cuda-tile, xgrammar and lm-eval declare them."""
+    pkgs = {n: _pkg(n, deps, n in ("vllm", "lm-eval")) for n, deps in {
+        "vllm": ["torch==2.11.0", "xgrammar", "flashinfer-python==0.6.8"],
+        "lm-eval": ["numpy", 'sympy>=1.12; extra == "math"'],
+        "torch": ["filelock", 'cuda-toolkit[cublas,cudart]==13.0.2; platform_system == "Linux"', "sympy>=1.13.3",
+                  'triton==3.6.0; platform_system == "Linux"'],
+        "cuda-toolkit": ["nvidia-cublas==13.1.0.3.*; (sys_platform == 'linux' or sys_platform == 'win32') and "
+                         "extra == 'cublas'", "nvidia-cuda-runtime; extra == 'cudart' or extra == 'all'"],
+        "flashinfer-python": ["torch", "cuda-tile", "numpy"],
+        "cuda-tile": ['cuda-toolkit[nvcc,tileiras]<13.5,>=13.2; extra == "tileiras"'],
+        "xgrammar": ['triton; platform_system == "Linux" and platform_machine == "x86_64"'],
+        "nvidia-cublas": [], "nvidia-cuda-runtime": [], "triton": [], "sympy": [], "numpy": [], "filelock": [],
+    }.items()}
+    torch_only = {"torch", "cuda-toolkit", "nvidia-cublas", "nvidia-cuda-runtime", "sympy", "filelock"}
+    assert bundle_build.left_out(pkgs, {"torch"}) == torch_only
+    assert bundle_build.left_out(pkgs, {"torch", "triton"}) == torch_only | {"triton"}
+    pkgs["flashinfer-python"].requires.append(bundle_build.parse_dep("cuda-tile[tileiras]"))  # now it applies
+    assert "cuda-toolkit" not in bundle_build.left_out(pkgs, {"torch"})
     assert bundle_build.left_out(pkgs, set()) == set()
 
 
