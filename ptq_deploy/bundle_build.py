@@ -189,11 +189,11 @@ def pip_version(python: str) -> str:
     return _pip(python, ["--version"]).stdout.split()[1]
 
 
-def resolve(python: str, target: Target, req_files: list[Path], extra: list[str], find_links: Path,
+def resolve(python: str, target: Target, req_files: list[Path], extra: list[str], sdists: Path,
             ) -> dict[str, Pkg]:
     """pip's resolution of ``req_files`` + ``extra`` for ``target``, by normalized name.
 
-    A requirement with no wheel at all (an sdist-only package) is built into ``find_links`` when it
+    A requirement with no wheel at all (an sdist-only package) is built into ``sdists`` when it
     is pure Python, and the resolution is retried.
     """
     cons = [f"torch=={target.torch_present}"] if target.torch_present else []
@@ -204,7 +204,7 @@ def resolve(python: str, target: Target, req_files: list[Path], extra: list[str]
         for _ in range(MAX_SDIST_BUILDS + 1):
             report = Path(tmp, "report.json")
             proc = _pip(python, ["install", "--dry-run", "--ignore-installed", "--target", str(Path(tmp, "t")),
-                                 "--report", str(report), "--find-links", str(find_links), *target.pip_args(),
+                                 "--report", str(report), "--find-links", str(sdists), *target.pip_args(),
                                  *common, *[a for f in req_files for a in ("-r", str(f))], *extra])
             if proc.returncode == 0:
                 return _parse_report(json.loads(report.read_text()))
@@ -213,10 +213,10 @@ def resolve(python: str, target: Target, req_files: list[Path], extra: list[str]
                 _check(proc, f"resolving {', '.join(f.name for f in req_files)} for {target.describe()}")
             name = missing.group(1)
             built.add(norm(name))
-            before = set(find_links.glob("*.whl"))
-            _check(_pip(python, ["wheel", "--no-deps", "-q", "-w", str(find_links), *common, name]),
+            before = set(sdists.glob("*.whl"))
+            _check(_pip(python, ["wheel", "--no-deps", "-q", "-w", str(sdists), *common, name]),
                    f"building {name} from its sdist")
-            for new in set(find_links.glob("*.whl")) - before:
+            for new in set(sdists.glob("*.whl")) - before:
                 if not new.name.endswith("-none-any.whl"):
                     new.unlink()
                     raise BundleError(f"{name} has no wheel for {target.describe()} and is not pure Python")
@@ -287,15 +287,15 @@ def project_wheel(python: str, out: Path, root: Path) -> Path:
     return new[0] if new else next(out.glob(PROJECT.replace("-", "_") + "-*.whl"))
 
 
-def resolve_role(python: str, target: Target, lock: Path, wheel: Path | None, find_links: Path,
+def resolve_role(python: str, target: Target, lock: Path, wheel: Path | None, sdists: Path,
                  ) -> tuple[dict[str, Pkg], set[str]]:
     """The role's resolved packages (project wheel included) and the names left out for the target."""
-    pkgs = resolve(python, target, [lock], [str(wheel)] if wheel else [], find_links)
+    pkgs = resolve(python, target, [lock], [str(wheel)] if wheel else [], sdists)
     return pkgs, left_out(pkgs, target.left_out_roots())
 
 
 def make_lock(out: Path, role: str, target: Target, requirements: list[str], python: str, root: Path,
-              command: str, project: bool = True, unresolved: tuple[str, ...] = ()) -> Path:
+              sdists: Path, command: str, project: bool = True, unresolved: tuple[str, ...] = ()) -> Path:
     """Resolve ``requirements`` (plus, with ``project``, this project's dependencies) into a complete lock.
 
     ``unresolved`` pins are written as they are, to be installed without their dependencies.
@@ -303,12 +303,12 @@ def make_lock(out: Path, role: str, target: Target, requirements: list[str], pyt
     for spec in unresolved:
         if "==" not in spec:
             raise BundleError(f"{spec!r}: an unresolved requirement must be pinned (name==version)")
+    sdists.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        req, wheels = Path(tmp, "requirements.in"), Path(tmp, "wheels")
+        req = Path(tmp, "requirements.in")
         req.write_text("\n".join(requirements) + "\n")
-        wheels.mkdir()
-        wheel = project_wheel(python, wheels, root) if project else None
-        pkgs, dropped = resolve_role(python, target, req, wheel, wheels)
+        wheel = project_wheel(python, Path(tmp), root) if project else None
+        pkgs, dropped = resolve_role(python, target, req, wheel, sdists)
     write_lock(out, role, target, pkgs, dropped, command, unresolved)
     return out
 
@@ -328,54 +328,26 @@ def write_lock(path: Path, role: str, target: Target, pkgs: dict[str, Pkg], drop
     path.write_text("\n".join(lines) + "\n")
 
 
-def build(out: Path, target: Target, locks: dict[str, Path], python: str, root: Path, project: bool = True) -> dict:
+def build(out: Path, target: Target, locks: dict[str, Path], python: str, root: Path, sdists: Path,
+          project: bool = True) -> dict:
     """Build the bundle in ``out`` for ``target`` from one lock per role; returns the manifest.
 
-    ``project``: include this project's wheel in every role (and resolve its dependencies with them).
+    ``sdists`` keeps wheels built from sdist-only requirements between runs. ``project``: include this
+    project's wheel in every role (and resolve its dependencies with them).
     """
     wheels = out / WHEELS
     wheels.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as built:
-        return _build(out, wheels, Path(built), target, locks, python, root, project)
-
-
-def _build(out: Path, wheels: Path, built: Path, target: Target, locks: dict[str, Path], python: str, root: Path,
-           project: bool) -> dict:
-    proj = project_wheel(python, built, root) if project else None
-    files = {}
-    if proj:
-        shutil.copy2(proj, wheels / proj.name)
-        files[proj.name] = {"origin": "project"}
-    roles = {}
+    sdists.mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        proj = project_wheel(python, Path(tmp), root) if project else None
+        if proj:
+            shutil.copy2(proj, wheels / proj.name)
+            files[proj.name] = {"origin": "project"}
+        roles = {role: _bundle_role(python, target, lock, proj, Path(tmp, f"{role}.txt"), sdists, wheels, files)
+                 for role, lock in locks.items()}
     for role, lock in locks.items():
-        pins, unresolved = read_lock(lock)
-        resolved = Path(built, f"{role}-resolved.txt")
-        resolved.write_text("".join(f"{n}=={v}\n" for n, v in pins.items()))
-        pkgs, dropped = resolve_role(python, target, resolved, proj, built)
-        kept = {n: p for n, p in pkgs.items() if n not in dropped and n != norm(PROJECT)}
-        want = {n: p.version for n, p in kept.items()}
-        if want != pins:
-            diff = sorted({f"+{kept[n].name}=={v}" for n, v in want.items() if pins.get(n) != v}
-                          | {f"-{n}=={v}" for n, v in pins.items() if want.get(n) != v})
-            raise BundleError(f"{lock} is not the complete lock pip resolves for {target.describe()} "
-                              f"({', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}): regenerate it with `lock`")
-        with tempfile.NamedTemporaryFile("w", suffix=".txt") as req:
-            req.write("".join(f"{p.name}=={p.version}\n" for p in kept.values()))
-            req.flush()
-            _check(_pip(python, ["download", "--no-deps", "-q", "-d", str(wheels), "--find-links", str(built),
-                                 *target.pip_args(), "-r", req.name]), f"downloading the {role} wheels")
-        for p in kept.values():
-            path = wheels / p.filename
-            if not path.exists() or not wheel_fits(p.filename, target):
-                raise BundleError(f"{p.filename}: {'missing after download' if not path.exists() else 'not a wheel'} "
-                                  f"for {target.describe()}")
-            files[p.filename] = {"origin": "built-from-sdist" if p.local else "index", "expect": p.sha256}
-        extra = _download_unresolved(python, target, unresolved, wheels)
-        files.update({name: {"origin": "index, without its dependencies"} for name in extra})
-        roles[role] = {"lock": _display(lock, root), "lock_sha256": sha256(lock),
-                       "wheels": sorted([p.filename for p in kept.values()] + extra + ([proj.name] if proj else []),
-                                        key=str.lower),
-                       "left_out": sorted(f"{pkgs[n].name}=={pkgs[n].version}" for n in dropped)}
+        roles[role]["lock"] = _display(lock, root)
     entries = []
     for name, meta in sorted(files.items(), key=lambda kv: kv[0].lower()):
         digest = sha256(wheels / name)
@@ -391,6 +363,35 @@ def _build(out: Path, wheels: Path, built: Path, target: Target, locks: dict[str
                 "roles": roles, "files": entries, "total_bytes": sum(e["size"] for e in entries)}
     write_manifest(out, manifest)
     return manifest
+
+
+def _bundle_role(python: str, target: Target, lock: Path, proj: Path | None, pins_file: Path, sdists: Path,
+                 wheels: Path, files: dict[str, dict]) -> dict:
+    """Check ``lock`` against pip's resolution, download its wheels, add them to ``files``; the role's entry."""
+    pins, unresolved = read_lock(lock)
+    pins_file.write_text("".join(f"{n}=={v}\n" for n, v in pins.items()))
+    pkgs, dropped = resolve_role(python, target, pins_file, proj, sdists)
+    kept = {n: p for n, p in pkgs.items() if n not in dropped and n != norm(PROJECT)}
+    want = {n: p.version for n, p in kept.items()}
+    if want != pins:
+        diff = sorted({f"+{kept[n].name}=={v}" for n, v in want.items() if pins.get(n) != v}
+                      | {f"-{n}=={v}" for n, v in pins.items() if want.get(n) != v})
+        raise BundleError(f"{lock} is not the complete lock pip resolves for {target.describe()} "
+                          f"({', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}): regenerate it with `lock`")
+    pins_file.write_text("".join(f"{p.name}=={p.version}\n" for p in kept.values()))
+    _check(_pip(python, ["download", "--no-deps", "-q", "-d", str(wheels), "--find-links", str(sdists),
+                         *target.pip_args(), "-r", str(pins_file)]), f"downloading the wheels of {lock.name}")
+    for p in kept.values():
+        if not (wheels / p.filename).exists() or not wheel_fits(p.filename, target):
+            raise BundleError(f"{p.filename}: {'not a wheel' if (wheels / p.filename).exists() else 'missing'} "
+                              f"for {target.describe()}")
+        files[p.filename] = {"origin": "built-from-sdist" if p.local else "index", "expect": p.sha256}
+    extra = _download_unresolved(python, target, unresolved, wheels)
+    files.update({name: {"origin": "index, without its dependencies"} for name in extra})
+    return {"lock_sha256": sha256(lock),
+            "wheels": sorted([p.filename for p in kept.values()] + extra + ([proj.name] if proj else []),
+                             key=str.lower),
+            "left_out": sorted(f"{pkgs[n].name}=={pkgs[n].version}" for n in dropped)}
 
 
 def _download_unresolved(python: str, target: Target, specs: list[str], wheels: Path) -> list[str]:

