@@ -158,16 +158,17 @@ def setup(role: str, acc: str | None = None, quiet: bool = False) -> Path:
     return py
 
 
-def setup_from_bundle(directory: Path) -> dict[str, Path]:
-    """Install every role of the bundle in ``directory`` (verified, joined from its parts when needed).
-
-    Never reaches an index. With torch left out of the bundle, each venv sees this interpreter's torch.
+def setup_from_bundle(directory: Path, roles: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """Install ``roles`` (default: all) of the bundle in ``directory``: verified, joined from its parts
+    when needed, never reaching an index. With torch left out of the bundle, each venv sees this interpreter's torch.
     """
     directory = directory.resolve()
     manifest = bundle.prepare(directory)
     acc = manifest["target"]["accel"]
     pythons = {}
-    for role in manifest["roles"]:
+    for role in roles or manifest["roles"]:
+        if role not in manifest["roles"]:
+            raise BundleError(f"the bundle in {directory} has no {role} role ({', '.join(manifest['roles'])})")
         target = env_dir(role, acc)
         target.parent.mkdir(parents=True, exist_ok=True)
         log = target.parent / f"{target.name}.log"
@@ -179,8 +180,8 @@ def setup_from_bundle(directory: Path) -> dict[str, Path]:
         if "error" in found:
             raise BundleError(f"{role} environment from the bundle does not start: {found['error']}")
         if manifest["target"].get("torch_present") and "torch" not in found["packages"]:
-            raise BundleError(f"{role} environment does not see this interpreter's torch (is "
-                                     f"{sys.executable} itself a venv? use the interpreter torch is installed in)")
+            raise BundleError(f"{role} environment does not see this interpreter's torch (is {sys.executable} "
+                              "itself a venv? use the interpreter torch is installed in)")
         (target / STAMP).write_text(json.dumps(bundle.stamp(directory), indent=2))
         print(f"[ptq-deploy] {role} environment ready ({len(manifest['roles'][role]['wheels'])} wheels): "
               + ", ".join(f"{k} {v}" for k, v in found["packages"].items()), flush=True)
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "info":
             print(json.dumps(info()))
         elif args.cmd == "setup" and args.from_bundle:
-            setup_from_bundle(args.from_bundle)
+            setup_from_bundle(args.from_bundle, None if args.role == "all" else (args.role,))
         elif args.cmd == "setup":
             for role in ROLES if args.role == "all" else (args.role,):
                 setup(role, args.accel)
