@@ -160,7 +160,7 @@ def setup(role: str, acc: str | None = None, quiet: bool = False) -> Path:
 
 def setup_from_bundle(directory: Path, roles: tuple[str, ...] | None = None) -> dict[str, Path]:
     """Install ``roles`` (default: all) of the bundle in ``directory``: verified, joined from its parts
-    when needed, never reaching an index. With torch left out of the bundle, each venv sees this interpreter's torch.
+    when needed, never reaching an index. With torch left out, each venv sees this interpreter's torch.
     """
     directory = directory.resolve()
     manifest = bundle.prepare(directory)
