@@ -163,10 +163,13 @@ def _pip(python: str, args: list[str]) -> subprocess.CompletedProcess:
 
 
 def _check(proc: subprocess.CompletedProcess, what: str) -> None:
+    """Raise pip's last error line (and the causes of a resolution conflict) as one line."""
     if proc.returncode != 0:
         lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
         errors = [line for line in lines if line.startswith("ERROR")] or lines or [f"exit {proc.returncode}"]
-        raise BundleError(f"{what} failed: {errors[-1].strip()}")
+        cause = next((i for i, line in enumerate(lines) if line.startswith("The conflict is caused by")), None)
+        causes = [] if cause is None else [line.strip() for line in lines[cause + 1:] if line.startswith(" ")]
+        raise BundleError(f"{what} failed: {errors[-1].strip()}" + (f" ({'; '.join(causes[:6])})" if causes else ""))
 
 
 def resolver_python(python: str, explicit: str | None = None) -> str:
@@ -208,19 +211,34 @@ def resolve(python: str, target: Target, req_files: list[Path], extra: list[str]
                                  *common, *[a for f in req_files for a in ("-r", str(f))], *extra])
             if proc.returncode == 0:
                 return _parse_report(json.loads(report.read_text()))
-            missing = re.search(r"No matching distribution found for (" + _NAME.pattern + ")", proc.stderr)
-            if not missing or norm(missing.group(1)) in built:
+            missing = [n for n in _no_distribution(proc.stderr + proc.stdout) if n not in built]
+            if not missing:
                 _check(proc, f"resolving {', '.join(f.name for f in req_files)} for {target.describe()}")
-            name = missing.group(1)
-            built.add(norm(name))
-            before = set(sdists.glob("*.whl"))
-            _check(_pip(python, ["wheel", "--no-deps", "-q", "-w", str(sdists), *common, name]),
-                   f"building {name} from its sdist")
-            for new in set(sdists.glob("*.whl")) - before:
-                if not new.name.endswith("-none-any.whl"):
-                    new.unlink()
-                    raise BundleError(f"{name} has no wheel for {target.describe()} and is not pure Python")
+            for name in missing:
+                built.add(name)
+                before = set(sdists.glob("*.whl"))
+                _check(_pip(python, ["wheel", "--no-deps", "-q", "-w", str(sdists), *common, name]),
+                       f"building {name} from its sdist")
+                for new in set(sdists.glob("*.whl")) - before:
+                    if not new.name.endswith("-none-any.whl"):
+                        new.unlink()
+                        raise BundleError(f"{name} has no wheel for {target.describe()} and is not pure Python")
     raise BundleError(f"more than {MAX_SDIST_BUILDS} sdist-only requirements: {', '.join(sorted(built))}")
+
+
+def _no_distribution(text: str) -> list[str]:
+    """The requirements pip's error text says have no distribution for the target (normalized).
+
+    pip says so plainly, or lists them after a conflict, or (for a pin) reports a conflict whose
+    only causes are the pin itself.
+    """
+    names = re.findall(r"No matching distribution found for (" + _NAME.pattern + ")", text)
+    listed = re.search(r"no matching distributions available for your environment:\s*([^\n]+)", text)
+    names += listed.group(1).split(",") if listed else []
+    causes = re.search(r"The conflict is caused by:\n((?:[ \t]+\S[^\n]*\n?)+)", text)
+    if causes and all(c.strip().startswith("The user requested") for c in causes.group(1).splitlines()):
+        names += re.findall(r"The user requested (?:\(constraint\) )?(" + _NAME.pattern + ")", causes.group(1))
+    return sorted({norm(n.strip()) for n in names if n.strip()})
 
 
 def _parse_report(report: dict) -> dict[str, Pkg]:

@@ -108,6 +108,22 @@ def test_wheel_fits_python_abi_and_glibc():
     assert not bundle_build.wheel_fits("sqlitedict-2.1.0.tar.gz", t)
 
 
+def test_sdist_only_requirements_are_read_from_pips_errors():
+    """The three ways pip 23 reports a requirement with no wheel for the target (from real runs)."""
+    plain = "ERROR: No matching distribution found for rouge_score\n"
+    listed = ("The conflict is caused by:\n    The user requested sqlitedict==2.1.0\n    lm-eval 0.4.13 depends on "
+              "sqlitedict\n\nAdditionally, some packages in these conflicts have no matching distributions "
+              "available for your environment:\n    sqlitedict, word2number\n")
+    pinned = ("ERROR: Cannot install sqlitedict==2.1.0 because these package versions have conflicting "
+              "dependencies.\n\nThe conflict is caused by:\n    The user requested sqlitedict==2.1.0\n"
+              "    The user requested (constraint) sqlitedict==2.1.0\n\nTo fix this you could try to:\n")
+    conflict = "The conflict is caused by:\n    The user requested numpy==1.0\n    pandas 2 depends on numpy>=1.2\n"
+    assert bundle_build._no_distribution(plain) == ["rouge-score"]
+    assert bundle_build._no_distribution(listed) == ["sqlitedict", "word2number"]
+    assert bundle_build._no_distribution(pinned) == ["sqlitedict"]
+    assert bundle_build._no_distribution(conflict) == []
+
+
 def _one_error_line(capsys, argv, code=BundleError.exit_code):
     assert envs.main(argv) == code
     err = capsys.readouterr().err.strip()
