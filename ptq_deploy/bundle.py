@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import site
 import subprocess
 import sys
 from importlib import metadata
@@ -199,23 +200,34 @@ def prepare(directory: Path) -> dict:
 
 
 def install_role(directory: Path, manifest: dict, role: str, dest: Path, log: Path) -> Path:
-    """Create ``dest`` as a fresh venv and install ``role``'s wheels from the bundle, never an index."""
+    """Create ``dest`` as a fresh venv and install ``role``'s wheels from the bundle, never an index.
+
+    When the bundle leaves packages out, the venv sees this interpreter's: its system site-packages,
+    or, when this interpreter is itself a venv, its site-packages through a ``.pth`` file.
+    """
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    system = ["--system-site-packages"] if manifest["target"].get("torch_present") else []
-    steps = [([sys.executable, "-m", "venv", *system, str(dest)], "creating the venv"),
-             ([str(dest / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-               "--find-links", str(directory / WHEELS),
-               *(str(directory / WHEELS / n) for n in manifest["roles"][role]["wheels"])], "installing its wheels")]
-    env = offline_env()
+    target = manifest["target"]
+    host = bool(target.get("torch_present") or target.get("exclude"))
+    py = dest / "bin" / "python"
+    _logged([sys.executable, "-m", "venv", *(["--system-site-packages"] if host else []), str(dest)], log,
+            f"{role} environment from the bundle: creating the venv")
+    if host and sys.prefix != sys.base_prefix:
+        site_dir = dest / "lib" / f"python{target['python']}" / "site-packages"
+        (site_dir / "_ptq_deploy_host.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    _logged([str(py), "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--find-links", str(directory / WHEELS),
+             *(str(directory / WHEELS / n) for n in manifest["roles"][role]["wheels"])], log,
+            f"{role} environment from the bundle: installing its wheels")
+    return py
+
+
+def _logged(cmd: list[str], log: Path, what: str) -> None:
     with log.open("a") as f:
-        for cmd, what in steps:
-            f.write("$ " + " ".join(cmd) + "\n")
-            f.flush()
-            if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode != 0:
-                raise BundleError(f"{role} environment from the bundle: {what} failed (log: {log})")
-    return dest / "bin" / "python"
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=offline_env()).returncode != 0:
+            raise BundleError(f"{what} failed (log: {log})")
 
 
 def stamp(directory: Path) -> dict:

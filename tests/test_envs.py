@@ -5,6 +5,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -219,6 +220,27 @@ def test_setup_from_bundle_installs_from_parts_with_no_index(bundle_copy, tmp_pa
     bundle.write_manifest(bundle_copy, man)
     err = _one_error_line(capsys, ["setup", "--from-bundle", str(bundle_copy)])
     assert "for Python 2.7" in err
+
+
+@pytest.mark.network
+def test_left_out_packages_come_from_the_host_interpreter(tmp_path, monkeypatch):
+    """(network: PyPI) ``--exclude packaging`` stands for the host's torch: the venv uses this
+    interpreter's packaging (pytest needs it, so it is here) and the bundle's six."""
+    import packaging
+
+    monkeypatch.setenv("PTQ_DEPLOY_HOME", str(tmp_path / "home"))
+    lock, out = tmp_path / "lock.txt", tmp_path / "b"
+    lock.write_text("six==1.16.0\n")
+    assert envs.main(["bundle", "--accel", "cpu", "--no-project", "--exclude", "packaging", "--glibc",
+                      platform.libc_ver()[1], "--runtime-lock", str(lock), "--compress-lock", str(lock),
+                      "-o", str(out)]) == 0
+    assert bundle.load_manifest(out)["roles"]["runtime"]["wheels"] == ["six-1.16.0-py2.py3-none-any.whl"]
+    assert envs.main(["setup", "--from-bundle", str(out), "--role", "runtime"]) == 0
+    py = envs.env_python("runtime", "cpu")
+    files = subprocess.run([str(py), "-c", "import packaging, six; print(packaging.__file__); print(six.__file__)"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert Path(files[0]).resolve() == Path(packaging.__file__).resolve()
+    assert Path(files[1]).resolve().is_relative_to(envs.env_dir("runtime", "cpu").resolve())
 
 
 @pytest.mark.network
