@@ -74,15 +74,23 @@ class Target:
 
 
 def wheel_fits(filename: str, target: Target) -> bool:
-    """True when ``filename`` is a wheel installable on ``target`` (CPython version, ABI, platform)."""
+    """True when ``filename`` is a wheel pip would install on ``target`` (CPython version, ABI, platform)."""
     if not filename.endswith(".whl"):
         return False
     pys, abis, plats = filename[:-4].split("-")[-3:]
     major, minor = version_tuple(target.python)[:2]
-    py_ok = any(p in (f"py{major}", f"cp{major}{minor}") or (abis == "abi3" and p.startswith("cp3")
-                and int(p[3:]) <= minor) for p in pys.split("."))
+
+    def fits(py: str, abi: str) -> bool:
+        kind, digits = py[:2], py[2:]
+        if not digits.startswith(str(major)) or not (digits[1:].isdigit() or digits == str(major)):
+            return False
+        sub = int(digits[1:] or -1)  # py3 / py37 / cp312 (single-digit major)
+        if kind == "py":
+            return abi == "none" and sub <= minor
+        return kind == "cp" and (sub == minor and abi in target.abis() or abi == "abi3" and 0 <= sub <= minor)
+
     plat_ok = any(p == "any" or p in target.platforms() for p in plats.split("."))
-    return py_ok and plat_ok and any(a in target.abis() for a in abis.split("."))
+    return plat_ok and any(fits(py, abi) for py in pys.split(".") for abi in abis.split("."))
 
 
 @dataclass(frozen=True)

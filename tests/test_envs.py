@@ -106,6 +106,9 @@ def test_wheel_fits_python_abi_and_glibc():
     assert not bundle_resolve.wheel_fits("numpy-2.3.5-cp311-cp311-manylinux_2_28_x86_64.whl", t)
     assert not bundle_resolve.wheel_fits("numpy-2.3.5-cp312-cp312-manylinux_2_28_aarch64.whl", t)
     assert bundle_resolve.wheel_fits("six-1.16.0-py2.py3-none-any.whl", t)
+    assert bundle_resolve.wheel_fits("interegular-0.3.3-py37-none-any.whl", t)
+    assert not bundle_resolve.wheel_fits("future-1.0-py313-none-any.whl", t)
+    assert not bundle_resolve.wheel_fits("torch-2.11.0-cp313-cp313-manylinux_2_28_x86_64.whl", t)
     assert not bundle_resolve.wheel_fits("sqlitedict-2.1.0.tar.gz", t)
 
 
