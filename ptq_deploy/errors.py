@@ -29,3 +29,9 @@ class NotRunnableHere(PtqError):
     """The scheme or option cannot run on this hardware / vLLM build."""
 
     exit_code = 3
+
+
+class BundleError(PtqError):
+    """An offline bundle that cannot be built, is incomplete or altered, or was made for another host."""
+
+    exit_code = 4
