@@ -29,3 +29,10 @@ class NotRunnableHere(PtqError):
     """The scheme or option cannot run on this hardware / vLLM build."""
 
     exit_code = 3
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
+    """``Type: message`` on one line (a multi-line message's lines joined), at most ``limit`` characters."""
+    msg = " ".join(str(e).split())
+    text = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

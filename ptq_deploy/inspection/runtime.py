@@ -34,6 +34,23 @@ def vllm_linear_kernels(model) -> dict[str, int]:
     return dict(found)
 
 
+def vllm_attention_backends(model) -> dict[str, int]:
+    """Runs inside a vLLM worker: attention backend class -> count over the attention layers."""
+    found: Counter = Counter()
+    for _, mod in model.named_modules():
+        backend = getattr(mod, "attn_backend", None)
+        if backend is not None and hasattr(mod, "kv_cache_dtype"):
+            found[getattr(backend, "__name__", type(backend).__name__)] += 1
+    return dict(found)
+
+
+def main_kernel(kernels: dict[str, int]) -> str | None:
+    """The kernel most quantized Linear layers use (the last part of ``vllm_linear_kernels``' key)."""
+    quantized = {k: n for k, n in kernels.items() if not k.startswith("UnquantizedLinearMethod")}
+    pick = quantized or kernels
+    return max(pick, key=pick.get).split(" / ")[-1] if pick else None
+
+
 def runtime(path: Path, q: Quantization, max_position: int | None, find) -> RuntimeInfo:
     hw = detect()
     sup = scheme_support(q, hw)
