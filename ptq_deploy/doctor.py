@@ -96,8 +96,10 @@ def render(rep: DoctorReport, console: Console) -> None:
 
 
 def render_probe(p: ProbeResult, console: Console) -> None:
-    t = Table(title=escape(f"probe: {p.vllm_build} (vllm {p.vllm_version or '?'}) on {p.hardware.summary()} "
-                           f"[{p.fingerprint}], measured {p.started_at} in {p.wall_time_s:.0f} s"))
+    console.print(escape(f"probe: {p.vllm_build} (vllm {p.vllm_version or '?'}) on {p.hardware.summary()} "
+                         f"[{p.fingerprint}], measured {p.started_at} in {p.wall_time_s:.0f} s "
+                         f"(vLLM import {p.import_s or 0:.0f} s, {p.time_limit_s:.0f} s limit per case)"), highlight=False)
+    t = Table(title="probe cases: a tiny model per kernel family and KV-cache dtype, loaded in vLLM")
     for c in ("case", "scheme", "kv-cache", "runs", "stopped at", "kernel vLLM picked", "kv dtype used", "s", "error"):
         t.add_column(c, overflow="fold")
     for c in p.cases.values():
