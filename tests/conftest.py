@@ -81,6 +81,43 @@ def runs_here(probe):
     return ask
 
 
+@pytest.fixture
+def fake_probe(probe):
+    """``fake_probe(w8a16=False, ...)``: the measured probe with those cases' answers replaced, written where
+    the real one is cached; the real one is put back after the test."""
+    from ptq_deploy.hardware import detect
+    from ptq_deploy.probe import cache_path
+
+    path = cache_path(probe.vllm_build, detect())
+
+    def write(**runnable: bool):
+        cases = {k: c.model_copy(update={"runnable": runnable[k], "phase": "done" if runnable[k] else "load",
+                                         "error": None if runnable[k] else "faked", "kernel": "FakeKernel"})
+                 if k in runnable else c for k, c in probe.cases.items()}
+        fake = probe.model_copy(update={"cases": cases})
+        fake.write(path, force=True)
+        return fake
+
+    yield write
+    probe.write(path, force=True)
+
+
+# cheap checkpoints of each quantized kernel family: (scheme, compress options)
+FAMILY_CHECKPOINTS = {"w8a16": ("INT8-W8A16-RTN", {}), "w4a16": ("INT4-W4A16-RTN", {"group_size": 64}),
+                      "fp8-w8a8": ("FP8-W8A8", {}), "int8-w8a8": ("INT8-W8A8", {})}
+
+
+@pytest.fixture
+def not_runnable_here(probe, compressed, fake_probe):
+    """``(scheme, checkpoint, why)`` that vLLM cannot run here as the probe measured it; where every family
+    runs (a large GPU), INT8-W8A16-RTN with a faked probe answer."""
+    for key, (scheme, opts) in FAMILY_CHECKPOINTS.items():
+        if probe.cases[key].runnable is False:
+            return scheme, compressed(scheme, **opts), probe.cases[key].error
+    fake_probe(w8a16=False)
+    return "INT8-W8A16-RTN", compressed("INT8-W8A16-RTN"), "faked"
+
+
 class _Engines:
     """One vLLM engine at a time, shared across tests; switching checkpoints shuts the old one down."""
 

@@ -24,28 +24,6 @@ from ptq_deploy.results.kinds import read_result
 pytestmark = pytest.mark.integration
 
 
-def _fake(probe: ProbeResult, **runnable: bool) -> ProbeResult:
-    """The measured probe with some cases' answers replaced (``w8a16=True``)."""
-    cases = {k: c.model_copy(update={"runnable": runnable[k], "error": None if runnable[k] else "faked",
-                                     "kernel": "FakeKernel"}) if k in runnable else c
-             for k, c in probe.cases.items()}
-    return probe.model_copy(update={"cases": cases})
-
-
-@pytest.fixture
-def faked(probe):
-    """Write a faked probe where the real one is cached for the test, and put the real one back after."""
-    path = cache_path(probe.vllm_build, detect())
-
-    def write(**runnable: bool) -> ProbeResult:
-        fake = _fake(probe, **runnable)
-        fake.write(path, force=True)
-        return fake
-
-    yield write
-    probe.write(path, force=True)
-
-
 # ---------------------------------------------------------------- the measurement, against vLLM itself
 def test_probe_measured_every_case_and_is_cached(probe):
     hw = detect()
@@ -107,7 +85,7 @@ def test_probe_on_an_avx2_cpu_finds_what_vllm_cpu_does(probe):
 
 
 # ---------------------------------------------------------------- what reads it
-def test_deleting_a_static_rule_changes_nothing_a_fake_probe_changes_the_answer(probe, faked, monkeypatch):
+def test_deleting_a_static_rule_changes_nothing_a_fake_probe_changes_the_answer(probe, fake_probe, monkeypatch):
     hw = detect()
     before = {n: probe_mod.rules(hw).scheme(s) for n, s in schemes.registry().items()}
     assert all(s.source == probe.label for s in before.values())
@@ -118,7 +96,7 @@ def test_deleting_a_static_rule_changes_nothing_a_fake_probe_changes_the_answer(
     assert {n: (s.runnable, s.kernel) for n, s in after.items()} == {n: (s.runnable, s.kernel) for n, s in before.items()}
     monkeypatch.undo()
     flipped = not probe.cases["w8a16"].runnable
-    faked(w8a16=flipped)
+    fake_probe(w8a16=flipped)
     sup = probe_mod.rules(hw).scheme(schemes.get("INT8-W8A16-RTN"))
     assert sup.runnable == flipped and (sup.kernel == "FakeKernel" if flipped else "faked" in sup.reason)
 
@@ -131,7 +109,7 @@ def test_without_a_probe_the_static_rules_answer_and_say_so(probe, tmp_path, mon
     assert rules.scheme(s) == support.scheme_support(s, detect())
 
 
-def test_a_faked_probe_changes_the_suites_plan_and_preflight(probe, faked, compressed, tiny_model, tmp_path):
+def test_a_faked_probe_changes_the_suites_plan_and_preflight(probe, fake_probe, compressed, tiny_model, tmp_path):
     from ptq_deploy.suite.experiment import Experiment
     from ptq_deploy.suite.plan import RunOptions, plan
 
@@ -139,7 +117,7 @@ def test_a_faked_probe_changes_the_suites_plan_and_preflight(probe, faked, compr
                      schemes=["BF16", "INT8-W8A16-RTN"], steps=["compress", "perf"])
     state = lambda: {(s.cell, s.step): s for s in plan(exp, RunOptions(results_dir=tmp_path))}  # noqa: E731
     for runnable in (True, False):
-        faked(w8a16=runnable)
+        fake_probe(w8a16=runnable)
         perf = state()[("INT8-W8A16-RTN", "perf")]
         assert perf.state == ("pending" if runnable else "not_runnable"), perf
         if not runnable:
