@@ -14,14 +14,9 @@ from pydantic import BaseModel
 from ptq_deploy import nvml
 
 
-class GPUInfo(BaseModel):
-    index: int
-    name: str
-    compute_capability: tuple[int, int]
-    memory_total_bytes: int
-    memory_used_bytes: int | None = None
-    memory_clock_max_mhz: int | None = None  # NVML's max memory clock
-    memory_bus_width_bits: int | None = None
+class GPUInfo(nvml.DeviceReading):
+    """NVML's readings of a GPU (or a named device's datasheet figures) and its spec peak bandwidth."""
+
     bandwidth_gbps: float | None = None  # spec peak memory bandwidth
     bandwidth_source: str | None = None  # "NVML: ..." (a detected GPU) | "datasheet" (a named --device)
 
