@@ -166,7 +166,8 @@ def test_offline_invariants(variant, tiny_model, compressed, engines, tmp_path, 
         # int8/fp8 weights: fewer bytes per decode step than the fp32 the dense model runs in
         assert r.roofline.weights.decode_bytes < r.roofline.weights.checkpoint_bytes * 2
     back = reload(r)
-    assert back.throughput == r.throughput and back.config == cfg
+    assert back.throughput == r.throughput and back.memory == r.memory
+    assert back.config.model_dump() == cfg.model_dump()  # run-control fields (output_dir, write) are not saved
 
 
 # ---------------------------------------------------------------- serving (vllm serve)
