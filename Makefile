@@ -3,8 +3,9 @@ PYTHON ?= python3
 RUNTIME_PY = $(shell $(PYTHON) -m ptq_deploy.envs python runtime)
 
 .PHONY: setup demo test
-setup:  ## create/update the two pinned environments (idempotent, quick when nothing changed)
+setup:  ## create/update the two pinned environments, then measure what their vLLM runs here (both idempotent)
 	$(PYTHON) -m ptq_deploy.envs setup
+	$(RUNTIME_PY) -m ptq_deploy.probe.run
 
 demo: setup  ## the main job: every scheme of the embedded SmolLM2-135M, compressed, measured, ranked
 	$(RUNTIME_PY) -m ptq_deploy.cli run smollm2-135m; rc=$$?; \

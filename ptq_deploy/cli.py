@@ -66,10 +66,15 @@ def doctor(
     runtime_python: Optional[str] = RUNTIME_PY,
     compress_python: Optional[str] = COMPRESS_PY,
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    measure: bool = typer.Option(False, "--probe", help="measure what runs here first: vLLM loads a tiny model of "
+                                 "each kernel family and KV-cache dtype (minutes; cached per vLLM build and hardware)"),
 ):
     """Check both environments, show the device and which schemes / KV-cache dtypes run here."""
     from ptq_deploy import doctor as doc
+    from ptq_deploy.probe.run import run_probe
 
+    if measure:
+        run_probe(runtime_python, compress_python, progress=lambda m: console.print(f"[dim]probe: {m}[/dim]"))
     rep = doc.run(runtime_python, compress_python)
     if as_json:
         out.print_json(rep.model_dump_json())
@@ -327,7 +332,8 @@ def perf(
 def inspect_cmd(
     checkpoint: Path = typer.Argument(..., help="checkpoint directory (any HF checkpoint: compressed-tensors, GPTQ, AWQ, dense)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
-    device: str = typer.Option("local", "--device", help="local | cpu | t4 | a10g | a100 | l4 | l40s | h100 | h200 | b200"),
+    device: str = typer.Option("local", "--device", help="local | cpu | a named GPU for a what-if: t4, a10, a10g, l4, l40, l40s, "
+                               "a100-40gb, a100-80gb, h100-sxm, h100-pcie, h100-nvl, h200, b200 (data/devices.yaml)"),
     runtime: bool = typer.Option(_d(InspectConfig, "runtime"), "--runtime", help=_h(InspectConfig, "runtime")),
 ):
     """What is really in a checkpoint (format, proof of quantization, size) and will it run here. Exit 1 on errors."""

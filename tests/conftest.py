@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the session's own probe directory (CLI subprocesses inherit it): empty, so what runs here is the static
+# rules until the ``probe`` fixture has measured it; never the user's cached probe
+os.environ["PTQ_DEPLOY_PROBE_DIR"] = tempfile.mkdtemp(prefix="ptq-test-probe-")
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +52,70 @@ def compressed(tiny_model, ckpt_dir):
         return _COMPRESSED[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def probe(compressed):
+    """The real probe, measured once per session on this machine (what every "runs here?" question then
+    reads). The quantized checkpoints the session makes anyway are handed to it; it compresses INT8-W8A16
+    itself through the product's compress path."""
+    from ptq_deploy.probe.run import run_probe
+
+    given = {"fp8-w8a8": compressed("FP8-W8A8"), "int8-w8a8": compressed("INT8-W8A8"),
+             "w4a16": compressed("INT4-W4A16-RTN", group_size=64)}
+    return run_probe(checkpoints=given)
+
+
+@pytest.fixture(scope="session")
+def runs_here(probe):
+    """``runs_here(scheme)`` / ``runs_here(kv_cache_dtype=...)``: the probe's answer (measured on this machine)."""
+    from ptq_deploy import probe as probe_mod, schemes
+    from ptq_deploy.hardware import detect
+
+    rules = probe_mod.rules(detect())
+    assert rules.probe is not None and rules.probe.started_at == probe.started_at
+
+    def ask(scheme: str | None = None, kv_cache_dtype: str | None = None):
+        return rules.kv(kv_cache_dtype) if kv_cache_dtype else rules.scheme(schemes.get(scheme))
+
+    return ask
+
+
+@pytest.fixture
+def fake_probe(probe):
+    """``fake_probe(w8a16=False, ...)``: the measured probe with those cases' answers replaced, written where
+    the real one is cached; the real one is put back after the test."""
+    from ptq_deploy.hardware import detect
+    from ptq_deploy.probe import cache_path
+
+    path = cache_path(probe.vllm_build, detect())
+
+    def write(**runnable: bool):
+        cases = {k: c.model_copy(update={"runnable": runnable[k], "phase": "done" if runnable[k] else "load",
+                                         "error": None if runnable[k] else "faked", "kernel": "FakeKernel"})
+                 if k in runnable else c for k, c in probe.cases.items()}
+        fake = probe.model_copy(update={"cases": cases})
+        fake.write(path, force=True)
+        return fake
+
+    yield write
+    probe.write(path, force=True)
+
+
+# cheap checkpoints of each quantized kernel family: (scheme, compress options)
+FAMILY_CHECKPOINTS = {"w8a16": ("INT8-W8A16-RTN", {}), "w4a16": ("INT4-W4A16-RTN", {"group_size": 64}),
+                      "fp8-w8a8": ("FP8-W8A8", {}), "int8-w8a8": ("INT8-W8A8", {})}
+
+
+@pytest.fixture
+def not_runnable_here(probe, compressed, fake_probe):
+    """``(scheme, checkpoint, why)`` that vLLM cannot run here as the probe measured it; where every family
+    runs (a large GPU), INT8-W8A16-RTN with a faked probe answer."""
+    for key, (scheme, opts) in FAMILY_CHECKPOINTS.items():
+        if probe.cases[key].runnable is False:
+            return scheme, compressed(scheme, **opts), probe.cases[key].error
+    fake_probe(w8a16=False)
+    return "INT8-W8A16-RTN", compressed("INT8-W8A16-RTN"), "faked"
 
 
 class _Engines:

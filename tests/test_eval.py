@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from ptq_deploy import engine
 from ptq_deploy.engine import EngineConfig
+from ptq_deploy.hardware import detect
 from ptq_deploy.errors import NotRunnableHere, UsageError
 from ptq_deploy.eval import EvalConfig, EvalResult, run_eval
 from ptq_deploy.eval import recovery
@@ -52,7 +54,10 @@ def test_bf16_bundled_tasks_sane_and_written(bf16_result):
     assert {"word_perplexity", "byte_perplexity", "bits_per_byte"} <= set(bf16_result.tasks["austen_ppl"].metrics)
     assert bf16_result.tasks["austen_ppl"].metrics["word_perplexity"].stderr_source == "bootstrap"
     assert bf16_result.tasks["austen_cloze"].metrics["acc"].stderr_source == "lm-eval"
-    assert bf16_result.settings.dtype == "float32" and bf16_result.settings.enforce_eager  # engine.py's CPU settings
+    # engine.args.resolve's settings for this machine (float32 and eager mode on an AVX2 CPU)
+    r = engine.resolve(bf16_result.identity.checkpoint, EngineConfig(max_model_len=MML), detect())
+    assert bf16_result.settings.enforce_eager == r.enforce_eager
+    assert bf16_result.settings.dtype == r.dtype or r.dtype == "auto"
     assert bf16_result.identity.scheme == "BF16" and bf16_result.engine.quantization is None
     saved = EvalResult.read(Path(bf16_result.path))
     assert saved.tasks["austen_cloze"].metrics["acc"].value == bf16_result.tasks["austen_cloze"].metrics["acc"].value
@@ -120,8 +125,11 @@ def test_damaged_checkpoint_scores_worse_on_perplexity(tmp_path):
 
 
 # ---------------------------------------------------------------- HF fallback, refusals
-def test_hf_backend_for_w4a16_and_cross_backend_refusal(compressed, tiny_model, bf16_result, cli, tmp_path):
+def test_hf_backend_for_w4a16_and_cross_backend_refusal(compressed, tiny_model, bf16_result, cli, tmp_path, runs_here,
+                                                       fake_probe):
     ckpt = compressed("INT4-W4A16-RTN", group_size=64)
+    if runs_here("INT4-W4A16-RTN").runnable:  # a GPU: the refusal as it reads where W4A16 does not run
+        fake_probe(w4a16=False)
     with pytest.raises(NotRunnableHere, match="--backend hf"):  # refused before any engine is loaded
         run_eval(EvalConfig(checkpoint=str(ckpt), write=False))
     with pytest.raises(UsageError, match="across backends"):  # refused before anything runs

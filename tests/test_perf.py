@@ -19,8 +19,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 
+from ptq_deploy import nvml  # noqa: E402
 from ptq_deploy.engine import EngineConfig  # noqa: E402
+from ptq_deploy.engine import memory as engine_memory  # noqa: E402
 from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError  # noqa: E402
+from ptq_deploy.hardware import detect  # noqa: E402
 from ptq_deploy.perf import PerfConfig, PerfResult, run_perf  # noqa: E402
 from ptq_deploy.stats import Summary  # noqa: E402
 
@@ -53,13 +56,31 @@ def check_offline(r: PerfResult, cfg: PerfConfig):
     # (latency benchmark) and the throughput pass time the same batch of requests
     assert thr.elapsed.mean * cfg.iterations + lat.batch_e2e.mean * cfg.iterations < r.wall_time_s
     assert 1 / 3 < lat.batch_e2e.min / thr.elapsed.min < 3  # fastest of each: least disturbed by a busy box
+    gpus = bool(detect().gpus)
     m = r.memory
     assert m.peak_rss_bytes >= m.rss_after_load_bytes > 0 and m.rss_samples > 1
     assert m.kv_cache_tokens and m.kv_cache_tokens == m.kv_cache_blocks * m.kv_cache_block_size
+    # the engine's own memory, measured around its load (not the process that also holds other things)
+    assert m.engine.own_bytes > 0 and m.engine.source in (
+        (engine_memory.GPU_PROCESS, engine_memory.GPU_DELTA) if gpus else (engine_memory.RSS_DELTA,))
+    if not gpus:  # vLLM's own figure for its CPU KV-cache space, from its log
+        assert m.engine.kv_cache_bytes_vllm == r.engine.settings.cpu_kvcache_space_gib * 2**30
+    # capacity: sequences of 4k / 32k tokens, against vLLM's own concurrency figure at max_model_len
+    mml = r.engine.settings.max_model_len
+    for ctx, n in m.concurrent_sequences_at.items():
+        assert n == int(m.vllm_max_concurrency * mml) // ctx, (ctx, n, m.vllm_max_concurrency)
+    assert set(m.concurrent_sequences_at) == {4096, 32768} and m.capacity_note
+    en = thr.energy
+    if gpus and en.joules is not None:
+        ordered(en.joules_per_output_token, cfg.iterations)
+    elif not gpus:
+        assert en.source == nvml.NO_NVML and en.joules_per_output_token is None
     rf = r.roofline
     ordered(rf.achieved_gbps, k * cfg.iterations)
     ordered(rf.mbu, k * cfg.iterations)
-    assert rf.peak.gbps > 0 and rf.peak.measured is not None and rf.peak.measured.n > 1
+    measured = rf.peak if rf.peak.measured is not None else rf.second_peak  # a GPU's first peak is its spec
+    assert rf.peak.gbps > 0 and measured.measured.n > 1 and measured.source.startswith("measured")
+    assert (rf.second_peak is not None) == (gpus and detect().gpus[0].bandwidth_gbps is not None)
     assert 0 < rf.weights.decode_bytes < rf.bytes_per_output_token
     assert r.engine is not None and r.provenance.packages and r.config == cfg
 
@@ -84,6 +105,7 @@ def check_serving(r: PerfResult, cfg: PerfConfig):
         assert lv.ttft_ms.mean == pytest.approx(lv.vllm_reported["mean_ttft_ms"], rel=1e-6)
         assert lv.e2el_ms.median == pytest.approx(lv.vllm_reported["median_e2el_ms"], rel=1e-6)
         assert lv.tpot_ms.mean == pytest.approx(lv.vllm_reported["mean_tpot_ms"], rel=1e-6)
+        assert lv.energy is not None and (lv.energy.source == nvml.NO_NVML) == (not detect().gpus)
 
 
 def reload(r: PerfResult) -> PerfResult:
@@ -94,22 +116,24 @@ def reload(r: PerfResult) -> PerfResult:
 
 
 # ---------------------------------------------------------------- refusals (no engine)
-def test_refuses_unsupported_scheme_before_loading(compressed, cli, tmp_path):
-    path = compressed("INT8-W8A16-RTN")
+def test_refuses_unsupported_scheme_before_loading(not_runnable_here, cli, tmp_path):
+    scheme, path, why = not_runnable_here  # as the probe measured it here
     t0 = time.perf_counter()
-    with pytest.raises(NotRunnableHere, match="cannot run in vLLM here"):
+    with pytest.raises(NotRunnableHere, match="cannot run in vLLM here") as e:
         run_perf(PerfConfig(checkpoint=str(path), output_dir=tmp_path))
+    assert why in str(e.value) and "[probe: " in str(e.value)
     assert time.perf_counter() - t0 < 10
     p = cli("perf", str(path), "--output-dir", str(tmp_path))
     assert p.returncode == 3
     lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "W8A16" in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("error:") and scheme.split("-")[1] in lines[0], lines
     assert not list(tmp_path.iterdir())
 
 
-def test_refusals_one_line(tiny_model, cli, tmp_path):
-    with pytest.raises(NotRunnableHere, match="kv_cache_dtype=fp8"):
-        run_perf(PerfConfig(checkpoint=str(tiny_model), engine=EngineConfig(kv_cache_dtype="fp8")))
+def test_refusals_one_line(tiny_model, cli, tmp_path, runs_here):
+    if not runs_here(kv_cache_dtype="fp8").runnable:
+        with pytest.raises(NotRunnableHere, match="kv_cache_dtype=fp8"):
+            run_perf(PerfConfig(checkpoint=str(tiny_model), engine=EngineConfig(kv_cache_dtype="fp8")))
     with pytest.raises(UsageError, match="exceeds --max-model-len"):
         run_perf(PerfConfig(checkpoint=str(tiny_model), input_len=400, output_len=200,
                             engine=EngineConfig(max_model_len=512)))
@@ -121,7 +145,9 @@ def test_refusals_one_line(tiny_model, cli, tmp_path):
 
 # ---------------------------------------------------------------- offline, shared engine
 @pytest.mark.parametrize("variant", ["BF16", "FP8-W8A8", "INT8-W8A8"])
-def test_offline_invariants(variant, tiny_model, compressed, engines, tmp_path):
+def test_offline_invariants(variant, tiny_model, compressed, engines, tmp_path, runs_here):
+    if not runs_here(variant).runnable:
+        pytest.skip(f"{variant} does not run here ({runs_here(variant).reason})")
     path = tiny_model if variant == "BF16" else compressed(variant)
     llm, info = engines.get(path)
     cfg = PerfConfig(checkpoint=str(path), serving=False, output_dir=tmp_path, **SMALL)
@@ -131,7 +157,8 @@ def test_offline_invariants(variant, tiny_model, compressed, engines, tmp_path):
     # vLLM logs the weight load with 2 decimals ("0.00" for the tiny model), inside the whole construction
     assert r.load.engine_init_s.n == 1 and r.load.engine_init_s.median > 0
     assert r.load.weights_load_s is not None and 0 <= r.load.weights_load_s < r.load.engine_init_s.median
-    assert r.load.compile_cache == "not used (eager mode)" and not r.load.compile_time_s  # eager on CPU
+    eager = r.engine.settings.enforce_eager  # resolved: eager on CPU, CUDA graphs on GPU
+    assert (r.load.compile_cache == "not used (eager mode)") == eager and (not r.load.compile_time_s or not eager)
     if variant == "BF16":
         assert r.identity.scheme == "BF16" and r.vllm_quantization is None
     else:
@@ -139,7 +166,8 @@ def test_offline_invariants(variant, tiny_model, compressed, engines, tmp_path):
         # int8/fp8 weights: fewer bytes per decode step than the fp32 the dense model runs in
         assert r.roofline.weights.decode_bytes < r.roofline.weights.checkpoint_bytes * 2
     back = reload(r)
-    assert back.throughput == r.throughput and back.config.model_dump() == cfg.model_dump()
+    assert back.throughput == r.throughput and back.memory == r.memory
+    assert back.config.model_dump() == cfg.model_dump()  # run-control fields (output_dir, write) are not saved
 
 
 # ---------------------------------------------------------------- serving (vllm serve)

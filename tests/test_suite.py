@@ -11,6 +11,7 @@ import time
 import pytest
 import yaml
 
+from ptq_deploy import schemes
 from ptq_deploy.suite import layout
 from ptq_deploy.suite.experiment import Experiment
 from ptq_deploy.suite.execute import run
@@ -30,19 +31,26 @@ def _exp(tiny_model, **kw):
     return Experiment(**d)
 
 
-def test_plan_marks_what_cannot_run_here(tiny_model, tmp_path):
-    steps = plan(_exp(tiny_model), RunOptions(results_dir=tmp_path))
+def test_plan_marks_what_cannot_run_here(tiny_model, tmp_path, runs_here):
+    exp = _exp(tiny_model)
+    steps = plan(exp, RunOptions(results_dir=tmp_path))
     by = {(s.cell, s.step): s for s in steps}
-    assert by[("INT8-W8A16-RTN", "perf")].state == "not_runnable"
-    assert "uint4" in by[("INT8-W8A16-RTN", "perf")].reason
-    # weight-only: scored in vLLM on its dequantized weights, against the same vLLM baseline
-    assert by[("INT8-W8A16-RTN", "eval")].backend == "vllm-dequantized" and ("BF16", "eval-hf") not in by
+    for scheme in exp.schemes:  # as the probe measured it on this machine
+        sup, perf = runs_here(scheme), by[(scheme, "perf")]
+        assert perf.state == ("pending" if sup.runnable else "not_runnable")
+        assert sup.runnable or (sup.reason in perf.reason and sup.source in perf.reason)
+        # what vLLM cannot run: weight-only schemes are scored in vLLM on their dequantized weights
+        wna16 = schemes.get(scheme).kind == "wna16"
+        assert by[(scheme, "eval")].backend == ("vllm" if sup.runnable else "vllm-dequantized" if wna16 else None)
+    assert ("BF16", "eval-hf") not in by and by[("BF16", "eval")].backend == "vllm"  # one baseline, one backend
+    w8 = runs_here("INT8-W8A16-RTN").runnable
     hf = {(s.cell, s.step): s for s in plan(_exp(tiny_model, eval={"tasks": ["austen_cloze"], "fallback": "hf"}),
                                             RunOptions(results_dir=tmp_path))}
-    assert hf[("INT8-W8A16-RTN", "eval")].backend == "hf"  # and then the baseline needs hf too
-    assert hf[("BF16", "eval-hf")].backend == "hf" and hf[("BF16", "eval")].backend == "vllm"
+    assert hf[("INT8-W8A16-RTN", "eval")].backend == ("vllm" if w8 else "hf")
+    assert (("BF16", "eval-hf") in hf) == (not w8)  # an hf-scored cell needs the baseline scored by hf too
     none = plan(_exp(tiny_model, eval={"tasks": ["austen_cloze"], "fallback": None}), RunOptions(results_dir=tmp_path))
-    assert {s.state for s in none if s.cell == "INT8-W8A16-RTN" and s.step in ("perf", "eval")} == {"not_runnable"}
+    assert {s.state for s in none if s.cell == "INT8-W8A16-RTN" and s.step == "eval"} == (
+        {"pending"} if w8 else {"not_runnable"})
     assert all(s.state == "pending" for s in steps if s.step == "compress")
     assert [s.cell for s in steps][0] == "BF16"
     only = plan(_exp(tiny_model), RunOptions(results_dir=tmp_path, include_schemes=["FP8-W8A8"]))
@@ -66,25 +74,26 @@ def test_step_keys_do_not_depend_on_the_checkout_path(tiny_model, tmp_path, monk
 
 
 @pytest.fixture(scope="module")
-def suite_run(tiny_model, tmp_path_factory):
+def suite_run(tiny_model, tmp_path_factory, probe):
     root = tmp_path_factory.mktemp("suite")
     exp = _exp(tiny_model)
     summary = run(exp, RunOptions(results_dir=root))
     return exp, root, summary
 
 
-def test_suite_runs_every_step_and_records_it(suite_run):
+def test_suite_runs_every_step_and_records_it(suite_run, runs_here):
     exp, root, summary = suite_run
     states = {(s.cell, s.step): s.state for s in summary.steps}
-    assert states[("INT8-W8A16-RTN", "perf")] == "not_runnable"
+    w8a16 = runs_here("INT8-W8A16-RTN").runnable
+    assert states[("INT8-W8A16-RTN", "perf")] == ("ok" if w8a16 else "not_runnable")
     assert not summary.failed, [(s.cell, s.step, s.reason) for s in summary.failed]
     recs = {(r.cell, r.step): r for r in layout.records(root)}
     assert len(recs) == len(summary.steps)
     perf = json.loads((root / recs[("FP8-W8A8", "perf")].result).read_text())
     assert perf["kind"] == "perf" and perf["vllm_quantization"] == "compressed-tensors"
     ev = json.loads((root / recs[("INT8-W8A16-RTN", "eval")].result).read_text())
-    assert ev["settings"]["backend"] == "vllm" and ev["dequantized_from"].endswith("INT8-W8A16-RTN")
-    assert ev["identity"]["scheme"] == "INT8-W8A16-RTN"
+    assert ev["settings"]["backend"] == "vllm" and ev["identity"]["scheme"] == "INT8-W8A16-RTN"
+    assert (ev["dequantized_from"] or "").endswith("INT8-W8A16-RTN") == (not w8a16)  # scored on its dense copy
     assert (layout.log_file(root, "tiny", "FP8-W8A8", "compress")).stat().st_size > 0
     assert yaml.safe_load((root / "experiment.yaml").read_text())["name"] == "tiny"
 

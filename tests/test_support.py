@@ -1,4 +1,7 @@
-from ptq_deploy import schemes
+import pytest
+
+from ptq_deploy import devices, schemes
+from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import CPUInfo, GPUInfo, HardwareInfo
 from ptq_deploy.support import hardware_for, kv_cache_support, scheme_support
 
@@ -50,3 +53,37 @@ def test_named_devices_for_what_if():
     assert hardware_for("h100", AVX2).gpus[0].compute_capability == (9, 0)
     assert hardware_for("cpu", gpu((9, 0))).gpus == []
     assert hardware_for(None, AVX2) is AVX2
+
+
+def _gib(name):
+    return hardware_for(name, AVX2).gpus[0].memory_total_bytes / 2**30
+
+
+def test_named_devices_carry_their_own_memory_and_bandwidth():
+    """Each variant is its own device: no substring matching (L40 is not an L4), no shared 80 GiB."""
+    mem = {n: _gib(n) for n in ("t4", "l4", "l40", "a100-40gb", "a100-80gb", "h100-sxm", "h100-nvl", "h200", "b200")}
+    assert mem == {"t4": 16, "l4": 24, "l40": 48, "a100-40gb": 40, "a100-80gb": 80, "h100-sxm": 80, "h100-nvl": 94,
+                   "h200": 141, "b200": 180}
+    bw = {n: devices.get(n).bandwidth_gbps for n in ("l4", "l40", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie")}
+    assert bw == {"l4": 300, "l40": 864, "a100-40gb": 1555, "a100-80gb": 2039, "h100-sxm": 3350, "h100-pcie": 2000}
+    assert devices.get("A10").bandwidth_gbps == 600  # every named device has a bandwidth (the A10 had none)
+    assert devices.get("h100").key == "h100-sxm" and devices.get("a100").key == "a100-80gb"  # aliases, shown resolved
+    g = hardware_for("l40", AVX2).gpus[0]
+    assert g.bandwidth_gbps == 864 and g.bandwidth_source.startswith("datasheet") and "L40 " in g.bandwidth_source + " "
+
+
+def test_an_unknown_device_lists_the_available_ones():
+    with pytest.raises(UsageError, match=r"unknown --device 'h100-sxm5' \(did you mean h100-sxm or h200-sxm\?\); Available: local, cpu, t4"):
+        hardware_for("h100-sxm5", AVX2)
+    with pytest.raises(UsageError, match="Available: .*l40s.*b200"):
+        hardware_for("l40x", AVX2)
+
+
+def test_the_memory_fit_follows_the_device(compressed):
+    """A checkpoint's weights against each device's own memory (was 80 GiB for every named GPU)."""
+    from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
+
+    path = compressed("FP8-W8A8")
+    fits = {d: inspect_checkpoint(InspectConfig(checkpoint=path, device=d)).hardware for d in ("t4", "h200")}
+    assert fits["t4"].device_memory_bytes == 16 * 2**30 and fits["h200"].device_memory_bytes == 141 * 2**30
+    assert all(f.fits_in_memory for f in fits.values())

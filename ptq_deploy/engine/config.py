@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ptq_deploy.engine.memory import EngineMemory
+
 MAX_MODEL_LEN_CAP = 2048
 # engine fields that version-1 perf/eval configs kept at their top level
 V1_FLAT_FIELDS = ("dtype", "kv_cache_dtype", "max_model_len", "tensor_parallel_size", "data_parallel_size",
@@ -57,6 +59,7 @@ class EngineInfo(BaseModel):
     compile_cache: str = "unknown"  # "not used (eager mode)" | "warm (graphs loaded from cache)" | "cold (compiled)"
     device: str
     settings: ResolvedEngine
+    memory: EngineMemory | None = None  # the engine's own memory, measured around the load
 
 
 def nest_v1_fields(config: dict[str, Any]) -> dict[str, Any]:

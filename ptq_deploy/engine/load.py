@@ -1,8 +1,9 @@
-"""Loading vLLM in this process: refuse what cannot run here, load, read vLLM's load figures, release.
+"""Loading vLLM in this process: refuse what cannot run here, load, read vLLM's load figures and the
+engine's own memory, release.
 
 Settings come from ``EngineConfig`` through ``ptq_deploy.engine.args`` (identical for a baseline
-and a quantized checkpoint); ``preflight`` asks ``ptq_deploy.support`` about the checkpoint's
-quantization before any minutes are spent loading.
+and a quantized checkpoint); ``preflight`` asks ``ptq_deploy.probe`` (measured support, static rules
+where nothing was measured) about the checkpoint's quantization before any minutes are spent loading.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ptq_deploy import checkpoint
-from ptq_deploy.engine import args
+from ptq_deploy import checkpoint, probe
+from ptq_deploy.engine import args, memory
 from ptq_deploy.engine.config import EngineConfig, EngineInfo, ResolvedEngine
-from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError
+from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError, one_line
 from ptq_deploy.hardware import HardwareInfo, detect
-from ptq_deploy.support import kv_cache_support, scheme_support
 
 
 def preflight(model: str | Path, cfg: EngineConfig, hw: HardwareInfo) -> None:
@@ -30,12 +30,13 @@ def preflight(model: str | Path, cfg: EngineConfig, hw: HardwareInfo) -> None:
     if not path.exists():
         raise UsageError(f"checkpoint not found: {model}")
     q = checkpoint.read(path).quantization
-    sup = scheme_support(q, hw)
+    rules = probe.rules(hw)
+    sup = rules.scheme(q)
     if not sup.runnable:
-        raise NotRunnableHere(f"{q.name} checkpoint cannot run in vLLM here: {sup.reason}")
-    kv = kv_cache_support(cfg.kv_cache_dtype, hw)
+        raise NotRunnableHere(f"{q.name} checkpoint cannot run in vLLM here: {sup.reason} [{sup.source}]")
+    kv = rules.kv(cfg.kv_cache_dtype)
     if not kv.runnable:
-        raise NotRunnableHere(f"kv_cache_dtype={cfg.kv_cache_dtype} cannot run here: {kv.reason}")
+        raise NotRunnableHere(f"kv_cache_dtype={cfg.kv_cache_dtype} cannot run here: {kv.reason} [{kv.source}]")
 
 
 def parse_load_log(text: str) -> dict[str, Any]:
@@ -52,8 +53,9 @@ def parse_load_log(text: str) -> dict[str, Any]:
                               "warm (graphs loaded from cache)" if "Directly load the compiled graph" in text else None)}
 
 
-# vLLM logs its load timings at INFO from these loggers; ``load`` listens to them whatever the console level
-_LOAD_LOGGERS = ("vllm.model_executor.model_loader", "vllm.v1.worker", "vllm.compilation")
+# vLLM logs its load timings, memory and KV-cache size at INFO from these loggers; ``load`` listens to them
+# whatever the console level (in-process engine; a multiprocess engine logs in its own process)
+_LOAD_LOGGERS = ("vllm.model_executor.model_loader", "vllm.v1.worker", "vllm.v1.core", "vllm.compilation")
 
 
 class _LoadLog(logging.Handler):
@@ -63,6 +65,7 @@ class _LoadLog(logging.Handler):
         super().__init__(level=logging.INFO)
         self.lines: list[str] = []
         self.parsed: dict[str, Any] = {}
+        self.text = ""
         self._saved: list[tuple[logging.Logger, int]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -90,26 +93,39 @@ class _LoadLog(logging.Handler):
         for lg, level in self._saved:
             lg.removeHandler(self)
             lg.setLevel(level)
-        self.parsed = parse_load_log("\n".join(self.lines))
+        self.text = "\n".join(self.lines)
+        self.parsed = parse_load_log(self.text)
         return False
 
 
-def load(model: str | Path, cfg: EngineConfig, hw: HardwareInfo | None = None):
-    """Build a ``vllm.LLM`` for ``model``; returns ``(llm, EngineInfo)``."""
+class LoadFailed(PtqError):
+    """vLLM raised while building the engine (``error``: the exception, on one line)."""
+
+    def __init__(self, model: str | Path, error: str):
+        super().__init__(f"vLLM failed to load {model}: {error}")
+        self.error = error
+
+
+def load(model: str | Path, cfg: EngineConfig, hw: HardwareInfo | None = None, check: bool = True):
+    """Build a ``vllm.LLM`` for ``model``; returns ``(llm, EngineInfo)``. ``check=False`` skips ``preflight``
+    (the probe asks vLLM itself)."""
     hw = hw or detect()
-    preflight(model, cfg, hw)
+    if check:
+        preflight(model, cfg, hw)
     resolved = args.resolve(model, cfg, hw)
     args.apply_environment(resolved)
     from vllm import LLM  # heavy: imported once the environment is set
 
+    base = memory.baseline(bool(hw.gpus))
     t0 = time.perf_counter()
     try:
         with _LoadLog() as log:
             llm = LLM(**args.llm_kwargs(resolved))
     except Exception as e:  # engine crash / OOM / unsupported: one line, details in vLLM's log above
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PtqError(f"vLLM failed to load {model}: {type(e).__name__}: {msg}") from None
-    return llm, engine_info(llm, resolved, time.perf_counter() - t0, log.parsed, hw)
+        raise LoadFailed(model, one_line(e, limit=1000)) from None
+    info = engine_info(llm, resolved, time.perf_counter() - t0, log.parsed, hw)
+    info.memory = memory.measure(base, bool(hw.gpus), log.text)
+    return llm, info
 
 
 def engine_info(llm, resolved: ResolvedEngine, load_s: float, parsed: dict[str, Any], hw: HardwareInfo) -> EngineInfo:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ptq_deploy import schemes
+from ptq_deploy import probe, schemes
 from ptq_deploy.checkpoint import CheckpointMetadata, Quantization, SafetensorsFile, TensorEntry
 from ptq_deploy.errors import PtqError
 from ptq_deploy.hardware import detect
@@ -115,10 +115,15 @@ def check_metadata(meta: CheckpointMetadata | None, problem: str | None, q: Quan
 
 
 def hardware_fit(device: str | None, q: Quantization, weight_bytes: int, find) -> HardwareFit:
-    """Which vLLM kernel family runs the checkpoint on ``device`` (``None``: here), and does it fit."""
+    """Which vLLM kernel runs the checkpoint on ``device`` (``None``/``local``: here, as the probe measured it;
+    ``cpu`` or a named GPU: the static rules), and does it fit in the device's memory."""
     hw = hardware_for(device, detect())
-    sup = scheme_support(q, hw)
-    kv = kv_cache_support(q.kv_cache_dtype, hw) if q.kv_cache is not None else None
+    if device in (None, "local"):
+        rules = probe.rules(hw)
+        sup, kv = rules.scheme(q), rules.kv(q.kv_cache_dtype) if q.kv_cache is not None else None
+    else:
+        sup = scheme_support(q, hw)
+        kv = kv_cache_support(q.kv_cache_dtype, hw) if q.kv_cache is not None else None
     mem = hw.gpus[0].memory_total_bytes if hw.gpus else hw.memory_total_bytes
     name = hw.summary() if device in (None, "local", "cpu") else f"{device} ({hw.summary()})"
     fit = HardwareFit(device=name, support=sup, kv_cache=kv, weight_memory_bytes=weight_bytes,

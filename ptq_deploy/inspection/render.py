@@ -70,7 +70,8 @@ def render(rep: InspectReport, console) -> None:
                   + ("[green]runs[/green]" if s.runnable else "[red]does not run[/red]")
                   + f", kernel {escape(s.kernel)}, fast path {'yes' if s.fast_path else 'no'}"
                   + (f" ({escape(s.reason)})" if s.reason else "")
-                  + f"; weights need {_mib(h.weight_memory_bytes)} of {h.device_memory_bytes / 2**30:.0f} GiB")
+                  + f"; weights need {_mib(h.weight_memory_bytes)} of {h.device_memory_bytes / 2**30:.0f} GiB"
+                  + f" [{escape(s.source)}]")
     if h.kv_cache:
         console.print(f"  kv-cache: {'runs' if h.kv_cache.runnable else 'does not run'} ({escape(h.kv_cache.kernel)}"
                       f"{'; ' + escape(h.kv_cache.reason) if h.kv_cache.reason else ''})")

@@ -6,12 +6,11 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from ptq_deploy import engine
+from ptq_deploy import engine, probe
 from ptq_deploy.checkpoint import Quantization
 from ptq_deploy.errors import NotRunnableHere, PtqError
 from ptq_deploy.hardware import detect
 from ptq_deploy.inspection.report import RuntimeInfo
-from ptq_deploy.support import kv_cache_support, scheme_support
 
 
 def vllm_linear_kernels(model) -> dict[str, int]:
@@ -34,13 +33,31 @@ def vllm_linear_kernels(model) -> dict[str, int]:
     return dict(found)
 
 
+def vllm_attention_backends(model) -> dict[str, int]:
+    """Runs inside a vLLM worker: attention backend class -> count over the attention layers."""
+    found: Counter = Counter()
+    for _, mod in model.named_modules():
+        backend = getattr(mod, "attn_backend", None)
+        if backend is not None and hasattr(mod, "kv_cache_dtype"):
+            found[getattr(backend, "__name__", type(backend).__name__)] += 1
+    return dict(found)
+
+
+def main_kernel(kernels: dict[str, int]) -> str | None:
+    """The kernel most quantized Linear layers use (the last part of ``vllm_linear_kernels``' key)."""
+    quantized = {k: n for k, n in kernels.items() if not k.startswith("UnquantizedLinearMethod")}
+    pick = quantized or kernels
+    return max(pick, key=pick.get).split(" / ")[-1] if pick else None
+
+
 def runtime(path: Path, q: Quantization, max_position: int | None, find) -> RuntimeInfo:
     hw = detect()
-    sup = scheme_support(q, hw)
+    rules = probe.rules(hw)
+    sup = rules.scheme(q)
     if not sup.runnable:
         return RuntimeInfo(loaded=False, not_runnable=str(NotRunnableHere(
-            f"{q.name} checkpoint cannot run in vLLM here: {sup.reason}")))
-    kv_dtype = "bfloat16" if q.kv_cache is not None and not kv_cache_support("fp8", hw).runnable else "auto"
+            f"{q.name} checkpoint cannot run in vLLM here: {sup.reason} [{sup.source}]")))
+    kv_dtype = "bfloat16" if q.kv_cache is not None and not rules.kv(q.kv_cache_dtype).runnable else "auto"
     cfg = engine.EngineConfig(max_model_len=min(2048, max_position or 2048), kv_cache_dtype=kv_dtype)
     os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model ships a function to workers
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # keep stdout for the report (--json)

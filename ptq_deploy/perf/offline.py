@@ -16,6 +16,7 @@ import time
 from pydantic import BaseModel
 
 from ptq_deploy.errors import PtqError
+from ptq_deploy.perf.energy import Energy, EnergyMeter
 from ptq_deploy.perf.workload import Request
 from ptq_deploy.stats import Summary
 
@@ -114,26 +115,29 @@ class ThroughputStats(BaseModel):
     output_tokens_per_s: Summary
     total_tokens_per_s: Summary
     tokens: TokenCheck  # per iteration (identical every iteration)
+    energy: Energy | None = None  # per iteration (NVML; says why not where there is none)
 
 
 def measure_throughput(llm, reqs: list[Request], iterations: int, warmup: int) -> ThroughputStats:
     for _ in range(warmup):
         _run(llm, reqs)
-    el, chk = [], None
+    el, chk, meter = [], None, EnergyMeter()
     for _ in range(iterations):
-        t, chk = _run(llm, reqs)
+        with meter.phase():
+            t, chk = _run(llm, reqs)
         el.append(t)
     out_tok, tot_tok = chk.output_tokens_counted, chk.output_tokens_counted + chk.prompt_tokens_counted
     return ThroughputStats(num_requests=len(reqs), iterations=iterations, warmup=warmup, elapsed=Summary.of(el, "s"),
                            requests_per_s=Summary.of([len(reqs) / t for t in el], "req/s"),
                            output_tokens_per_s=Summary.of([out_tok / t for t in el], "tok/s"),
-                           total_tokens_per_s=Summary.of([tot_tok / t for t in el], "tok/s"), tokens=chk)
+                           total_tokens_per_s=Summary.of([tot_tok / t for t in el], "tok/s"), tokens=chk,
+                           energy=meter.result([out_tok] * iterations))
 
 
-def kv_capacity(llm) -> tuple[int | None, int | None]:
-    """(blocks, block size) of the KV cache vLLM allocated."""
+def kv_capacity(llm) -> tuple[int | None, int | None, float | None]:
+    """(blocks, block size, vLLM's max concurrency at max_model_len) of the KV cache vLLM allocated."""
     try:
         cc = llm.llm_engine.vllm_config.cache_config
-        return cc.num_gpu_blocks, cc.block_size
     except AttributeError:
-        return None, None
+        return None, None, None
+    return cc.num_gpu_blocks, cc.block_size, getattr(cc, "kv_cache_max_concurrency", None)

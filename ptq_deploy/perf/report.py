@@ -26,10 +26,15 @@ def summary_tables(r: PerfResult) -> list[Table]:
         if r.load.weights_load_s is not None:
             t.add_row("weights load s (vLLM)", f"{r.load.weights_load_s:.3g}")
     if r.memory:
-        t.add_row("RSS after load / peak GiB", f"{r.memory.rss_after_load_bytes / 2**30:.2f} / "
-                  f"{r.memory.peak_rss_bytes / 2**30:.2f} (n={r.memory.rss_samples} samples)")
-        if r.memory.kv_cache_tokens:
-            t.add_row("KV cache capacity", f"{r.memory.kv_cache_tokens:,} tokens")
+        m = r.memory
+        if m.engine is not None and m.engine.own_bytes is not None:
+            t.add_row("engine memory GiB", f"{m.engine.own_bytes / 2**30:.2f} ({m.engine.source})")
+        t.add_row("whole process RSS after load / peak GiB", f"{m.rss_after_load_bytes / 2**30:.2f} / "
+                  f"{m.peak_rss_bytes / 2**30:.2f} (n={m.rss_samples} samples)")
+        if m.kv_cache_tokens:
+            seqs = ", ".join(f"{n:,} at {c // 1024}k" for c, n in m.concurrent_sequences_at.items())
+            t.add_row("KV cache capacity", f"{m.kv_cache_tokens:,} tokens; concurrent sequences: {seqs} "
+                      f"({m.capacity_note or ''})")
     if r.latency:
         t.add_row("batch-1 e2e latency ms", _s(r.latency.batch1_e2e, 1e3))
         t.add_row("batch-1 prefill ms", _s(r.latency.batch1_prefill, 1e3))
@@ -39,11 +44,17 @@ def summary_tables(r: PerfResult) -> list[Table]:
         t.add_row("throughput req/s", _s(r.throughput.requests_per_s))
         t.add_row("output tok/s", _s(r.throughput.output_tokens_per_s))
         t.add_row("total tok/s", _s(r.throughput.total_tokens_per_s))
+        en = r.throughput.energy
+        if en is not None:
+            t.add_row("energy J/output token", _s(en.joules_per_output_token) if en.joules_per_output_token
+                      else en.source)
     if r.roofline:
         rf = r.roofline
         t.add_row("decode bytes/token MB", f"{rf.bytes_per_output_token / 1e6:.3g}")
         t.add_row("achieved GB/s", _s(rf.achieved_gbps))
         t.add_row(f"MBU vs {rf.peak.gbps:.3g} GB/s ({rf.peak.source})", _s(rf.mbu))
+        if rf.second_peak is not None and rf.mbu_vs_second is not None:
+            t.add_row(f"MBU vs {rf.second_peak.gbps:.3g} GB/s ({rf.second_peak.source})", _s(rf.mbu_vs_second))
     tables.append(t)
     if r.serving:
         s = Table(title=f"serving (vllm serve; startup {r.serving.server.startup_s.median:.1f} s)")

@@ -2,8 +2,9 @@
 
 At batch 1 every decode step reads every weight once (plus the KV cache of the context), so
 ``bytes/token / time/token`` is the memory bandwidth the engine achieved. Against the device's
-peak (``support.KNOWN_GPUS`` for GPUs; a measured memory-copy bandwidth on CPU) that is the
-memory-bandwidth utilisation (MBU). Weights are counted as vLLM holds them: quantized tensors
+peak that is the memory-bandwidth utilisation (MBU): on a GPU against its spec peak from NVML (max
+memory clock x bus width x 2) and against a measured device-to-device copy; on a CPU against a
+measured memory copy. Weights are counted as vLLM holds them: quantized tensors
 (int8/fp8/packed int4) at their stored size, floating-point tensors at the compute dtype (vLLM
 upcasts a bf16 checkpoint to fp32 on AVX2 CPUs). The input-embedding table is not read whole at
 decode (one row per token) and is left out, unless it is tied to the LM head.
@@ -63,47 +64,46 @@ def kv_bytes_per_token(checkpoint: Path, kv_dtype: str, compute_dtype: str) -> i
 
 
 class PeakBandwidth(BaseModel):
-    source: str  # "table:<gpu>" or "measured: torch copy"
+    source: str  # "NVML: max memory clock x bus width x 2 (<gpu>)" | "measured: ... copy (best of n)"
     gbps: float
     measured: Summary | None = None
 
 
-def measure_copy_bandwidth(mib: int = 256, repeats: int = 7) -> Summary:
-    """Memory-copy bandwidth (GB/s, read + write counted) of this machine, with torch's threads."""
-    try:
-        import torch
+def measure_copy_bandwidth(device: str = "cpu", mib: int = 256, repeats: int = 7) -> Summary:
+    """Memory-copy bandwidth (GB/s, read + write counted) of ``device`` (cpu: torch's threads; cuda: device to
+    device, synchronised around each copy)."""
+    import torch  # heavy; the engine has loaded it already
 
-        src = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
-        dst = torch.empty_like(src)
-        copy = lambda: dst.copy_(src)  # noqa: E731
-        nbytes = src.numel() * 4
-    except ImportError:  # pragma: no cover - torch is in the runtime env
-        import numpy as np
-
-        src = np.ones(mib * 2**20 // 4, dtype=np.float32)
-        dst = np.empty_like(src)
-        copy = lambda: np.copyto(dst, src)  # noqa: E731
-        nbytes = src.nbytes
-    copy()  # fault the pages in
+    src = torch.ones(mib * 2**20 // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    dst.copy_(src)  # fault the pages in / warm up
+    sync()
     vals = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        copy()
-        vals.append(2 * nbytes / (time.perf_counter() - t0) / 1e9)
+        dst.copy_(src)
+        sync()
+        vals.append(2 * src.numel() * 4 / (time.perf_counter() - t0) / 1e9)
     return Summary.of(vals, "GB/s")
 
 
-def peak_bandwidth(hw) -> PeakBandwidth:
-    from ptq_deploy.support import KNOWN_GPUS
+def measured_peak(hw) -> PeakBandwidth:
+    """The best of n memory copies: device to device on the first GPU, else in host memory."""
+    gpu = bool(hw.gpus)
+    s = measure_copy_bandwidth("cuda:0" if gpu else "cpu")
+    what = "device-to-device tensor copy on GPU 0" if gpu else "torch tensor copy in host memory"
+    return PeakBandwidth(source=f"measured: {what} (best of n)", gbps=s.max, measured=s)
 
-    if hw.gpus:
-        name = hw.gpus[0].name.lower().replace(" ", "")
-        for key, (_cc, gbps) in sorted(KNOWN_GPUS.items(), key=lambda kv: -len(kv[0])):
-            if key in name:
-                return PeakBandwidth(source=f"table:{key}", gbps=gbps)
-        return PeakBandwidth(source=f"unknown GPU {hw.gpus[0].name}", gbps=float("nan"))
-    s = measure_copy_bandwidth()
-    return PeakBandwidth(source="measured: torch tensor copy (best of n)", gbps=s.max, measured=s)
+
+def peaks(hw) -> tuple[PeakBandwidth, PeakBandwidth | None]:
+    """(the peak MBU is reported against, a second one): on a GPU its NVML spec peak and a measured copy (the
+    measured one first where NVML gives no spec); on a CPU a measured copy alone."""
+    measured = measured_peak(hw)
+    g = hw.gpus[0] if hw.gpus else None
+    if g is None or not g.bandwidth_gbps:
+        return measured, None
+    return PeakBandwidth(source=f"{g.bandwidth_source} ({g.name})", gbps=g.bandwidth_gbps), measured
 
 
 class Roofline(BaseModel):
@@ -116,6 +116,8 @@ class Roofline(BaseModel):
     achieved_gbps: Summary
     peak: PeakBandwidth
     mbu: Summary  # achieved / peak
+    second_peak: PeakBandwidth | None = None  # GPU: the measured copy next to the spec peak
+    mbu_vs_second: Summary | None = None
     note: str = ("bytes/token = weights read per step (as held by vLLM, embedding table excluded unless tied) "
                  "+ KV cache of the mean context; decode time/token from batch-1 (e2e - prefill)/(output-1)")
 
@@ -127,7 +129,8 @@ def compute(checkpoint: Path, compute_dtype: str, kv_dtype: str, tpot_s: list[fl
     ctx = mean_prompt_len + output_len / 2
     per_tok = w.decode_bytes + kv * ctx
     gbps = [per_tok / t / 1e9 for t in tpot_s if t > 0]
-    peak = peak_bandwidth(hw)
+    peak, second = peaks(hw)
     return Roofline(weights=w, kv_bytes_per_token_position=kv, mean_context_tokens=ctx, bytes_per_output_token=per_tok,
                     decode_time_per_token=Summary.of(tpot_s, "s"), achieved_gbps=Summary.of(gbps, "GB/s"), peak=peak,
-                    mbu=Summary.of([g / peak.gbps for g in gbps], "fraction"))
+                    mbu=Summary.of([g / peak.gbps for g in gbps], "fraction"), second_peak=second,
+                    mbu_vs_second=Summary.of([g / second.gbps for g in gbps], "fraction") if second else None)

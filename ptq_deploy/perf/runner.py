@@ -11,12 +11,12 @@ import os
 import time
 from pathlib import Path
 
-from ptq_deploy import checkpoint, engine
+from ptq_deploy import checkpoint, engine, nvml
 from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import HardwareInfo, detect
 from ptq_deploy.perf import offline, roofline, serving, workload
 from ptq_deploy.perf.config import PerfConfig
-from ptq_deploy.perf.memory import MemoryStats, PeakSampler, gpu_used, tree_rss
+from ptq_deploy.perf.memory import MemoryStats, PeakSampler, capacity_note, concurrent_sequences, tree_rss
 from ptq_deploy.perf.result import LoadStats, PerfResult
 from ptq_deploy.provenance import collect
 from ptq_deploy.stats import Summary
@@ -59,8 +59,8 @@ def run_perf(cfg: PerfConfig, llm=None, info: engine.EngineInfo | None = None, h
             llm, info = engine.load(ckpt, cfg.engine, hw)
         quant = info.quantization
         try:
-            rss0, gpu0 = tree_rss(), gpu_used() if hw.gpus else None
-            blocks, bsize = offline.kv_capacity(llm)
+            rss0, gpu0 = tree_rss(), nvml.memory_used() if hw.gpus else None
+            blocks, bsize, max_conc = offline.kv_capacity(llm)
             kv_tok = roofline.kv_bytes_per_token(ckpt, resolved.kv_cache_dtype, info.dtype)
             w = roofline.weight_bytes(ckpt, info.dtype)
             with PeakSampler(gpu=bool(hw.gpus)) as mem:
@@ -69,12 +69,15 @@ def run_perf(cfg: PerfConfig, llm=None, info: engine.EngineInfo | None = None, h
                 latency, decode_s = offline.measure_latency(llm, reqs[:cfg.n_latency_prompts], reqs, cfg.iterations, cfg.warmup)
                 say(f"throughput: {len(reqs)} requests x {cfg.iterations} iterations")
                 throughput = offline.measure_throughput(llm, reqs, cfg.iterations, cfg.warmup)
-            memory = MemoryStats(process="this process (in-process engine) and its children", rss_after_load_bytes=rss0,
-                                 peak_rss_bytes=mem.peak_rss, rss_samples=mem.n, gpu_after_load_bytes=gpu0,
-                                 peak_gpu_bytes=mem.peak_gpu, kv_cache_blocks=blocks, kv_cache_block_size=bsize,
+            memory = MemoryStats(process="whole process: this one (in-process engine) and its children",
+                                 rss_after_load_bytes=rss0, peak_rss_bytes=mem.peak_rss, rss_samples=mem.n,
+                                 gpu_after_load_bytes=gpu0, peak_gpu_bytes=mem.peak_gpu, engine=info.memory,
+                                 kv_cache_blocks=blocks, kv_cache_block_size=bsize,
                                  kv_cache_tokens=blocks * bsize if blocks and bsize else None,
                                  kv_cache_bytes=blocks * bsize * kv_tok if blocks and bsize else None,
-                                 kv_bytes_per_token=kv_tok, weight_bytes_checkpoint=w.checkpoint_bytes)
+                                 kv_bytes_per_token=kv_tok, weight_bytes_checkpoint=w.checkpoint_bytes,
+                                 concurrent_sequences_at=concurrent_sequences(blocks, bsize) if blocks and bsize else {},
+                                 vllm_max_concurrency=max_conc, capacity_note=capacity_note(resolved))
             load = LoadStats(engine_init_s=Summary.of([info.load_time_s], "s"),
                              weights_load_s=info.weights_load_s, model_load_s=info.model_load_s,
                              compile_time_s=info.compile_time_s, compile_cache=info.compile_cache)

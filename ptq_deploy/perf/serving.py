@@ -15,6 +15,9 @@ from pydantic import BaseModel
 
 from ptq_deploy.engine import ResolvedEngine, parse_load_log
 from ptq_deploy.errors import PtqError
+from ptq_deploy import nvml
+from ptq_deploy.engine.memory import parse_memory_log, tree_pids
+from ptq_deploy.perf.energy import Energy, EnergyMeter
 from ptq_deploy.perf.memory import PeakSampler, tree_rss
 from ptq_deploy.perf.server import Server, sigterm_as_interrupt
 from ptq_deploy.perf.workload import Request, load_tokenizer
@@ -45,6 +48,7 @@ class ServingLevel(BaseModel):
     output_tokens_counted: int
     peak_server_rss_bytes: int
     prompt_tokens_from_cache: int | None = None  # vLLM's prefix-cache hits during the level (0 after the reset)
+    energy: Energy | None = None  # the timed level (n = 1)
     vllm_reported: dict[str, float]  # vLLM's own aggregate numbers, for cross-checking
     errors: list[str] = []
 
@@ -56,7 +60,10 @@ class ServerStats(BaseModel):
     model_load_s: float | None  # vLLM's "Model loading took ... seconds"
     kv_cache_tokens: int | None  # vLLM's "KV cache size: N tokens"
     compile_cache: str | None = None  # warm (graphs loaded from cache) | cold (compiled) | None (eager / not logged)
-    rss_after_start_bytes: int
+    rss_after_start_bytes: int  # the server's process tree: the engine's own on CPU
+    gpu_process_bytes: int | None = None  # NVML per-process GPU memory of the server's process tree
+    weights_bytes_vllm: int | None = None  # vLLM's "Model loading took X GiB memory" (GPU)
+    kv_cache_bytes_vllm: int | None = None  # vLLM's KV-cache memory (its log)
 
 
 class ServingStats(BaseModel):
@@ -120,7 +127,8 @@ def drive(server: Server, reqs: list[Request], concurrency: int, request_rate: f
         server.reset_prefix_cache()
         hits0 = server.prefix_cache_hits()
         np.random.seed(seed)  # vLLM draws Poisson arrival gaps from numpy's global RNG
-        with PeakSampler(server.proc.pid) as mem:
+        meter = EnergyMeter()
+        with PeakSampler(server.proc.pid) as mem, meter.phase():
             res = run(samples, request_rate or float("inf"))
         hits1 = server.prefix_cache_hits()
     server.check_alive()
@@ -130,6 +138,7 @@ def drive(server: Server, reqs: list[Request], concurrency: int, request_rate: f
                        f"{(errs[0].strip().splitlines() or ['?'])[-1] if errs else '?'}")
     lv = _level(concurrency, request_rate, reqs, res, mem.peak_rss)
     lv.prompt_tokens_from_cache = hits1 - hits0 if hits0 is not None and hits1 is not None else None
+    lv.energy = meter.result([lv.output_tokens_counted])
     return lv
 
 
@@ -142,8 +151,10 @@ def run_serving(cfg: ResolvedEngine, reqs: list[Request], concurrency: list[int]
         if on_started is not None:
             on_started(srv)
         rss0 = tree_rss(srv.proc.pid)
+        gpu0 = nvml.process_memory(tree_pids(srv.proc.pid)) if cfg.gpus else None
         levels = [drive(srv, reqs, c, request_rate, warmup, goodput, tokenizer, seed) for c in concurrency]
-        parsed = parse_load_log(srv.log_path.read_text(errors="replace"))
+        log = srv.log_path.read_text(errors="replace")
         stats = ServerStats(command=srv.command, startup_s=Summary.of([srv.startup_s], "s"),
-                            rss_after_start_bytes=rss0, **parsed)
+                            rss_after_start_bytes=rss0, gpu_process_bytes=gpu0, **parse_load_log(log),
+                            **parse_memory_log(log))
     return ServingStats(warmup_requests_per_level=warmup, goodput_slos_ms=goodput, server=stats, levels=levels)

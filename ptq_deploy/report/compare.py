@@ -25,7 +25,8 @@ METRICS: dict[str, str] = {  # Row field -> header
     "tpot_p50_ms": "TPOT p50 ms",
     "load_s": "load s",
     "weights_gb": "weights GB",
-    "memory_gb": "peak mem GB",
+    "memory_gb": "engine mem GB",
+    "kv_tokens": "KV tokens",
 }
 
 

@@ -3,8 +3,11 @@
 - throughput: offline output tokens/s (median over iterations, ± stdev); speedup = ratio of medians;
 - TTFT / TPOT: the serving sweep's lowest concurrency when it ran, else offline batch-1 prefill and
   decode time per token;
-- weights: tensor bytes of the checkpoint (inspect, else perf, else compress); memory: measured peak
-  (GPU when there is one, else process RSS) of the perf engine, which includes vLLM's KV-cache space.
+- weights: tensor bytes of the checkpoint (inspect, else perf, else compress); memory: the perf engine's own
+  (NVML per-process GPU memory, or the RSS its load added on CPU), which includes vLLM's KV-cache space;
+  results without it: the measured peak of the whole process (GPU when there is one, else RSS);
+- capacity: the KV-cache tokens vLLM allocated and how many 4k / 32k sequences fit at once;
+- energy: joules per output token over the offline throughput iterations (NVML; none on CPU).
 """
 
 from __future__ import annotations
@@ -71,11 +74,25 @@ def _perf(row: Row, c: Cell, base: Cell | None) -> None:
     elif perf.serving:
         row.load_s = sig(perf.serving.server.startup_s.median)
     if perf.memory:
-        gpu = perf.memory.peak_gpu_bytes
-        row.memory_gb = sig((gpu if gpu is not None else perf.memory.peak_rss_bytes) / GB)
-        row.memory_source = "peak GPU memory" if gpu is not None else "peak process RSS"
+        _memory(row, perf.memory)
+    en = perf.throughput.energy if perf.throughput else None
+    if en is not None and en.joules_per_output_token is not None and en.joules_per_output_token.n:
+        row.energy_j_per_token = sig(en.joules_per_output_token.median)
+        row.energy_j_per_token_stdev = err(en.joules_per_output_token.stdev)
     if perf.roofline and perf.roofline.mbu.n:
         row.roofline_pct = sig(perf.roofline.mbu.median * 100)
+
+
+def _memory(row: Row, m) -> None:
+    own = m.engine.own_bytes if m.engine is not None else None
+    if own is not None:
+        row.memory_gb, row.memory_source = sig(own / GB), m.engine.source
+    else:
+        gpu = m.peak_gpu_bytes
+        row.memory_gb = sig((gpu if gpu is not None else m.peak_rss_bytes) / GB)
+        row.memory_source = "peak GPU memory" if gpu is not None else "peak process RSS"
+    row.kv_tokens = m.kv_cache_tokens
+    row.seqs_at_4k, row.seqs_at_32k = m.concurrent_sequences_at.get(4096), m.concurrent_sequences_at.get(32768)
 
 
 def _sizes(row: Row, c: Cell) -> None:

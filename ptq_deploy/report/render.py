@@ -24,8 +24,10 @@ LEGEND = ("Recovery: candidate / baseline for accuracy, baseline / candidate for
           "below, inconclusive when one straddles it or has no interval (more documents would decide). Verdict: "
           "\"not distinguishable\" when the 95% interval of the delta contains 0, \"unknown\" without one. ± is one "
           "standard error. Throughput: offline output tokens/s, median ± stdev over iterations. Weights: tensor bytes "
-          "(GB = 1e9 bytes); peak mem: measured peak of the perf engine (includes vLLM's KV-cache space). ★: on the "
-          "worst recovery × throughput Pareto front.")
+          "(GB = 1e9 bytes); engine mem: the perf engine's own memory (NVML per-process GPU memory, or the RSS its load "
+          "added on CPU; older results: the whole process's peak), KV-cache space included. KV tokens / seqs: the "
+          "KV-cache tokens vLLM allocated and how many 4k / 32k-token sequences fit at once. J/token: energy per output "
+          "token (NVML; not measured on CPU). ★: on the worst recovery × throughput Pareto front.")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,12 @@ def interval(v: float | None, lo: float | None, hi: float | None) -> str:
     if v is None:
         return MISSING
     return num(v) if lo is None and hi is None else f"{num(v)} ({num(lo)}–{num(hi)})"
+
+
+def _capacity(r: Row) -> str:
+    if r.kv_tokens is None:
+        return MISSING
+    return f"{num(r.kv_tokens)} / {num(r.seqs_at_4k)} / {num(r.seqs_at_32k)}"
 
 
 def _score(t: str) -> Callable[[Row], str]:
@@ -93,7 +101,10 @@ def columns(lb: Leaderboard) -> list[Column]:
                "speed"),
         Column("load s", ("load_s",), lambda r: num(r.load_s), "speed"),
         Column("weights GB", ("weights_gb",), lambda r: num(r.weights_gb), "speed"),
-        Column("peak mem GB", ("memory_gb",), lambda r: num(r.memory_gb), "speed"),
+        Column("engine mem GB", ("memory_gb",), lambda r: num(r.memory_gb), "speed"),
+        Column("KV tokens / seqs@4k / @32k", ("kv_tokens", "seqs_at_4k", "seqs_at_32k"), _capacity, "speed"),
+        Column("J/token", ("energy_j_per_token", "energy_j_per_token_stdev"),
+               lambda r: pm(r.energy_j_per_token, r.energy_j_per_token_stdev), "speed"),
         Column("compress s", ("compress_s",), lambda r: num(r.compress_s), "speed"),
         Column("roofline %", ("roofline_pct",), lambda r: num(r.roofline_pct), "speed"),
     ]

@@ -96,7 +96,12 @@ class Row(BaseModel):
     load_s: float | None = None
     weights_gb: float | None = None
     memory_gb: float | None = None
-    memory_source: str | None = None
+    memory_source: str | None = None  # the engine's own (how measured), else the whole process's peak
+    kv_tokens: int | None = None  # KV-cache capacity vLLM allocated
+    seqs_at_4k: int | None = None  # sequences of 4096 tokens whose KV cache fits at once
+    seqs_at_32k: int | None = None
+    energy_j_per_token: float | None = None  # NVML, offline throughput iterations (median)
+    energy_j_per_token_stdev: float | None = None
     compress_s: float | None = None
     roofline_pct: float | None = None
 

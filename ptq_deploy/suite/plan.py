@@ -2,7 +2,8 @@
 
 A step is keyed by a hash of everything its result depends on (the scheme's content, not its file's
 path; calibration; the cell's engine settings, KV-cache dtype included; perf / eval settings), so a
-rerun skips finished steps and a changed setting reruns exactly the steps it affects.
+rerun skips finished steps and a changed setting reruns exactly the steps it affects. Whether a step
+can run here is asked anew every time (``ptq_deploy.probe``), never read from an old record.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from ptq_deploy import schemes
+from ptq_deploy import probe, schemes
 from ptq_deploy.engine import EngineConfig
 from ptq_deploy.hardware import HardwareInfo, detect
 from ptq_deploy.suite import layout
 from ptq_deploy.suite.experiment import Experiment, ModelSpec
-from ptq_deploy.support import kv_cache_support, scheme_support
 
 State = Literal["done", "pending", "not_runnable", "blocked", "running", "ok", "failed"]
 # the vLLM KV-cache dtype of a cell's KV-cache option
@@ -67,17 +67,18 @@ def cell_engine(m: ModelSpec, kv_cache: str) -> EngineConfig:
     return m.engine.model_copy(update={"kv_cache_dtype": KV_DTYPE.get(kv_cache, kv_cache)})
 
 
-def _runnable(scheme: str, kv: str, hw: HardwareInfo) -> tuple[bool, str | None]:
-    sup = scheme_support(schemes.get(scheme), hw)
+def _runnable(scheme: str, kv: str, rules: probe.Rules) -> tuple[bool, str | None]:
+    """Whether vLLM runs the cell here (the probe's measurement, else the static rules), and why not."""
+    sup = rules.scheme(schemes.get(scheme))
     if not sup.runnable:
-        return False, sup.reason
+        return False, f"{sup.reason} [{sup.source}]"
     if kv == "none":
         return True, None
-    k = kv_cache_support(KV_DTYPE.get(kv, kv), hw)
-    return (True, None) if k.runnable else (False, k.reason)
+    k = rules.kv(KV_DTYPE.get(kv, kv))
+    return (True, None) if k.runnable else (False, f"{k.reason} [{k.source}]")
 
 
-def _cell_steps(exp: Experiment, m: ModelSpec, scheme: str, kv: str, hw: HardwareInfo) -> list[PlannedStep]:
+def _cell_steps(exp: Experiment, m: ModelSpec, scheme: str, kv: str, rules: probe.Rules) -> list[PlannedStep]:
     cell = layout.cell_name(scheme, kv)
     s = schemes.get(scheme)
     ckey = _hash({"source": m.source, "trust": m.trust_remote_code, "scheme": s.model_dump(exclude={"source"}),
@@ -86,7 +87,7 @@ def _cell_steps(exp: Experiment, m: ModelSpec, scheme: str, kv: str, hw: Hardwar
     keys = {"compress": ckey, "inspect": _hash({"c": ckey, "step": "inspect"}),
             "perf": _hash({"c": ckey, "perf": exp.perf.model_dump(), "engine": engine}),
             "eval": _hash({"c": ckey, "eval": exp.eval.model_dump(mode="json"), "engine": engine})}
-    runnable, reason = _runnable(scheme, kv, hw)
+    runnable, reason = _runnable(scheme, kv, rules)
     out = []
     for step in exp.steps:
         ps = PlannedStep(model=m.name, cell=cell, scheme=scheme, kv_cache=kv, step=step, key=keys[step],
@@ -112,9 +113,9 @@ def _fallback(exp: Experiment, scheme: schemes.Scheme, kv: str) -> str | None:
     return "hf"
 
 
-def _model_steps(exp: Experiment, m: ModelSpec, names: list[str], hw: HardwareInfo) -> list[PlannedStep]:
+def _model_steps(exp: Experiment, m: ModelSpec, names: list[str], rules: probe.Rules) -> list[PlannedStep]:
     steps = [ps for scheme in names for kv in exp.kv_cache if not (scheme == exp.baseline and kv != "none")
-             for ps in _cell_steps(exp, m, scheme, kv, hw)]
+             for ps in _cell_steps(exp, m, scheme, kv, rules)]
     if any(ps.step == "eval" and ps.backend == "hf" for ps in steps):  # the baseline scored by HF too
         base = next(p for p in steps if p.cell == exp.baseline and p.step == "eval")
         steps.insert(steps.index(base) + 1, base.model_copy(update={
@@ -123,20 +124,24 @@ def _model_steps(exp: Experiment, m: ModelSpec, names: list[str], hw: HardwareIn
 
 
 def plan(exp: Experiment, opts: RunOptions, hw: HardwareInfo | None = None) -> list[PlannedStep]:
-    """Every step of the selected cells, baseline first, marked done where a matching record exists."""
+    """Every step of the selected cells, baseline first, marked done where a matching ok record exists.
+
+    What cannot run here (``probe.rules``: measured, else the static rules) is not_runnable; a step recorded
+    not_runnable that runs now (a new vLLM, a new probe) is pending again."""
     hw = hw or detect()
     models = [m for m in exp.models if _selected(m.name, opts.include_models, opts.exclude_models)]
     names = [s for s in exp.schemes if _selected(s, opts.include_schemes, opts.exclude_schemes)]
     if exp.baseline not in names and "eval" in exp.steps:
         names = [exp.baseline, *names]  # recovery needs the baseline cell
     names.sort(key=lambda s: s != exp.baseline)
-    steps = [ps for m in models for ps in _model_steps(exp, m, names, hw)]
+    rules = probe.rules(hw)
+    steps = [ps for m in models for ps in _model_steps(exp, m, names, rules)]
     for ps in steps:
         if ps.state != "pending" or "all" in opts.force or ps.step in opts.force:
             continue
         rec_path = layout.step_file(opts.results_dir, ps.model, ps.cell, ps.step)
         if rec_path.is_file():
             rec = layout.StepRecord.read(rec_path)
-            if rec.key == ps.key and rec.status in ("ok", "not_runnable"):
+            if rec.key == ps.key and rec.status == "ok":  # "not_runnable" then, runnable now: run it
                 ps.state, ps.duration_s = "done", rec.duration_s
     return steps
