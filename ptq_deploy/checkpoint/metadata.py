@@ -1,8 +1,10 @@
 """``ptq_deploy.json``: what ptq-deploy records in every checkpoint it writes (typed, read back typed).
 
 Next to it, ``recipe.yaml`` holds the llmcompressor recipe that produced the weights, as
-llm-compressor's own checkpoints carry it. A checkpoint written before this schema (a whole
-compress result as ``ptq_deploy.json``) reads into the same model: only these fields are kept.
+llm-compressor's own checkpoints carry it. A fake-quantized (POT / APOT) checkpoint has no recipe and no
+``quantization_config``: ``fake_quant`` declares its grid and the codes' true size. A checkpoint written
+before this schema (a whole compress result as ``ptq_deploy.json``) reads into the same model: only these
+fields are kept.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ptq_deploy.data import CalibrationInfo
+from ptq_deploy.fakequant import FakeQuant
 from ptq_deploy.models import ModelSource
 from ptq_deploy.provenance import Provenance
 from ptq_deploy.results.io import atomic_write_text
@@ -33,6 +36,7 @@ class CheckpointMetadata(BaseModel):
     calibration: CalibrationInfo | None = None
     recipe: dict[str, Any] | None = None
     provenance: Provenance | None = None
+    fake_quant: FakeQuant | None = None  # POT / APOT: weights on a grid, stored 16-bit (quality only)
 
     @model_validator(mode="before")
     @classmethod
