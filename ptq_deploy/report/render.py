@@ -130,7 +130,7 @@ def notes(lb: Leaderboard) -> list[str]:
     for r in lb.rows:
         for step, st in r.status.items():
             if st != "ok":
-                what = "not runnable here" if st == "not_runnable" else "failed"
+                what = {"not_runnable": "not runnable here", "not_applicable": "not applicable"}.get(st, "failed")
                 why = r.reasons.get(step) or "no reason recorded"
                 out.append(f"{r.cell} {step}: {why if why.startswith(what) else f'{what}: {why}'}")
         out.extend(f"{r.cell}: {n}" for n in r.notes)

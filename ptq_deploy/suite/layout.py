@@ -3,7 +3,8 @@
     RESULTS_DIR/
       experiment.yaml                      the experiment as run (resolved)
       checkpoints/<model>/<cell>/          compressed checkpoints (with ptq_deploy.json)
-      steps/<model>/<cell>/<step>.json     one StepRecord per finished step (ok | failed | not_runnable)
+      steps/<model>/<cell>/<step>.json     one StepRecord per finished step (ok | failed | not_runnable |
+                                           not_applicable: a quality-only scheme's perf)
       results/<model>/<cell>/<step>.json   the step's result object (CompressResult, InspectReport,
                                            PerfResult, EvalResult) as JSON
       logs/<model>/<cell>/<step>.log       everything the step printed
@@ -24,7 +25,7 @@ from ptq_deploy.results import Identity, ResultEnvelope
 from ptq_deploy.timeutil import timestamp
 
 STEPS = ("compress", "inspect", "perf", "eval", "eval-hf")
-Status = Literal["ok", "failed", "not_runnable"]
+Status = Literal["ok", "failed", "not_runnable", "not_applicable"]
 
 
 class StepRecord(ResultEnvelope):
