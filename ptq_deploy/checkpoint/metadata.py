@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from ptq_deploy.checkpoint.quant import from_recipe, modifiers
 from ptq_deploy.data import CalibrationInfo
 from ptq_deploy.fakequant import FakeQuant
 from ptq_deploy.models import ModelSource
@@ -45,6 +46,20 @@ class CheckpointMetadata(BaseModel):
         if isinstance(data, dict) and "scheme" not in data and isinstance(data.get("identity"), dict):
             data = {**data, "scheme": data["identity"].get("scheme"), "kv_cache": data["identity"].get("kv_cache")}
         return data
+
+    @property
+    def weight_method(self) -> str | None:
+        """How the weights were quantized, for weight-only schemes: POT, APOT, AWQ, GPTQ or RTN (a recipe with
+        only a QuantizationModifier); None for a dense copy or a scheme that also quantizes activations."""
+        if self.fake_quant is not None:
+            return self.fake_quant.method.upper()
+        if not self.recipe:
+            return None
+        q = from_recipe(self.recipe)
+        if q.weights is None or q.input_activations is not None:
+            return None
+        names = {name for name, _ in modifiers(self.recipe)}
+        return "AWQ" if "AWQModifier" in names else "GPTQ" if "GPTQModifier" in names else "RTN"
 
     def write(self, checkpoint: Path) -> None:
         atomic_write_text(Path(checkpoint) / METADATA_FILE, self.model_dump_json(indent=2) + "\n", force=True)

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ptq_deploy.report.leaderboard import Leaderboard, Report
-from ptq_deploy.report.render import Column, columns, decisions, table_frame
+from ptq_deploy.report.render import QUALITY_ONLY, Column, columns, decisions, quality_only_frame, table_frame
 
 # the columns shown, by their first field (or header when they show none), and every task's recovery
 SHOWN = ("rank", "scheme", "quality", "throughput_tok_s", "speedup", "weights_gb")
@@ -29,11 +29,23 @@ def _table(lb: Leaderboard) -> Table:
     return t
 
 
+def _quality_only(lb: Leaderboard) -> Table:
+    df = quality_only_frame(lb)
+    t = Table(title=f"{lb.model}: {QUALITY_ONLY}")
+    for c in df.columns:
+        t.add_column(c)
+    for row in df.itertuples(index=False):
+        t.add_row(*row)
+    return t
+
+
 def print_report(rep: Report, out: Console) -> None:
-    """Print every leaderboard with its recommendation and decisions."""
+    """Print every leaderboard with its recommendation and decisions (and its quality-only rows apart)."""
     out.print(f"constraints ({rep.constraints_from}): {rep.constraints.describe()}", highlight=False)
     for lb in rep.leaderboards:
         out.print(_table(lb))
+        if lb.quality_only:
+            out.print(_quality_only(lb))
         out.print(f"[bold]recommendation:[/bold] {lb.recommendation.why}", highlight=False)
         for heading, items in decisions(lb.recommendation):
             out.print(f"[bold]{heading.lower()}:[/bold]", highlight=False)

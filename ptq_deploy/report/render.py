@@ -4,7 +4,8 @@ The tables of every format come from ``columns()``: one cell text per row x colu
 row's (already rounded) values with ``fmt.num`` / ``fmt.pm``, so a number in the Markdown is the number
 in the JSON. Columns come in two groups, each its own table so that neither needs sideways scrolling:
 "quality" (the outcome, the worst recovery, each task's score and recovery with its 95% interval,
-the most discriminating task first) and "speed" (throughput, latency, sizes, status).
+the most discriminating task first) and "speed" (throughput, latency, sizes, status). Quality-only rows
+(POT / APOT, stored dense) get a third table of their own, with their effective size.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ptq_deploy.report.recommend import Recommendation
 from ptq_deploy.report.row import Row, to_frame
 
 GROUPS = {"quality": "Quality vs the baseline", "speed": "Speed and size"}
+QUALITY_ONLY = "Quality only (weights on a grid, stored dense: not deployable, never ranked or recommended)"
 LEGEND = ("Recovery: candidate / baseline for accuracy, baseline / candidate for perplexity (below 100% is worse), "
           "with its 95% interval from the paired bootstrap of the delta vs the baseline scored with the same backend. "
           "Quality: meets when every task's interval lies at or above its minimum recovery, fails when one lies "
@@ -25,7 +27,10 @@ LEGEND = ("Recovery: candidate / baseline for accuracy, baseline / candidate for
           "\"not distinguishable\" when the 95% interval of the delta contains 0, \"unknown\" without one. ± is one "
           "standard error. Throughput: offline output tokens/s, median ± stdev over iterations. Weights: tensor bytes "
           "(GB = 1e9 bytes); peak mem: measured peak of the perf engine (includes vLLM's KV-cache space). ★: on the "
-          "worst recovery × throughput Pareto front.")
+          "worst recovery × throughput Pareto front. Bits/weight: stored bits of the quantized Linear layers (weights, "
+          "scales, zero points) per weight. Quality only: POT / APOT weights sit on a power-of-two grid but are stored "
+          "dense, so engines run them as 16-bit models; their bits/weight and effective size count the codes (bits × "
+          "weights) and one 16-bit scale per group.")
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ def columns(lb: Leaderboard) -> list[Column]:
                "speed"),
         Column("load s", ("load_s",), lambda r: num(r.load_s), "speed"),
         Column("weights GB", ("weights_gb",), lambda r: num(r.weights_gb), "speed"),
+        Column("bits/weight", ("bits_per_weight",), lambda r: num(r.bits_per_weight), "speed"),
         Column("peak mem GB", ("memory_gb",), lambda r: num(r.memory_gb), "speed"),
         Column("compress s", ("compress_s",), lambda r: num(r.compress_s), "speed"),
         Column("roofline %", ("roofline_pct",), lambda r: num(r.roofline_pct), "speed"),
@@ -104,11 +110,26 @@ def group_columns(lb: Leaderboard, group: str) -> list[Column]:
     return [c for c in columns(lb) if c.group in (group, "both")]
 
 
-def table_frame(lb: Leaderboard, group: str = "quality", cols: list[Column] | None = None):
+def quality_only_columns(lb: Leaderboard) -> list[Column]:
+    """The quality-only table: the scheme, its method and effective size, then the quality columns."""
+    by = {c.header: c for c in columns(lb)}
+    quality = [c for c in columns(lb) if c.group == "quality"]
+    return [by["scheme"], Column("method", (), lambda r: r.method or MISSING), by["bits/weight"],
+            Column("effective GB", ("effective_gb",), lambda r: num(r.effective_gb)),
+            Column("stored GB", ("weights_gb",), lambda r: num(r.weights_gb)), *quality, by["compress s"]]
+
+
+def table_frame(lb: Leaderboard, group: str = "quality", cols: list[Column] | None = None,
+                rows: list[Row] | None = None):
     import pandas as pd
 
     cols = cols if cols is not None else group_columns(lb, group)
-    return pd.DataFrame([[c.text(r) for c in cols] for r in lb.rows], columns=[c.header for c in cols])
+    rows = lb.rows if rows is None else rows
+    return pd.DataFrame([[c.text(r) for c in cols] for r in rows], columns=[c.header for c in cols])
+
+
+def quality_only_frame(lb: Leaderboard):
+    return table_frame(lb, cols=quality_only_columns(lb), rows=lb.quality_only)
 
 
 def decisions(rec: Recommendation) -> list[tuple[str, list[str]]]:
@@ -127,7 +148,7 @@ def decisions(rec: Recommendation) -> list[tuple[str, list[str]]]:
 def notes(lb: Leaderboard) -> list[str]:
     """Why a step failed or cannot run here, and what could not be computed, one line each."""
     out = []
-    for r in lb.rows:
+    for r in [*lb.rows, *lb.quality_only]:
         for step, st in r.status.items():
             if st != "ok":
                 what = {"not_runnable": "not runnable here", "not_applicable": "not applicable"}.get(st, "failed")
@@ -154,6 +175,9 @@ def markdown(rep: Report, plots: list[str] | None = None) -> str:
         for group, title in GROUPS.items():
             lines += [f"### {title}", "",
                       table_frame(lb, group).to_markdown(index=False, tablefmt="github", disable_numparse=True), ""]
+        if lb.quality_only:
+            lines += [f"### {QUALITY_ONLY}", "",
+                      quality_only_frame(lb).to_markdown(index=False, tablefmt="github", disable_numparse=True), ""]
         n = notes(lb)
         if n:
             lines += ["Notes:", "", *(f"- {x}" for x in n), ""]
