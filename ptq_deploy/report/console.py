@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ptq_deploy.report.leaderboard import Leaderboard, Report
-from ptq_deploy.report.render import QUALITY_ONLY, Column, columns, decisions, quality_only_frame, table_frame
+from ptq_deploy.report.render import QUALITY_ONLY, Column, columns, decisions, quality_only_columns, table_frame
 
 # the columns shown, by their first field (or header when they show none), and every task's recovery
 SHOWN = ("rank", "scheme", "quality", "throughput_tok_s", "speedup", "weights_gb")
@@ -18,25 +18,19 @@ def _shown(c: Column) -> bool:
     return first in SHOWN or first.startswith("tasks.") and first.endswith(".recovery_pct")
 
 
+def _rich(df, title: str) -> Table:
+    t = Table(title=title)
+    for c in df.columns:
+        t.add_column(c)
+    for row in df.itertuples(index=False):
+        t.add_row(*row)
+    return t
+
+
 def _table(lb: Leaderboard) -> Table:
     cols = [c for c in columns(lb) if _shown(c)]
-    df = table_frame(lb, cols=cols)
-    t = Table(title=f"{lb.model} (baseline {lb.baseline}; every column: leaderboard.md / report.html)")
-    for c in df.columns:
-        t.add_column(c)
-    for row in df.itertuples(index=False):
-        t.add_row(*row)
-    return t
-
-
-def _quality_only(lb: Leaderboard) -> Table:
-    df = quality_only_frame(lb)
-    t = Table(title=f"{lb.model}: {QUALITY_ONLY}")
-    for c in df.columns:
-        t.add_column(c)
-    for row in df.itertuples(index=False):
-        t.add_row(*row)
-    return t
+    return _rich(table_frame(lb, cols=cols),
+                 f"{lb.model} (baseline {lb.baseline}; every column: leaderboard.md / report.html)")
 
 
 def print_report(rep: Report, out: Console) -> None:
@@ -45,7 +39,9 @@ def print_report(rep: Report, out: Console) -> None:
     for lb in rep.leaderboards:
         out.print(_table(lb))
         if lb.quality_only:
-            out.print(_quality_only(lb))
+            cols = [c for c in quality_only_columns(lb) if c.header in ("method", "bits/weight", "effective GB")
+                    or _shown(c)]
+            out.print(_rich(table_frame(lb, cols=cols, rows=lb.quality_only), f"{lb.model}: {QUALITY_ONLY}"))
         out.print(f"[bold]recommendation:[/bold] {lb.recommendation.why}", highlight=False)
         for heading, items in decisions(lb.recommendation):
             out.print(f"[bold]{heading.lower()}:[/bold]", highlight=False)
