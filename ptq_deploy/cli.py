@@ -91,7 +91,7 @@ def schemes_list(ctx: typer.Context):
     for c in ("name", "weights", "activations", "group", "calibration", "description"):
         t.add_column(c)
     for s in schemes.registry().values():
-        t.add_row(s.name, s.weights, s.activations, str(s.group_size or "-"),
+        t.add_row(s.name, f"{s.weights}{s.bits or ''}", s.activations, str(s.group_size or "-"),
                   "yes" if s.calibration else "no", s.description)
     out.print(t)
 

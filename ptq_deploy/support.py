@@ -37,6 +37,10 @@ KNOWN_GPUS: dict[str, tuple[tuple[int, int], float]] = {
 
 
 def scheme_support(scheme: SchemeLike, hw: HardwareInfo) -> Support:
+    if getattr(scheme, "quality_only", False):  # POT / APOT: the weights on a grid, stored 16-bit
+        dense = _gpu_support(scheme, hw.gpus[0].compute_capability) if hw.gpus else _cpu_support(scheme, hw)
+        return dense.model_copy(update={"fast_path": False, "kernel": f"{dense.kernel}, quality only", "reason": (
+            "weights on a power-of-two grid stored 16-bit: runs as a dense model, not as a deployable format")})
     if hw.gpus:
         return _gpu_support(scheme, hw.gpus[0].compute_capability)
     return _cpu_support(scheme, hw)
