@@ -6,7 +6,8 @@ Runs the bundled ``bitwidth-smollm2`` experiment through the suite (a rerun skip
 report (``RESULTS_DIR/report``, the bit-width curve among the plots) and records per scheme: method, bits,
 effective bits per weight, word perplexity with its 95% interval (± 1.96 bootstrap standard errors), cloze
 accuracy ± its standard error, effective and stored size, compression time and the eval backend. Then it asks
-vLLM itself (bypassing ``ptq_deploy.support``) to load each W3A16 / W2A16 checkpoint and records what it says.
+vLLM itself (bypassing ``ptq_deploy.support``) to load each W3A16 / W2A16 checkpoint and records what it says,
+and inspects a tampered copy of each POT / APOT checkpoint (one weight moved off its grid), which must fail.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 from ptq_deploy import schemes
 from ptq_deploy.engine import EngineConfig, args as engine_args
 from ptq_deploy.hardware import detect
+from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
 from ptq_deploy.provenance import collect
 from ptq_deploy.report import build_report, write_report
 from ptq_deploy.report.cells import load_cells
@@ -57,6 +62,25 @@ def _probe(ckpt: Path) -> str:
     return "loaded"
 
 
+def _tamper(ckpt: Path) -> dict:
+    """Inspect ``ckpt`` and a copy with one weight of one group moved between two levels: the copy must fail."""
+    from safetensors.torch import load_file, save_file  # heavy (torch)
+
+    t0 = time.perf_counter()
+    ok = inspect_checkpoint(InspectConfig(checkpoint=ckpt)).ok
+    inspect_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="ptq-tamper-") as tmp:
+        copy = Path(tmp) / ckpt.name
+        shutil.copytree(ckpt, copy)
+        weights = load_file(str(copy / "model.safetensors"))
+        w = weights["model.layers.7.mlp.down_proj.weight"]
+        w[11, 5] = w[11, :64].abs().max() * 0.7  # between levels of every grid here (POT: 0.5, 1; APOT: 2/3, 1)
+        save_file(weights, str(copy / "model.safetensors"), metadata={"format": "pt"})
+        rep = inspect_checkpoint(InspectConfig(checkpoint=copy))
+    return {"inspect_ok": ok, "inspect_s": round(inspect_s, 1), "tampered_ok": rep.ok,
+            "tampered_errors": [f.message for f in rep.errors]}
+
+
 def _table(rows: list[dict]) -> str:
     lines = ["| scheme | method | bits | bits/weight | word ppl (95% CI) | cloze acc ± se | effective GB | compress s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -87,6 +111,8 @@ def main() -> None:
     low_bit = {} if a.no_probe else {
         c: _probe(layout.checkpoint_dir(a.results_dir, lb.model, c)) for c in exp.schemes
         if schemes.get(c).weight_bits in (2, 3) and not schemes.get(c).quality_only}
+    tamper = {c: _tamper(layout.checkpoint_dir(a.results_dir, lb.model, c)) for c in exp.schemes
+              if schemes.get(c).quality_only}
     steps = {f"{s.cell}/{s.step}": {"status": s.status, "s": round(s.duration_s, 1), "reason": s.reason}
              for s in layout.records(a.results_dir)}
     record = {"kind": "bitwidth-benchmark", "schema_version": 1, "experiment": exp.model_dump(mode="json"),
@@ -94,7 +120,7 @@ def main() -> None:
               "note": ("one run per scheme on a shared 2-core CPU (OMP_NUM_THREADS=1); compress_s is the compress "
                        "step's wall time (process start, load, calibration or grid search, save); RTN/GPTQ/AWQ are "
                        "scored with lm-eval's HF backend (vLLM cannot run them here), BF16, POT and APOT with vLLM"),
-              "baseline_word_ppl_by_backend": by_backend, "rows": rows, "vllm_low_bit": low_bit, "steps": steps,
+              "baseline_word_ppl_by_backend": by_backend, "rows": rows, "vllm_low_bit": low_bit, "level_check": tamper, "steps": steps,
               "recommendation": lb.recommendation.model_dump(), "provenance": collect().model_dump(mode="json")}
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / f"bitwidth_{EXPERIMENT}_{dt.datetime.now():%Y%m%dT%H%M%S}.json"
@@ -102,6 +128,9 @@ def main() -> None:
     print(_table(rows))
     for c, said in low_bit.items():
         print(f"vLLM, {c}: {said}")
+    for c, t in tamper.items():
+        print(f"level check, {c}: passes {t['inspect_ok']} ({t['inspect_s']} s), tampered copy passes "
+              f"{t['tampered_ok']}: {t['tampered_errors'][:1]}")
     print(f"wrote {path} and {a.results_dir / 'report'}")
 
 
