@@ -269,7 +269,7 @@ def run_suite(
         out.print(matrix_table(summary.steps, f"plan: {exp.name} -> {opts.results_dir}"))
         return
     for s in summary.steps:
-        if s.state in ("failed", "not_runnable", "blocked"):
+        if s.state in ("failed", "not_runnable", "not_applicable", "blocked"):
             out.print(f"{s.model}/{s.cell}/{s.step}: {s.state}: {s.reason}", highlight=False)
     n_fail = len(summary.failed)
     out.print(f"{exp.name}: {sum(s.state in ('ok', 'done') for s in summary.steps)} steps done, "

@@ -1,7 +1,7 @@
 """compress: a Hugging Face causal LM -> a vLLM-loadable compressed-tensors checkpoint.
 
-``compress(CompressConfig) -> CompressResult``. The heavy lifting (llmcompressor ``oneshot``) runs
-in the compress environment: in-process when llmcompressor is importable here, otherwise in that
+``compress(CompressConfig) -> CompressResult``. The heavy lifting (llmcompressor ``oneshot``, or
+``fakequant`` for the quality-only POT / APOT schemes) runs in the compress environment: in-process when llmcompressor is importable here, otherwise in that
 environment's interpreter as a subprocess whose progress streams to this terminal. The output is
 written to a temporary sibling directory and renamed into place only on success.
 """
@@ -20,7 +20,8 @@ from ptq_deploy import envs, schemes
 from ptq_deploy.checkpoint import CheckpointMetadata, model_name_of_source
 from ptq_deploy.data import DEFAULT_DATASET, CalibrationInfo
 from ptq_deploy.errors import PtqError, UsageError
-from ptq_deploy.models import DEFAULT_MODEL, ModelSource, resolve
+from ptq_deploy.fakequant import FakeQuant, FakeQuantSpec
+from ptq_deploy.models import DEFAULT_MODEL, ModelSource, resolve, shipped_config
 from ptq_deploy.provenance import Provenance
 from ptq_deploy.results import Identity, ResultEnvelope, check_output_dir, temp_sibling
 from ptq_deploy.results.envelope import v1_identity
@@ -77,6 +78,7 @@ class WorkerJob(BaseModel):
     sequential_targets: list[str] | None
     threads: int | None
     work_dir: Path
+    fake_quant: FakeQuantSpec | None = None  # pot / apot instead of an llmcompressor recipe
 
 
 class WorkerResult(BaseModel):
@@ -89,6 +91,7 @@ class WorkerResult(BaseModel):
     peak_rss_bytes: int = 0
     peak_gpu_bytes: int | None = None
     provenance: Provenance | None = None
+    fake_quant: FakeQuant | None = None
 
 
 class CompressResult(ResultEnvelope):
@@ -136,7 +139,8 @@ def _scheme_for(cfg: CompressConfig) -> schemes.Scheme:
 
 
 def linear_input_sizes(source: ModelSource, trust_remote_code: bool = False) -> dict[str, int]:
-    """``{module name: in_features}`` of every nn.Linear, from the config alone (meta device)."""
+    """``{module name: in_features}`` of every nn.Linear, from the config alone (meta device); for a hub
+    model the hub cannot serve, from the copy of its config shipped in ``data/model_configs``."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -144,7 +148,10 @@ def linear_input_sizes(source: ModelSource, trust_remote_code: bool = False) -> 
         config = AutoConfig.from_pretrained(source.path, revision=source.revision,
                                             trust_remote_code=trust_remote_code)
     except Exception as e:
-        raise UsageError(f"cannot read model config of {source.spec}: {str(e).splitlines()[0]}") from None
+        shipped = shipped_config(source.spec) if source.kind == "hub" else None
+        if shipped is None:
+            raise UsageError(f"cannot read model config of {source.spec}: {str(e).splitlines()[0]}") from None
+        config = AutoConfig.for_model(**shipped)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     return {n: m.in_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -158,7 +165,7 @@ def plan(cfg: CompressConfig) -> Plan:
         check_output_dir(cfg.output, cfg.force)
     source = resolve(cfg.model, revision=cfg.revision)
     sizes = linear_input_sizes(source, cfg.trust_remote_code)
-    if resolved.recipe is not None:
+    if resolved.recipe is not None or resolved.fake_quant is not None:
         schemes.check_group_size(sizes, resolved.ignore, resolved.group_size)
     return Plan(config=cfg, scheme=scheme, resolved=resolved, source=source, linear_layers=len(sizes))
 
@@ -181,6 +188,7 @@ def compress(cfg: CompressConfig, the_plan: Plan | None = None) -> CompressResul
         trust_remote_code=cfg.trust_remote_code,
         calibration_dtype=cfg.calibration_dtype, device_map=cfg.device_map, pipeline=cfg.pipeline,
         sequential_targets=cfg.sequential_targets, threads=cfg.threads, work_dir=work,
+        fake_quant=p.resolved.fake_quant,
     )
     try:
         wres = _run_worker(job, cfg.compress_python)
@@ -188,7 +196,8 @@ def compress(cfg: CompressConfig, the_plan: Plan | None = None) -> CompressResul
             raise PtqError(wres.error or "compression failed", exit_code=wres.exit_code or 1)
         meta = CheckpointMetadata(scheme=p.scheme.name, description=p.scheme.description,
                                   group_size=p.resolved.group_size, kv_cache=cfg.kv_cache, source=p.source,
-                                  calibration=wres.calibration, recipe=p.resolved.recipe, provenance=wres.provenance)
+                                  calibration=wres.calibration, recipe=p.resolved.recipe, provenance=wres.provenance,
+                                  fake_quant=wres.fake_quant)
         meta.write(work)
         result = CompressResult(
             identity=Identity(model=model_name_of_source(p.source), scheme=p.scheme.name, kv_cache=cfg.kv_cache,

@@ -1,4 +1,5 @@
-"""The compress-environment side of ``compress``: llmcompressor ``oneshot`` on a resolved job.
+"""The compress-environment side of ``compress``: llmcompressor ``oneshot`` (or ``fakequant`` for POT /
+APOT) on a resolved job.
 
 Run as ``python -m ptq_deploy.compress_worker JOB.json RESULT.json`` by the CLI, or in-process via
 :func:`run` when llmcompressor is importable. Writes the checkpoint into ``job.work_dir``; the
@@ -103,13 +104,24 @@ def _compress(job: WorkerJob) -> WorkerResult:
     with status(f"loading {src.spec}"):
         tokenizer = AutoTokenizer.from_pretrained(src.path, revision=src.revision,
                                                   trust_remote_code=job.trust_remote_code)
-        load_dtype = torch.bfloat16 if job.recipe is None else _dtype(job)
+        load_dtype = torch.bfloat16 if job.recipe is None and job.fake_quant is None else _dtype(job)
         model = AutoModelForCausalLM.from_pretrained(
             src.path, revision=src.revision, dtype=load_dtype, device_map=job.device_map,
             trust_remote_code=job.trust_remote_code)
     console.print(f"[green]loaded[/green] {src.spec} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
                   f"params, {model.dtype}) in {time.perf_counter() - t0:.1f} s")
-    calib_info, t_cal = None, 0.0
+    calib_info, t_cal, fake = None, 0.0, None
+    if job.fake_quant is not None:
+        from ptq_deploy.fakequant import quantize_model
+
+        t1 = time.perf_counter()
+        with status(f"{job.scheme}: snapping weights to the {job.fake_quant.method.upper()} grid"):
+            fake = quantize_model(model, job.fake_quant)
+        t_cal = time.perf_counter() - t1
+        console.print(f"[bold]{job.scheme}[/bold]: {fake.describe()}: {fake.layers} Linear layers, "
+                      f"{fake.params / 1e6:.1f}M weights, relative weight error {fake.weight_rel_error:.4f}, "
+                      f"{fake.bits_per_weight:.3f} bits/weight, in {t_cal:.1f} s")
+        model.to(torch.bfloat16)  # scales are bfloat16-exact: the checker recovers them from the stored values
     if job.recipe is not None:
         import yaml
         from datasets import Dataset
@@ -151,7 +163,7 @@ def _compress(job: WorkerJob) -> WorkerResult:
     console.print(f"[green]saved[/green] in {time.perf_counter() - t0:.1f} s total")
     gpu_peak = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
     return WorkerResult(ok=True, calibration=calib_info, wall_time_s=time.perf_counter() - t0,
-                        calibration_time_s=t_cal, peak_gpu_bytes=gpu_peak, provenance=collect())
+                        calibration_time_s=t_cal, peak_gpu_bytes=gpu_peak, provenance=collect(), fake_quant=fake)
 
 
 def _log_path() -> Path:

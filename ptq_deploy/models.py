@@ -30,6 +30,8 @@ EMBEDDED = {
     "license": "Apache-2.0",
 }
 GGUF_SOURCE_FILE = "ptq_deploy_source.json"  # written next to a GGUF converted to safetensors
+# config.json of the seed experiments' hub models, so that a plan checks their shapes offline
+MODEL_CONFIGS_DIR = Path(__file__).resolve().parent / "data" / "model_configs"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -83,6 +85,12 @@ def resolve(spec: str, revision: str | None = None, cache_dir: Path | None = Non
     if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
         return ModelSource(spec=spec, kind="hub", path=spec, revision=revision or "main")
     raise UsageError(f"model not found: {spec} (not a local directory, a .gguf file or a hub id)")
+
+
+def shipped_config(hub_id: str) -> dict | None:
+    """The shipped copy of a hub model's ``config.json`` (``org--name.json``), or None."""
+    f = MODEL_CONFIGS_DIR / f"{hub_id.replace('/', '--')}.json"
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def gguf_to_hf(gguf: Path, cache_dir: Path | None = None) -> ModelSource:

@@ -1,7 +1,9 @@
 """Scheme registry: one YAML file per scheme in ``ptq_deploy/data/schemes/`` (adding a scheme = adding a file).
 
-Each file holds the scheme's metadata and a real llmcompressor recipe under ``recipe:``. The files
-are package data, so an installed wheel has the same registry as a checkout.
+Each file holds the scheme's metadata and a real llmcompressor recipe under ``recipe:``, or, for the
+research methods no library ships (``method: pot | apot``, ``ptq_deploy.fakequant``), their bits and
+terms: those are ``quality_only`` (weights on the grid, stored dense; measured for quality, never
+deployed). The files are package data, so an installed wheel has the same registry as a checkout.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.table import Table
 
 from ptq_deploy.checkpoint.quant import QUANT_MODIFIERS, from_recipe, modifiers
 from ptq_deploy.errors import UsageError
+from ptq_deploy.fakequant import IGNORE as FAKE_QUANT_IGNORE, FakeQuantSpec, magnitudes
 
 SCHEMES_DIR = Path(__file__).resolve().parent / "data" / "schemes"
+INT_BITS = {"bf16": 16, "fp8": 8, "int8": 8, "int4": 4, "int3": 3, "int2": 2}
+WeightKind = Literal["bf16", "fp8", "int8", "int4", "int3", "int2", "pot", "apot"]
 
 KV_CACHE_SCHEMES: dict[str, dict[str, Any] | None] = {
     "none": None,
@@ -34,21 +39,46 @@ class Scheme(BaseModel):
     name: str
     description: str
     calibration: bool
-    weights: Literal["bf16", "fp8", "int8", "int4"]
+    weights: WeightKind
     activations: Literal["bf16", "fp8", "int8"]
     group_size: int | None = None
     hardware_notes: str = ""
+    method: Literal["llmcompressor", "pot", "apot"] = "llmcompressor"
+    bits: int | None = Field(None, ge=2, le=8, description="pot / apot: bits per weight code, sign included")
+    k_terms: int | None = Field(None, ge=1, description="apot: powers of two summed per level")
+    quality_only: bool = Field(False, description="stored dense: measured for quality, never deployed or ranked")
     recipe: dict[str, Any] | None = None
     source: str = ""
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "Scheme":
+        fake = self.method != "llmcompressor"
+        if not fake:
+            if self.weights in ("pot", "apot") or self.bits is not None or self.k_terms is not None:
+                raise UsageError(f"{self.name}: weights {self.weights}, bits and k_terms need method: pot | apot")
+            return self
+        if self.weights != self.method or self.activations != "bf16" or self.recipe is not None:
+            raise UsageError(f"{self.name}: method {self.method} takes weights: {self.method}, activations: bf16 "
+                             "and no recipe")
+        if self.bits is None or self.group_size is None or self.calibration or not self.quality_only:
+            raise UsageError(f"{self.name}: method {self.method} needs bits and group_size, calibration: false and "
+                             "quality_only: true (its weights are stored dense)")
+        if self.method == "pot" and self.k_terms is not None:
+            raise UsageError(f"{self.name}: k_terms applies to apot only")
+        try:
+            magnitudes(self.method, self.bits, self.k_terms or 2)
+        except ValueError as e:
+            raise UsageError(f"{self.name}: {e}") from None
+        return self
+
     @property
     def weight_bits(self) -> int:
-        return {"bf16": 16, "fp8": 8, "int8": 8, "int4": 4}[self.weights]
+        return INT_BITS.get(self.weights) or self.bits or 16
 
     @property
     def kind(self) -> str:
-        """Kernel family key: dense, fp8-w8a8, int8-w8a8, wna16."""
-        if self.weights == "bf16":
+        """Kernel family key: dense, fp8-w8a8, int8-w8a8, wna16 (a quality-only scheme runs as dense)."""
+        if self.weights == "bf16" or self.quality_only:
             return "dense"
         if self.activations == "bf16":
             return "wna16"
@@ -67,8 +97,11 @@ class ResolvedRecipe(BaseModel):
     kv_cache: str
     needs_calibration: bool
     ignore: list[str]
+    fake_quant: FakeQuantSpec | None = None  # pot / apot: done by ptq_deploy.fakequant, not llmcompressor
 
     def to_yaml(self) -> str:
+        if self.fake_quant is not None:
+            return yaml.safe_dump({"fake_quant": self.fake_quant.model_dump()}, sort_keys=False)
         return yaml.safe_dump(self.recipe, sort_keys=False) if self.recipe else ""
 
 
@@ -88,8 +121,8 @@ def _load(path: Path) -> Scheme:
 @lru_cache(maxsize=1)
 def registry() -> dict[str, Scheme]:
     loaded = [_load(path) for path in SCHEMES_DIR.glob("*.yaml")]
-    # baseline first, then by weight bits (high to low), W8A8 before weight-only
-    loaded.sort(key=lambda s: (-s.weight_bits, s.activations == "bf16", s.name))
+    # baseline first, then by weight bits (high to low), W8A8 before weight-only, quality-only last
+    loaded.sort(key=lambda s: (-s.weight_bits, s.activations == "bf16", s.quality_only, s.name))
     return {s.name: s for s in loaded}
 
 
@@ -99,7 +132,7 @@ def table() -> Table:
     for c in ("name", "weights", "activations", "group", "calibration", "description"):
         t.add_column(c)
     for s in registry().values():
-        t.add_row(s.name, s.weights, s.activations, str(s.group_size or "-"), "yes" if s.calibration else "no",
+        t.add_row(s.name, f"{s.weights}{s.bits or ''}", s.activations, str(s.group_size or "-"), "yes" if s.calibration else "no",
                   s.description)
     return t
 
@@ -134,7 +167,7 @@ def from_recipe_file(path: Path) -> Scheme:
     if not isinstance(data, dict):
         raise UsageError(f"recipe {path} is not a YAML mapping")
     q = from_recipe(data)
-    if q.weight_kind not in ("bf16", "fp8", "int8", "int4") or q.activation_kind not in ("bf16", "fp8", "int8"):
+    if q.weight_kind not in INT_BITS or q.activation_kind not in ("bf16", "fp8", "int8"):
         raise UsageError(f"recipe {path} quantizes to {q.weight_kind} weights / {q.activation_kind} activations, "
                          "which no vLLM kernel family here covers")
     static_acts = q.input_activations is not None and not q.input_activations.dynamic
@@ -157,6 +190,13 @@ def resolve_recipe(scheme: Scheme, group_size: int | None = None, kv_cache: str 
         if scheme.group_size is None:
             raise UsageError(f"scheme {scheme.name} is not group-quantized; --group-size does not apply")
         effective_group = group_size
+    if scheme.method != "llmcompressor":
+        if kv_cache != "none":
+            raise UsageError(f"--kv-cache {kv_cache} needs an llmcompressor recipe; {scheme.name} has none")
+        spec = FakeQuantSpec(method=scheme.method, bits=scheme.bits, group_size=effective_group,
+                             k_terms=scheme.k_terms or (2 if scheme.method == "apot" else 1))
+        return ResolvedRecipe(scheme=scheme.name, recipe=None, group_size=effective_group, kv_cache=kv_cache,
+                              needs_calibration=False, ignore=list(FAKE_QUANT_IGNORE), fake_quant=spec)
     if recipe:
         for _, args in modifiers(recipe):
             ignore.extend(args.get("ignore", []))

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from ptq_deploy import devices
 from ptq_deploy.hardware import HardwareInfo
-from ptq_deploy.checkpoint.quant import Quantization
+from ptq_deploy.checkpoint.quant import Quantization, from_recipe
 from ptq_deploy.schemes import Scheme
 
 SchemeLike = Scheme | Quantization
@@ -30,6 +30,10 @@ class Support(BaseModel):
 
 
 def scheme_support(scheme: SchemeLike, hw: HardwareInfo) -> Support:
+    if getattr(scheme, "quality_only", False):  # POT / APOT: the weights on a grid, stored 16-bit
+        dense = _gpu_support(scheme, hw.gpus[0].compute_capability) if hw.gpus else _cpu_support(scheme, hw)
+        return dense.model_copy(update={"fast_path": False, "kernel": f"{dense.kernel}, quality only", "reason": (
+            "weights on a power-of-two grid stored 16-bit: runs as a dense model, not as a deployable format")})
     if hw.gpus:
         return _gpu_support(scheme, hw.gpus[0].compute_capability)
     return _cpu_support(scheme, hw)
@@ -47,6 +51,11 @@ def _cpu_support(scheme: SchemeLike, hw: HardwareInfo) -> Support:
     if kind == "int8-w8a8":
         return Support(runnable=True, fast_path=True, kernel="CPUInt8ScaledMMLinearKernel (oneDNN)")
     # weight-only
+    if scheme.weight_bits not in (4, 8):
+        b = scheme.weight_bits
+        return Support(runnable=False, fast_path=False, kernel="CPUWNA16",
+                       reason=f"no CPU kernel takes int{b} weights: vLLM says \"Quant type ({_vllm_type(scheme)}) not "
+                              "supported by CPUWNA16, supported types are: (ScalarType.uint4, ScalarType.uint4b8)\"")
     if scheme.weight_bits == 8:
         return Support(runnable=False, fast_path=False, kernel="CPUWNA16",
                        reason="CPU WNA16 kernel supports only uint4/uint4b8, not 8-bit weights")
@@ -75,12 +84,23 @@ def _gpu_support(scheme: SchemeLike, cc: tuple[int, int]) -> Support:
             return Support(runnable=True, fast_path=True, kernel="CUTLASS int8 scaled_mm")
         return Support(runnable=False, fast_path=False, kernel="-", reason="INT8 W8A8 needs compute capability >= 7.5")
     # weight-only int4/int8
+    if scheme.weight_bits not in (4, 8):
+        return Support(runnable=False, fast_path=False, kernel="-", reason=(
+            f"Marlin, Machete and Exllama implement 4- and 8-bit weights only, not {_vllm_type(scheme)}; "
+            "only the optional Humming kernel (the humming package, cc >= 7.5) accepts it"))
     if cc >= (9, 0) and cc < (10, 0):
         return Support(runnable=True, fast_path=True, kernel="Machete / Marlin")
     if cc >= (8, 0):
         return Support(runnable=True, fast_path=True, kernel="Marlin")
     return Support(runnable=False, fast_path=False, kernel="-",
                    reason="mixed-precision (WNA16) kernels need compute capability >= 8.0")
+
+
+def _vllm_type(scheme: SchemeLike) -> str:
+    """vLLM's scalar type of an int weight: uint3b4 (symmetric: a bias), uint3 (asymmetric: zero points)."""
+    q = scheme if isinstance(scheme, Quantization) else from_recipe(scheme.recipe or {})
+    bits = scheme.weight_bits
+    return f"uint{bits}" if q.weights is not None and not q.weights.symmetric else f"uint{bits}b{2 ** (bits - 1)}"
 
 
 def kv_cache_support(dtype: str, hw: HardwareInfo) -> Support:

@@ -5,7 +5,9 @@ from ptq_deploy import schemes
 from ptq_deploy.errors import UsageError
 
 EXPECTED = ["BF16", "FP8-W8A8", "INT8-W8A8", "INT8-W8A16", "INT8-W8A16-RTN", "INT4-W4A16",
-            "INT4-W4A16-AWQ", "INT4-W4A16-RTN"]
+            "INT4-W4A16-AWQ", "INT4-W4A16-RTN", "APOT-W4A16", "POT-W4A16", "INT3-W3A16", "INT3-W3A16-AWQ",
+            "INT3-W3A16-RTN", "APOT-W3A16", "POT-W3A16", "INT2-W2A16", "INT2-W2A16-RTN"]
+FAKE_QUANT = [n for n in EXPECTED if n.startswith(("POT", "APOT"))]
 
 
 def test_registry_has_every_scheme_in_order():
@@ -18,6 +20,12 @@ def test_scheme_files_are_real_recipes(name):
     assert s.description and s.hardware_notes
     if name == "BF16":
         assert s.recipe is None and not s.calibration
+        return
+    if name in FAKE_QUANT:  # no library ships these: ptq_deploy.fakequant, quality only, run by vLLM as dense
+        r = s.resolve(group_size=64)
+        assert s.recipe is None and s.quality_only and s.kind == "dense" and r.recipe is None
+        assert (r.fake_quant.method, r.fake_quant.bits, r.fake_quant.group_size) == (s.method, s.weight_bits, 64)
+        assert r.fake_quant.ignore == ["lm_head"] and not r.needs_calibration
         return
     mods = dict(schemes.modifiers(s.recipe))
     quant = [m for m in mods if m in schemes.QUANT_MODIFIERS]

@@ -1,9 +1,12 @@
-"""The built wheel carries the scheme registry and the bundled experiments (package data, not the
-source tree): installed outside the checkout, it lists the eight schemes and loads the ready experiment."""
+"""The built wheel carries the scheme registry, the bundled experiments and the seed models' configs (package
+data, not the source tree): installed outside the checkout, it lists the checkout's schemes, loads the ready
+experiment and reads a shipped model config."""
 
 import subprocess
 import sys
 from pathlib import Path
+
+from ptq_deploy import schemes
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,12 +20,12 @@ def test_installed_wheel_has_the_registry(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(whl)],
                    check=True, cwd=tmp_path)
     code = ("import ptq_deploy, ptq_deploy.schemes as s, ptq_deploy.suite.experiment as e; "
-            "print(ptq_deploy.__file__); print(','.join(s.names())); print(e.load('smollm2-135m').name)")
+            "import ptq_deploy.models as m; print(ptq_deploy.__file__); print(','.join(s.names())); "
+            "print(e.load('smollm2-135m').name); print(m.shipped_config('facebook/opt-1.3b')['ffn_dim'])")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr[-2000:]
-    where, names, exp = p.stdout.split()
+    where, names, exp, ffn = p.stdout.split()
     assert where.startswith(str(site))  # the wheel's copy, not the checkout
-    assert names.split(",") == ["BF16", "FP8-W8A8", "INT8-W8A8", "INT8-W8A16", "INT8-W8A16-RTN", "INT4-W4A16",
-                                "INT4-W4A16-AWQ", "INT4-W4A16-RTN"]
-    assert exp == "smollm2-135m"
+    assert names.split(",") == schemes.names() and len(schemes.names()) == len(list(schemes.SCHEMES_DIR.glob("*.yaml")))
+    assert exp == "smollm2-135m" and ffn == "8192"

@@ -1,8 +1,10 @@
 """``ptq_deploy.json``: what ptq-deploy records in every checkpoint it writes (typed, read back typed).
 
 Next to it, ``recipe.yaml`` holds the llmcompressor recipe that produced the weights, as
-llm-compressor's own checkpoints carry it. A checkpoint written before this schema (a whole
-compress result as ``ptq_deploy.json``) reads into the same model: only these fields are kept.
+llm-compressor's own checkpoints carry it. A fake-quantized (POT / APOT) checkpoint has no recipe and no
+``quantization_config``: ``fake_quant`` declares its grid and the codes' true size. A checkpoint written
+before this schema (a whole compress result as ``ptq_deploy.json``) reads into the same model: only these
+fields are kept.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from ptq_deploy.checkpoint.quant import from_recipe, modifiers
 from ptq_deploy.data import CalibrationInfo
+from ptq_deploy.fakequant import FakeQuant
 from ptq_deploy.models import ModelSource
 from ptq_deploy.provenance import Provenance
 from ptq_deploy.results.io import atomic_write_text
@@ -34,6 +38,7 @@ class CheckpointMetadata(BaseModel):
     recipe: dict[str, Any] | None = None
     provenance: Provenance | None = None
     dequantized_from: str | None = None  # a dense copy of that quantized checkpoint (checkpoint.dequantize)
+    fake_quant: FakeQuant | None = None  # POT / APOT: weights on a grid, stored 16-bit (quality only)
 
     @model_validator(mode="before")
     @classmethod
@@ -42,6 +47,20 @@ class CheckpointMetadata(BaseModel):
         if isinstance(data, dict) and "scheme" not in data and isinstance(data.get("identity"), dict):
             data = {**data, "scheme": data["identity"].get("scheme"), "kv_cache": data["identity"].get("kv_cache")}
         return data
+
+    @property
+    def weight_method(self) -> str | None:
+        """How the weights were quantized, for weight-only schemes: POT, APOT, AWQ, GPTQ or RTN (a recipe with
+        only a QuantizationModifier); None for a dense copy or a scheme that also quantizes activations."""
+        if self.fake_quant is not None:
+            return self.fake_quant.method.upper()
+        if not self.recipe:
+            return None
+        q = from_recipe(self.recipe)
+        if q.weights is None or q.input_activations is not None:
+            return None
+        names = {name for name, _ in modifiers(self.recipe)}
+        return "AWQ" if "AWQModifier" in names else "GPTQ" if "GPTQModifier" in names else "RTN"
 
     def write(self, checkpoint: Path) -> None:
         atomic_write_text(Path(checkpoint) / METADATA_FILE, self.model_dump_json(indent=2) + "\n", force=True)

@@ -9,18 +9,20 @@
   measured) in lm-eval's ``VLLM`` class instead of loading the checkpoint a second time.
 - The ``hf`` backend (lm-eval's ``HFLM`` on transformers, which decompresses compressed-tensors
   checkpoints to dense) scores schemes the local vLLM build cannot run (e.g. W4A16/W8A16 on an AVX2
-  CPU). Scores from different backends are not comparable; results record the backend.
+  CPU). Scores from different backends are not comparable; results record the backend. int3 weights
+  packed by the compress environment's compressed-tensors are read through ``ct_compat``.
 """
 
 from __future__ import annotations
 
 import gc
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from ptq_deploy import engine
 from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError
+from ptq_deploy.eval import ct_compat
 from ptq_deploy.eval.config import EvalConfig
 from ptq_deploy.eval.result import EngineSummary, EvalSettings
 from ptq_deploy.hardware import HardwareInfo
@@ -86,8 +88,16 @@ def _wrap_existing(llm, args: dict[str, Any]):
 def open_lm(backend: str, args: dict[str, Any], llm=None):
     """Yield ``(lm_eval LM, EngineSummary)``; releases the model afterwards (not an engine passed in).
 
-    Must run inside ``engine.vllm_version_shim(lm_eval=True)`` for the vllm backend.
+    Must run inside ``engine.vllm_version_shim(lm_eval=True)`` for the vllm backend. transformers
+    decompresses a compressed-tensors model at its first forward: int3 weights as the compress
+    environment packs them need ``ct_compat.dense_unpack`` until then.
     """
+    with ct_compat.dense_unpack() if backend == "hf" else nullcontext(), _open_lm(backend, args, llm) as opened:
+        yield opened
+
+
+@contextmanager
+def _open_lm(backend: str, args: dict[str, Any], llm=None):
     from lm_eval.api.registry import get_model
 
     try:

@@ -6,7 +6,8 @@ weights), then:
 
 - ``architecture``: the module tree, built from the config on the meta device (or from tensor names);
 - ``verify``: every Linear the config targets must carry its quantized weight, scales (and zero
-  points) in the shapes the config implies, per format (compressed-tensors, GPTQ, AWQ, FP8);
+  points) in the shapes the config implies, per format (compressed-tensors, GPTQ, AWQ, FP8); a
+  fake-quantized (POT / APOT) checkpoint's weights are read: every group must sit on its declared grid;
 - ``findings``: a scheme the tensors do not carry, uncalibrated KV-cache scales, a ptq_deploy.json
   that disagrees with the config, which kernel family runs it on the device and whether it fits;
 - ``aggregate``: bytes by layer type and dtype, compression vs BF16, bits per weight;
@@ -108,8 +109,9 @@ def inspect_checkpoint(cfg: InspectConfig) -> InspectReport:
             shape_from_tensors(m, by_module.get(m.name, {}), ck.config)
 
     q = ck.quantization
-    linears = verify_linears(linear_mods, by_module, VerifyContext(q, _ct(ck, find)), find)
-    checks.summarise_proof(q, linears, find)
+    fake = ck.metadata.fake_quant if ck.metadata is not None else None
+    linears = verify_linears(linear_mods, by_module, VerifyContext(q, _ct(ck, find), fake, path), find)
+    checks.summarise_proof(q, linears, find, fake)
     checks.check_kv_cache(path, q, modules, by_module, headers, find)
     checks.check_metadata(ck.metadata, ck.metadata_problem, q, find)
     by_type, by_dtype = aggregate(tensors, modules, linears)
@@ -126,6 +128,7 @@ def inspect_checkpoint(cfg: InspectConfig) -> InspectReport:
         bf16_bytes=bf16, compression_ratio=(bf16 / tensor_bytes) if bf16 and tensor_bytes else None,
         linear_bits_per_weight=bits_per_weight([lin for lin in linears if lin.status == "quantized" and lin.bits_per_weight]),
         all_linear_bits_per_weight=bits_per_weight([lin for lin in linears if lin.bits_per_weight]),
+        effective_bytes=fake.effective_bytes(tensor_bytes) if fake is not None else None,
         by_layer_type=by_type, by_dtype=by_dtype, linears=linears, hardware=fit, findings=found)
     if cfg.runtime:
         report.runtime = runtime(path, q, ck.max_position, find)

@@ -12,35 +12,40 @@ from pathlib import Path
 from ptq_deploy import probe, schemes
 from ptq_deploy.checkpoint import CheckpointMetadata, Quantization, SafetensorsFile, TensorEntry
 from ptq_deploy.errors import PtqError
+from ptq_deploy.fakequant import FakeQuant
 from ptq_deploy.hardware import detect
 from ptq_deploy.inspection.architecture import Module
 from ptq_deploy.inspection.report import HardwareFit, LinearLayer
 from ptq_deploy.support import hardware_for, kv_cache_support, scheme_support
 
 
-def summarise_proof(q: Quantization, linears: list[LinearLayer], find) -> None:
+def summarise_proof(q: Quantization, linears: list[LinearLayer], find, fake: FakeQuant | None = None) -> None:
     targeted = [lin for lin in linears if lin.status in ("quantized", "broken") and lin.storage]
     broken = [lin for lin in linears if lin.status == "broken"]
     missing = [lin for lin in linears if lin.status == "missing"]
     if missing:
         find("error", "missing-layers", f"{len(missing)} Linear layers have no tensors in the checkpoint "
              f"(e.g. {missing[0].name})")
-    if q.method is None:
+    if fake is not None and q.method is None:
+        find("info", "quality-only", f"quality only - weights are on a {fake.bits}-bit {fake.method.upper()} grid, "
+             f"stored dense; not a deployable format ({fake.bits_per_weight:.3f} bits/weight as codes + scales)")
+    elif q.method is None:
         return
-    if q.method in ("compressed-tensors", "gptq", "awq", "fp8") and not targeted:
-        find("error", "no-targeted-layers", f"the quantization config ({q.name}) targets "
-             f"{q.targets or '?'} but matches no Linear layer of the checkpoint")
+    claim = f"ptq_deploy.json declares a {fake.describe()}" if q.method is None else f"config claims {q.name} ({q.format})"
+    if q.method in ("compressed-tensors", "gptq", "awq", "fp8", None) and not targeted:
+        find("error", "no-targeted-layers", f"{claim}, which matches no Linear layer of the checkpoint")
         return
     if broken:
         first = broken[0]
         kinds = Counter(p.split(" (")[0] for lin in broken for p in lin.problems)
         if len(broken) == len(targeted):
             find("error", "claimed-scheme-not-in-tensors",
-                 f"config claims {q.name} ({q.format}) but none of its {len(targeted)} targeted Linear layers "
+                 f"{claim} but none of its {len(targeted)} targeted Linear layers "
                  f"carries it: {first.problems[0]} (e.g. {first.name})")
         else:
             find("error", "inconsistent-layers",
-                 f"{len(broken)} of {len(targeted)} targeted Linear layers do not match the config: "
+                 f"{len(broken)} of {len(targeted)} targeted Linear layers do not match "
+                 f"{'the declared grid' if q.method is None else 'the config'}: "
                  f"{first.problems[0]} (e.g. {first.name})")
         if len(kinds) > 1:
             find("info", "problem-kinds", "problems: " + "; ".join(f"{k}: {n}" for k, n in kinds.most_common()))
@@ -101,7 +106,17 @@ def check_metadata(meta: CheckpointMetadata | None, problem: str | None, q: Quan
         claimed = schemes.get(meta.scheme)
     except PtqError:
         claimed = None
-    if claimed is not None:
+    if meta.fake_quant is not None and q.method is not None:
+        find("error", "provenance-mismatch", f"ptq_deploy.json declares a {meta.fake_quant.describe()} (stored dense) "
+             f"but config.json carries {q.name}")
+    elif claimed is not None and claimed.quality_only and meta.fake_quant is None:
+        find("error", "provenance-mismatch", f"ptq_deploy.json names the quality-only scheme {meta.scheme} but declares "
+             "no fake_quant grid")
+    elif claimed is not None and claimed.quality_only:
+        if (claimed.method, claimed.bits) != (meta.fake_quant.method, meta.fake_quant.bits):
+            find("error", "provenance-mismatch", f"ptq_deploy.json names {meta.scheme} but declares a "
+                 f"{meta.fake_quant.describe()}")
+    elif claimed is not None:
         if (claimed.weights, claimed.activations) != (q.weight_kind, q.activation_kind):
             find("error", "provenance-mismatch",
                  f"ptq_deploy.json says {meta.scheme} ({claimed.weights} weights, {claimed.activations} activations) "

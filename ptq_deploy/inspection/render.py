@@ -35,6 +35,11 @@ def render(rep: InspectReport, console) -> None:
         made = m.provenance.created_at if m.provenance else "?"
         console.print(f"  made by ptq-deploy: scheme {m.scheme}, group {m.group_size or '-'}, kv-cache {m.kv_cache}, "
                       f"from {m.source.spec} ({made})", markup=False)
+        if m.fake_quant:
+            fq = m.fake_quant
+            console.print(f"  fake-quantized: {fq.describe()}, levels +/-{[round(x, 4) for x in fq.levels]} x scale; "
+                          f"{fq.bits_per_weight:.3f} bits/weight as codes + scales -> effective size "
+                          f"{_mib(rep.effective_bytes)} (stored dense: {_mib(rep.tensor_bytes)})", markup=False)
 
     t = Table(title="tensors by layer type")
     for c in ("layer type", "class", "modules", "tensors", "dtypes", "weights", "size", "bits/weight"):

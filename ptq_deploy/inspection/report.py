@@ -87,6 +87,7 @@ class InspectReport(ResultEnvelope):
     compression_ratio: float | None
     linear_bits_per_weight: float | None  # quantized (targeted) Linear layers
     all_linear_bits_per_weight: float | None
+    effective_bytes: int | None = None  # fake-quantized: the tensors with its codes + scales instead of 16-bit weights
     by_layer_type: dict[str, Aggregate]
     by_dtype: dict[str, Aggregate]
     linears: list[LinearLayer]

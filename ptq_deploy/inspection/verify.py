@@ -1,7 +1,8 @@
 """Per-format proof that a targeted Linear layer carries what the quantization config claims.
 
-``VERIFIERS`` is keyed by ``quant_method`` (compressed-tensors, gptq, awq, fp8); each returns the
-layer's problems and a description of its storage. ``verify_linears`` applies them to every
+``VERIFIERS`` is keyed by ``quant_method`` (compressed-tensors, gptq, awq, fp8), or ``fake-quant`` for a
+checkpoint whose ``ptq_deploy.json`` declares a POT / APOT grid (``levels``); each returns the layer's
+problems and a description of its storage. ``verify_linears`` applies them to every
 Linear of the architecture and decides its status (quantized / 16-bit / tied / broken / missing).
 """
 
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ptq_deploy.checkpoint import Quantization, TensorEntry
+from ptq_deploy.fakequant import FakeQuant
 from ptq_deploy.inspection.architecture import Module
+from ptq_deploy.inspection.levels import verify_fake_quant
 from ptq_deploy.inspection.report import LinearLayer
 
 FLOAT16 = {"BF16", "F16", "F32", "F64"}
@@ -78,13 +82,19 @@ def _check_ct_linear(mod: Module, t: dict[str, TensorEntry], scheme, fmt: str) -
         if packed is None:
             problems.append(f"no weight_packed (weight is {dense.dtype}, not quantized)" if dense is not None and dense.dtype in FLOAT16
                             else "no weight_packed tensor")
-        else:
+        # compressed-tensors >= 0.19 packs densely (ceil(in x bits / 32) words), older releases 32 // bits values
+        # per word: the same layout unless bits does not divide 32 (int3), where readers of one cannot read the other
+        dense_w, padded_w = (math.ceil(in_f * bits / 32), math.ceil(in_f / (32 // bits))) if in_f else (0, 0)
+        storage = f"int{bits} packed in I32"
+        if packed is not None:
             if packed.dtype != "I32":
                 problems.append(f"weight_packed is {packed.dtype}, expected I32")
-            elif in_f and out_f and packed.shape != [out_f, math.ceil(in_f * bits / 32)]:
-                problems.append(f"weight_packed shape {packed.shape} != [{out_f}, {math.ceil(in_f * bits / 32)}] "
+            elif in_f and out_f and packed.shape not in ([out_f, dense_w], [out_f, padded_w]):
+                problems.append(f"weight_packed shape {packed.shape} != [{out_f}, {dense_w}] "
                                 f"for int{bits} [{out_f}, {in_f}]")
-        storage = f"int{bits} packed in I32"
+            elif dense_w != padded_w:
+                storage += (" (dense bit layout, compressed-tensors >= 0.19)" if packed.shape[1] == dense_w
+                            else " (32 // bits per word, compressed-tensors < 0.19)")
     elif fmt in ("int-quantized", "float-quantized", "naive-quantized"):
         want = {"float": {8: "F8_E4M3"}, "int": {8: "I8"}}.get(typ, {}).get(bits, "I8" if typ == "int" else "F8_E4M3")
         if dense is None:
@@ -160,10 +170,17 @@ def _check_hub_linear(mod: Module, t: dict[str, TensorEntry], method: str, bits:
 
 
 class VerifyContext:
-    """What every verifier may need: the parsed quantization, and compressed-tensors' own config object."""
+    """What every verifier may need: the parsed quantization, compressed-tensors' own config object, and for
+    a fake-quantized checkpoint its declared grid and where its weights are."""
 
-    def __init__(self, q: Quantization, ct: Any | None):
-        self.q, self.ct = q, ct
+    def __init__(self, q: Quantization, ct: Any | None, fake_quant: FakeQuant | None = None,
+                 path: Path | None = None):
+        self.q, self.ct, self.fake_quant, self.path = q, ct, fake_quant, path
+
+    @property
+    def method(self) -> str | None:
+        """The verifier's key: the config's quant method, else ``fake-quant`` when ptq_deploy.json declares a grid."""
+        return self.q.method or ("fake-quant" if self.fake_quant is not None else None)
 
 
 # (module, its tensors, context) -> (ignored by, (problems, storage) when the layer is targeted)
@@ -198,13 +215,13 @@ def _verify_fp8(m: Module, t: dict[str, TensorEntry], ctx: VerifyContext):
 
 
 VERIFIERS: dict[str, Verifier] = {"compressed-tensors": _verify_ct, "gptq": _verify_hub, "awq": _verify_hub,
-                                  "fp8": _verify_fp8}
+                                  "fp8": _verify_fp8, "fake-quant": verify_fake_quant}
 
 
 def verify_linears(linear_mods: list[Module], by_module: dict[str, dict[str, TensorEntry]], ctx: VerifyContext,
                    find) -> list[LinearLayer]:
     """One ``LinearLayer`` per Linear module, with its status, storage and problems."""
-    verifier = VERIFIERS.get(ctx.q.method or "")
+    verifier = VERIFIERS.get(ctx.method or "")
     linears: list[LinearLayer] = []
     for m in linear_mods:
         t = by_module.get(m.name, {})
@@ -228,7 +245,7 @@ def verify_linears(linear_mods: list[Module], by_module: dict[str, dict[str, Ten
             lin.status = "broken"
             lin.problems.append(f"{', '.join(cut)} cut off (truncated {t[cut[0]].file})")
         if lin.status == "16-bit":
-            _left_16bit(lin, t, ignored_by, ctx.q.method is not None, find)
+            _left_16bit(lin, t, ignored_by, ctx.method is not None, find)
         if lin.in_features and lin.out_features and lin.bytes:
             lin.bits_per_weight = lin.bytes * 8 / (lin.in_features * lin.out_features)
         linears.append(lin)

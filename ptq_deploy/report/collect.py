@@ -17,8 +17,8 @@ from ptq_deploy.report.row import Row
 def _status(c) -> tuple[dict[str, str], dict[str, str], str]:
     status = {s: r.status for s, r in c.steps.items()}
     reasons = {s: r.reason for s, r in c.steps.items() if r.reason}
-    bad = [f"{s}: not runnable here" if st == "not_runnable" else f"{s}: failed"
-           for s, st in status.items() if st != "ok"]
+    text = {"not_runnable": "not runnable here", "not_applicable": "not applicable"}
+    bad = [f"{s}: {text.get(st, 'failed')}" for s, st in status.items() if st != "ok"]
     return status, reasons, "; ".join(bad) or "ok"
 
 

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ptq_deploy.report.leaderboard import Leaderboard, Report
-from ptq_deploy.report.render import Column, columns, decisions, table_frame
+from ptq_deploy.report.render import QUALITY_ONLY, Column, columns, decisions, quality_only_columns, table_frame
 
 # the columns shown, by their first field (or header when they show none), and every task's recovery
 SHOWN = ("rank", "scheme", "quality", "throughput_tok_s", "speedup", "weights_gb")
@@ -18,10 +18,8 @@ def _shown(c: Column) -> bool:
     return first in SHOWN or first.startswith("tasks.") and first.endswith(".recovery_pct")
 
 
-def _table(lb: Leaderboard) -> Table:
-    cols = [c for c in columns(lb) if _shown(c)]
-    df = table_frame(lb, cols=cols)
-    t = Table(title=f"{lb.model} (baseline {lb.baseline}; every column: leaderboard.md / report.html)")
+def _rich(df, title: str) -> Table:
+    t = Table(title=title)
     for c in df.columns:
         t.add_column(c)
     for row in df.itertuples(index=False):
@@ -29,11 +27,21 @@ def _table(lb: Leaderboard) -> Table:
     return t
 
 
+def _table(lb: Leaderboard) -> Table:
+    cols = [c for c in columns(lb) if _shown(c)]
+    return _rich(table_frame(lb, cols=cols),
+                 f"{lb.model} (baseline {lb.baseline}; every column: leaderboard.md / report.html)")
+
+
 def print_report(rep: Report, out: Console) -> None:
-    """Print every leaderboard with its recommendation and decisions."""
+    """Print every leaderboard with its recommendation and decisions (and its quality-only rows apart)."""
     out.print(f"constraints ({rep.constraints_from}): {rep.constraints.describe()}", highlight=False)
     for lb in rep.leaderboards:
         out.print(_table(lb))
+        if lb.quality_only:
+            cols = [c for c in quality_only_columns(lb) if c.header in ("method", "bits/weight", "effective GB")
+                    or _shown(c)]
+            out.print(_rich(table_frame(lb, cols=cols, rows=lb.quality_only), f"{lb.model}: {QUALITY_ONLY}"))
         out.print(f"[bold]recommendation:[/bold] {lb.recommendation.why}", highlight=False)
         for heading, items in decisions(lb.recommendation):
             out.print(f"[bold]{heading.lower()}:[/bold]", highlight=False)

@@ -8,6 +8,9 @@
   results without it: the measured peak of the whole process (GPU when there is one, else RSS);
 - capacity: the KV-cache tokens vLLM allocated and how many 4k / 32k sequences fit at once;
 - energy: joules per output token over the offline throughput iterations (NVML; none on CPU).
+- bits per weight (inspect: stored bytes of the quantized Linear layers) and effective size: for a
+  fake-quantized (POT / APOT) checkpoint, from its declared codes + scales (``ptq_deploy.json``), since
+  its weights are stored dense; such a row is ``quality_only``.
 """
 
 from __future__ import annotations
@@ -103,6 +106,16 @@ def _sizes(row: Row, c: Cell) -> None:
         or (perf.memory.weight_bytes_checkpoint if perf is not None and perf.memory else None) \
         or (comp.checkpoint_bytes if comp is not None else None)
     row.weights_gb = sig(weights / GB) if weights else None
+    meta = comp.checkpoint if comp is not None else insp.metadata if insp is not None else None
+    fake = meta.fake_quant if meta is not None else None
+    row.method = meta.weight_method if meta is not None else None
+    if fake is not None:  # stored dense: its size is that of its codes and scales
+        row.quality_only, row.bits_per_weight = True, sig(fake.bits_per_weight)
+        row.effective_gb = sig(fake.effective_bytes(weights) / GB) if weights else None
+    else:
+        if insp is not None:
+            row.bits_per_weight = sig(insp.linear_bits_per_weight or insp.all_linear_bits_per_weight)
+        row.effective_gb = row.weights_gb
     if comp is not None:
         row.compress_s = sig(comp.wall_time_s)
     elif "compress" in c.steps and c.steps["compress"].status == "ok":

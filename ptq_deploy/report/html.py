@@ -8,7 +8,8 @@ import base64
 from html import escape
 
 from ptq_deploy.report.leaderboard import Report
-from ptq_deploy.report.render import GROUPS, LEGEND, decisions, header, notes, table_frame
+from ptq_deploy.report.render import (GROUPS, LEGEND, QUALITY_ONLY, decisions, header, notes, quality_only_frame,
+                                     table_frame)
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 16px; color: #222; }
@@ -49,6 +50,9 @@ def page(rep: Report, plots: dict[str, bytes]) -> str:
             parts.append(f"<p class='small'><b>{escape(heading)}:</b></p><ul class='small'>"
                          + "".join(f"<li>{escape(x)}</li>" for x in items) + "</ul>")
         parts += [_table(lb, group) for group in GROUPS]
+        if lb.quality_only:
+            parts.append(f"<h3>{escape(QUALITY_ONLY)}</h3><div class='scroll'>"
+                         f"{quality_only_frame(lb).to_html(index=False, escape=True, border=0)}</div>")
         n = notes(lb)
         if n:
             parts.append("<ul class='small'>" + "".join(f"<li>{escape(x)}</li>" for x in n) + "</ul>")

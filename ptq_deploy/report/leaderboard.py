@@ -7,7 +7,9 @@ measure); fastest first within a group, ties (and missing throughput) to the hig
 then the cell name. Differences inside the noise do not reorder schemes: the outcomes do.
 
 Task columns come in the order that separates the schemes best: the task on which most schemes
-differ significantly from the baseline first, ties to the lower worst recovery.
+differ significantly from the baseline first, ties to the lower worst recovery. Quality-only cells (POT /
+APOT: weights on a grid, stored dense) are judged like the others but kept in their own list, never
+ranked, on the Pareto front or recommended.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class Leaderboard(BaseModel):
     tasks: list[str]  # the most discriminating first
     rows: list[Row]  # baseline first, then ranked
     recommendation: Recommendation
+    quality_only: list[Row] = []  # judged against the baseline, never ranked or recommended; most bits first
+
+    def curve_rows(self) -> list[Row]:
+        """Every row on the bit-width curve: a weight-only method with its bits per weight."""
+        return [r for r in [*self.rows, *self.quality_only] if r.method and r.bits_per_weight is not None]
 
 
 class Report(BaseModel):
@@ -50,7 +57,7 @@ class Report(BaseModel):
     leaderboards: list[Leaderboard]
 
     def rows(self) -> list[Row]:
-        return [r for lb in self.leaderboards for r in lb.rows]
+        return [r for lb in self.leaderboards for r in [*lb.rows, *lb.quality_only]]
 
 
 def _neg(x: float | None) -> float:
@@ -93,11 +100,15 @@ def leaderboard(model: str, rows: Sequence[Row], baseline: str, settings: Report
     base = [r for r in rows if r.baseline]
     tasks = task_order(rows)
     judged = [judge(r, settings, list(base[0].tasks) if base else []) for r in rows]
-    front = pareto(judged)
-    ranked = [r for r in judged if r.baseline] + sorted((r for r in judged if not r.baseline), key=rank_key)
+    deployable = [r for r in judged if not r.quality_only]
+    front = pareto(deployable)
+    ranked = [r for r in deployable if r.baseline] + sorted((r for r in deployable if not r.baseline), key=rank_key)
     out = [r.model_copy(update={"rank": i + 1, "pareto": r.cell in front}) for i, r in enumerate(ranked)]
+    research = sorted((r for r in judged if r.quality_only),
+                      key=lambda r: (_neg(r.bits_per_weight), r.method or "", r.cell))
     name = base[0].cell if base else baseline
-    return Leaderboard(model=model, baseline=name, tasks=tasks, rows=out, recommendation=recommend(out, settings, name))
+    return Leaderboard(model=model, baseline=name, tasks=tasks, rows=out, recommendation=recommend(out, settings, name),
+                       quality_only=research)
 
 
 def build(rows: Sequence[Row], results_dir: Path, settings: ReportSettings, baseline: str,

@@ -5,7 +5,10 @@
 - ``recovery_by_task``: one panel per model x task, every scheme's recovery with its interval and the
   task's minimum recovery, coloured by outcome: where the tasks disagree it shows;
 - ``quality_vs_size``: the worst recovery against weight size, so schemes without speed numbers appear;
-- ``latency_percentiles``: TTFT and TPOT p50 / p99 per scheme.
+- ``latency_percentiles``: TTFT and TPOT p50 / p99 per scheme;
+- ``bitwidth_curve`` (when the results hold weight-only methods at several bit widths): word perplexity and
+  accuracy against bits per weight (codes + scales), one line per method (RTN, GPTQ, AWQ; POT, APOT dashed:
+  quality only), 95% intervals (± 1.96 standard errors), the baseline as a band.
 
 A cell without the figures a plot needs is left out of that plot; a plot with no data at all says so.
 """
@@ -20,6 +23,8 @@ from ptq_deploy.report.leaderboard import Leaderboard, Report
 from ptq_deploy.report.row import Row
 
 PLOTS = ("quality_vs_throughput", "recovery_by_task", "quality_vs_size", "latency_percentiles")
+OPTIONAL = ("bitwidth_curve",)  # drawn when the results hold what it needs (``has_curve``)
+Z95 = 1.96
 COLOURS = {"baseline": "black", "meets": "tab:green", "fails": "tab:red", "inconclusive": "tab:orange",
            "unmeasured": "grey", None: "grey"}
 
@@ -170,8 +175,51 @@ def latency_percentiles(rep: Report) -> bytes:
     return _png(fig)
 
 
+def has_curve(rep: Report) -> bool:
+    """A bit-width curve needs at least two weight-only rows with bits per weight and a quality figure."""
+    return any(len([r for r in lb.curve_rows() if r.ppl is not None or r.acc_avg is not None]) >= 2
+               for lb in rep.leaderboards)
+
+
+def _curve_panel(ax, lb: Leaderboard, value: Callable[[Row], float | None], stderr: Callable[[Row], float | None],
+                 what: str) -> None:
+    rows = [r for r in lb.curve_rows() if value(r) is not None]
+    for method in sorted({r.method for r in rows}):
+        pts = sorted((r for r in rows if r.method == method), key=lambda r: r.bits_per_weight)
+        errs = [Z95 * stderr(r) if stderr(r) is not None else 0.0 for r in pts]
+        ys = [value(r) for r in pts]
+        ax.errorbar([r.bits_per_weight for r in pts], ys, yerr=[[min(e, 0.95 * y) for e, y in zip(errs, ys)], errs],
+                    marker="o", ms=5, capsize=3, ls="--" if pts[0].quality_only else "-",
+                    label=method + (" (quality only)" if pts[0].quality_only else ""))
+    base = next((r for r in lb.rows if r.baseline and value(r) is not None), None)
+    if base is not None:
+        se = Z95 * (stderr(base) or 0.0)
+        ax.axhline(value(base), color="black", lw=1, ls=":", label=f"{base.cell} (baseline)")
+        if se:
+            ax.axhspan(value(base) - se, value(base) + se, color="grey", alpha=0.15)
+    if rows:
+        ax.legend(fontsize=7)
+    else:
+        _no_data(ax, what)
+    ax.set(title=f"{lb.model}: {what} vs bits per weight", xlabel="bits per weight (codes + scales)",
+           ylabel=f"{what} (95% interval)")
+    ax.grid(alpha=0.3)
+
+
+def bitwidth_curve(rep: Report) -> bytes:
+    fig, axes = _figure(2, len(rep.leaderboards))
+    for (ppl_ax, acc_ax), lb in zip(axes, rep.leaderboards):
+        _curve_panel(ppl_ax, lb, lambda r: r.ppl, lambda r: r.ppl_stderr, "word perplexity")
+        if any(r.ppl for r in lb.curve_rows()):
+            ppl_ax.set_yscale("log")
+        _curve_panel(acc_ax, lb, lambda r: r.acc_avg, lambda r: r.acc_avg_stderr, "accuracy")
+    return _png(fig)
+
+
 def render_all(rep: Report) -> dict[str, bytes]:
-    """``{plot name: PNG bytes}`` for every plot, in ``PLOTS`` order."""
+    """``{plot name: PNG bytes}`` for every plot, in ``PLOTS`` order, then the optional ones that have data."""
     make = {"quality_vs_throughput": quality_vs_throughput, "recovery_by_task": recovery_by_task,
-            "quality_vs_size": quality_vs_size, "latency_percentiles": latency_percentiles}
-    return {name: make[name](rep) for name in PLOTS}
+            "quality_vs_size": quality_vs_size, "latency_percentiles": latency_percentiles,
+            "bitwidth_curve": bitwidth_curve}
+    names = [*PLOTS, *(["bitwidth_curve"] if has_curve(rep) else [])]
+    return {name: make[name](rep) for name in names}

@@ -1,7 +1,7 @@
 """The recommendation of one model's leaderboard, under ``ReportSettings``.
 
 Candidates: the cells (baseline included) that *meet* every quality measure (``noninferiority``) and
-the weights / throughput limits. The recommended one is the fastest candidate, then the smallest,
+the weights / throughput limits; never a quality-only cell (weights on a POT / APOT grid, stored dense). The recommended one is the fastest candidate, then the smallest,
 then the one with the higher worst recovery. Every other cell is either *excluded*, with the binding
 constraint (the failing measures, most clearly failing first; the limit it exceeds; or "no quality
 measurement"), or *inconclusive*, with the measures that need more data and about how much.
@@ -63,7 +63,7 @@ def _why(b: Row, n_ok: int, s: ReportSettings, baseline: str) -> str:
 
 def recommend(rows: Sequence[Row], s: ReportSettings, baseline: str) -> Recommendation:
     ok, excluded, undecided, deciding = [], {}, {}, Counter()
-    for r in rows:
+    for r in (r for r in rows if not r.quality_only):  # stored dense: measured for quality, never deployed
         lim = limits(r, s)
         if r.quality == "fails" or lim:
             excluded[r.cell] = "; ".join(([r.quality_note] if r.quality == "fails" else []) + lim)

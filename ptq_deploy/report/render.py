@@ -4,7 +4,8 @@ The tables of every format come from ``columns()``: one cell text per row x colu
 row's (already rounded) values with ``fmt.num`` / ``fmt.pm``, so a number in the Markdown is the number
 in the JSON. Columns come in two groups, each its own table so that neither needs sideways scrolling:
 "quality" (the outcome, the worst recovery, each task's score and recovery with its 95% interval,
-the most discriminating task first) and "speed" (throughput, latency, sizes, status).
+the most discriminating task first) and "speed" (throughput, latency, sizes, status). Quality-only rows
+(POT / APOT, stored dense) get a third table of their own, with their effective size.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ptq_deploy.report.recommend import Recommendation
 from ptq_deploy.report.row import Row, to_frame
 
 GROUPS = {"quality": "Quality vs the baseline", "speed": "Speed and size"}
+QUALITY_ONLY = "Quality only (weights on a grid, stored dense: not deployable, never ranked or recommended)"
 LEGEND = ("Recovery: candidate / baseline for accuracy, baseline / candidate for perplexity (below 100% is worse), "
           "with its 95% interval from the paired bootstrap of the delta vs the baseline scored with the same backend. "
           "Quality: meets when every task's interval lies at or above its minimum recovery, fails when one lies "
@@ -27,7 +29,10 @@ LEGEND = ("Recovery: candidate / baseline for accuracy, baseline / candidate for
           "(GB = 1e9 bytes); engine mem: the perf engine's own memory (NVML per-process GPU memory, or the RSS its load "
           "added on CPU; older results: the whole process's peak), KV-cache space included. KV tokens / seqs: the "
           "KV-cache tokens vLLM allocated and how many 4k / 32k-token sequences fit at once. J/token: energy per output "
-          "token (NVML; not measured on CPU). ★: on the worst recovery × throughput Pareto front.")
+          "token (NVML; not measured on CPU). ★: on the worst recovery × throughput Pareto front. "
+          "Bits/weight: stored bits of the quantized Linear layers (weights, scales, zero points) per weight. Quality "
+          "only: POT / APOT weights sit on a power-of-two grid but are stored dense, so engines run them as 16-bit "
+          "models; their bits/weight and effective size count the codes (bits × weights) and one 16-bit scale per group.")
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ def columns(lb: Leaderboard) -> list[Column]:
                "speed"),
         Column("load s", ("load_s",), lambda r: num(r.load_s), "speed"),
         Column("weights GB", ("weights_gb",), lambda r: num(r.weights_gb), "speed"),
+        Column("bits/weight", ("bits_per_weight",), lambda r: num(r.bits_per_weight), "speed"),
         Column("engine mem GB", ("memory_gb",), lambda r: num(r.memory_gb), "speed"),
         Column("KV tokens / seqs@4k / @32k", ("kv_tokens", "seqs_at_4k", "seqs_at_32k"), _capacity, "speed"),
         Column("J/token", ("energy_j_per_token", "energy_j_per_token_stdev"),
@@ -115,11 +121,26 @@ def group_columns(lb: Leaderboard, group: str) -> list[Column]:
     return [c for c in columns(lb) if c.group in (group, "both")]
 
 
-def table_frame(lb: Leaderboard, group: str = "quality", cols: list[Column] | None = None):
+def quality_only_columns(lb: Leaderboard) -> list[Column]:
+    """The quality-only table: the scheme, its method and effective size, then the quality columns."""
+    by = {c.header: c for c in columns(lb)}
+    quality = [c for c in columns(lb) if c.group == "quality"]
+    return [by["scheme"], Column("method", (), lambda r: r.method or MISSING), by["bits/weight"],
+            Column("effective GB", ("effective_gb",), lambda r: num(r.effective_gb)),
+            Column("stored GB", ("weights_gb",), lambda r: num(r.weights_gb)), *quality, by["compress s"]]
+
+
+def table_frame(lb: Leaderboard, group: str = "quality", cols: list[Column] | None = None,
+                rows: list[Row] | None = None):
     import pandas as pd
 
     cols = cols if cols is not None else group_columns(lb, group)
-    return pd.DataFrame([[c.text(r) for c in cols] for r in lb.rows], columns=[c.header for c in cols])
+    rows = lb.rows if rows is None else rows
+    return pd.DataFrame([[c.text(r) for c in cols] for r in rows], columns=[c.header for c in cols])
+
+
+def quality_only_frame(lb: Leaderboard):
+    return table_frame(lb, cols=quality_only_columns(lb), rows=lb.quality_only)
 
 
 def decisions(rec: Recommendation) -> list[tuple[str, list[str]]]:
@@ -138,10 +159,10 @@ def decisions(rec: Recommendation) -> list[tuple[str, list[str]]]:
 def notes(lb: Leaderboard) -> list[str]:
     """Why a step failed or cannot run here, and what could not be computed, one line each."""
     out = []
-    for r in lb.rows:
+    for r in [*lb.rows, *lb.quality_only]:
         for step, st in r.status.items():
             if st != "ok":
-                what = "not runnable here" if st == "not_runnable" else "failed"
+                what = {"not_runnable": "not runnable here", "not_applicable": "not applicable"}.get(st, "failed")
                 why = r.reasons.get(step) or "no reason recorded"
                 out.append(f"{r.cell} {step}: {why if why.startswith(what) else f'{what}: {why}'}")
         out.extend(f"{r.cell}: {n}" for n in r.notes)
@@ -165,6 +186,9 @@ def markdown(rep: Report, plots: list[str] | None = None) -> str:
         for group, title in GROUPS.items():
             lines += [f"### {title}", "",
                       table_frame(lb, group).to_markdown(index=False, tablefmt="github", disable_numparse=True), ""]
+        if lb.quality_only:
+            lines += [f"### {QUALITY_ONLY}", "",
+                      quality_only_frame(lb).to_markdown(index=False, tablefmt="github", disable_numparse=True), ""]
         n = notes(lb)
         if n:
             lines += ["Notes:", "", *(f"- {x}" for x in n), ""]

@@ -104,6 +104,10 @@ class Row(BaseModel):
     energy_j_per_token_stdev: float | None = None
     compress_s: float | None = None
     roofline_pct: float | None = None
+    quality_only: bool = False  # weights on a POT / APOT grid, stored dense: its own section, never ranked
+    method: str | None = None  # weight-only schemes: RTN, GPTQ, AWQ, POT, APOT (the bit-width curve's lines)
+    bits_per_weight: float | None = None  # quantized Linear weights: codes + scales (+ zero points) per weight
+    effective_gb: float | None = None  # the weights as a deployable format would store them (codes + scales)
 
 
 def flat(row: Row) -> dict[str, Any]:

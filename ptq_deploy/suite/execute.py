@@ -67,8 +67,8 @@ def run(exp: Experiment, opts: RunOptions, listener: SuiteListener | None = None
     listener.on_start(exp.name, steps)
     try:
         for i, ps in enumerate(steps):
-            if ps.state == "not_runnable":
-                runner.record_not_runnable(ps)
+            if ps.state in ("not_runnable", "not_applicable"):
+                runner.record_skipped(ps)
                 continue
             if ps.state != "pending":
                 continue

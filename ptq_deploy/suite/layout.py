@@ -4,7 +4,8 @@
       experiment.yaml                      the experiment as run (resolved)
       checkpoints/<model>/<cell>/          compressed checkpoints (with ptq_deploy.json)
       checkpoints/<model>/<cell>.dequantized/  a weight-only cell's dense copy, where vLLM lacks its kernel
-      steps/<model>/<cell>/<step>.json     one StepRecord per finished step (ok | failed | not_runnable)
+      steps/<model>/<cell>/<step>.json     one StepRecord per finished step (ok | failed | not_runnable |
+                                           not_applicable: a quality-only scheme's perf)
       results/<model>/<cell>/<step>.json   the step's result object (CompressResult, InspectReport,
                                            PerfResult, EvalResult) as JSON
       logs/<model>/<cell>/<step>.log       everything the step printed
@@ -25,7 +26,7 @@ from ptq_deploy.results import Identity, ResultEnvelope
 from ptq_deploy.timeutil import timestamp
 
 STEPS = ("compress", "inspect", "perf", "eval", "eval-hf")
-Status = Literal["ok", "failed", "not_runnable"]
+Status = Literal["ok", "failed", "not_runnable", "not_applicable"]
 
 
 class StepRecord(ResultEnvelope):

@@ -3,7 +3,10 @@
 A step is keyed by a hash of everything its result depends on (the scheme's content, not its file's
 path; calibration; the cell's engine settings, KV-cache dtype included; perf / eval settings), so a
 rerun skips finished steps and a changed setting reruns exactly the steps it affects. Whether a step
-can run here is asked anew every time (``ptq_deploy.probe``), never read from an old record.
+can run here is asked anew every time (``ptq_deploy.probe``), never read from an old record. Before
+that, every model's group size is checked against its layers (``check_group_sizes``: from the model's
+config, the shipped copy for a hub model the hub cannot serve). A quality-only scheme's perf step is
+``not_applicable``: its weights are stored dense, so its speed is not that of any deployable format.
 """
 
 from __future__ import annotations
@@ -16,16 +19,20 @@ from typing import Literal
 from pydantic import BaseModel
 
 from ptq_deploy import probe, schemes
+from ptq_deploy.compress import linear_input_sizes
 from ptq_deploy.engine import EngineConfig
+from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import HardwareInfo, detect
+from ptq_deploy.models import resolve
 from ptq_deploy.suite import layout
 from ptq_deploy.suite.experiment import Experiment, ModelSpec
 
-State = Literal["done", "pending", "not_runnable", "blocked", "running", "ok", "failed"]
+State = Literal["done", "pending", "not_runnable", "not_applicable", "blocked", "running", "ok", "failed"]
 # the vLLM KV-cache dtype of a cell's KV-cache option
 KV_DTYPE = {"none": "auto", "fp8": "fp8"}
 # eval backend of a weight-only cell scored in vLLM on a dense copy of its dequantized weights
 DEQUANTIZED = "vllm-dequantized"
+QUALITY_ONLY = "not applicable: quality only (stored dense)"
 
 
 class RunOptions(BaseModel):
@@ -92,7 +99,9 @@ def _cell_steps(exp: Experiment, m: ModelSpec, scheme: str, kv: str, rules: prob
     for step in exp.steps:
         ps = PlannedStep(model=m.name, cell=cell, scheme=scheme, kv_cache=kv, step=step, key=keys[step],
                          state="pending")
-        if step == "perf" and not runnable:
+        if step == "perf" and s.quality_only:
+            ps.state, ps.reason = "not_applicable", QUALITY_ONLY
+        elif step == "perf" and not runnable:
             ps.state, ps.reason = "not_runnable", f"not runnable here: {reason}"
         if step == "eval":
             ps.backend = "vllm" if runnable else _fallback(exp, s, kv)
@@ -123,6 +132,24 @@ def _model_steps(exp: Experiment, m: ModelSpec, names: list[str], rules: probe.R
     return steps
 
 
+def check_group_sizes(models: list[ModelSpec], names: list[str]) -> None:
+    """Stop before any step runs when a model's group size does not divide the input size of a layer a
+    grouped scheme quantizes. A model whose config cannot be read here is left to its compress step."""
+    for m in models:
+        grouped = [schemes.get(n).resolve(group_size=m.group_size) for n in names if schemes.get(n).group_size]
+        if not grouped:
+            continue
+        try:
+            sizes = linear_input_sizes(resolve(m.source), m.trust_remote_code)
+        except UsageError:
+            continue
+        for r in grouped:
+            try:
+                schemes.check_group_size(sizes, r.ignore, r.group_size)
+            except UsageError as e:
+                raise UsageError(f"models: {m.name} ({m.source}), {r.scheme}: {e}") from None
+
+
 def plan(exp: Experiment, opts: RunOptions, hw: HardwareInfo | None = None) -> list[PlannedStep]:
     """Every step of the selected cells, baseline first, marked done where a matching ok record exists.
 
@@ -131,6 +158,7 @@ def plan(exp: Experiment, opts: RunOptions, hw: HardwareInfo | None = None) -> l
     hw = hw or detect()
     models = [m for m in exp.models if _selected(m.name, opts.include_models, opts.exclude_models)]
     names = [s for s in exp.schemes if _selected(s, opts.include_schemes, opts.exclude_schemes)]
+    check_group_sizes(models, names)
     if exp.baseline not in names and "eval" in exp.steps:
         names = [exp.baseline, *names]  # recovery needs the baseline cell
     names.sort(key=lambda s: s != exp.baseline)
@@ -142,6 +170,7 @@ def plan(exp: Experiment, opts: RunOptions, hw: HardwareInfo | None = None) -> l
         rec_path = layout.step_file(opts.results_dir, ps.model, ps.cell, ps.step)
         if rec_path.is_file():
             rec = layout.StepRecord.read(rec_path)
-            if rec.key == ps.key and rec.status == "ok":  # "not_runnable" then, runnable now: run it
+            # "not_runnable" then, runnable now: run it; "not_applicable" (quality only) does not change
+            if rec.key == ps.key and rec.status in ("ok", "not_applicable"):
                 ps.state, ps.duration_s = "done", rec.duration_s
     return steps

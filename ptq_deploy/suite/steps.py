@@ -138,5 +138,6 @@ class StepRunner:
                           str(result_path.relative_to(self.root)) if status == "ok" else None)
         ps.state, ps.reason, ps.duration_s = status, reason, rec.duration_s
 
-    def record_not_runnable(self, ps: PlannedStep) -> None:
-        self.record(ps, "not_runnable", ps.reason, timestamp(), 0.0)
+    def record_skipped(self, ps: PlannedStep) -> None:
+        """A step that cannot run here (``not_runnable``) or does not apply (``not_applicable``), with why."""
+        self.record(ps, ps.state, ps.reason, timestamp(), 0.0)

@@ -18,7 +18,8 @@ from ptq_deploy.suite.plan import PlannedStep
 
 SYMBOL = {"done": "[green]✓ done[/green]", "ok": "[green]✓[/green]", "pending": "[dim]·[/dim]",
           "running": "[yellow]▶ running[/yellow]", "failed": "[red]✗ failed[/red]",
-          "not_runnable": "[magenta]n/a here[/magenta]", "blocked": "[dim]blocked[/dim]"}
+          "not_runnable": "[magenta]n/a here[/magenta]", "not_applicable": "[dim]n/a (quality only)[/dim]",
+          "blocked": "[dim]blocked[/dim]"}
 
 
 def matrix_table(steps: list[PlannedStep], title: str, elapsed: float | None = None) -> Table:
