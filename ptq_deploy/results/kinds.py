@@ -1,0 +1,34 @@
+"""Every result kind, read back through one discriminated union on ``kind``.
+
+Kept apart from ``ptq_deploy.results`` (which each result module imports for its envelope):
+``read_result`` needs every result module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Union
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+from ptq_deploy.compress import CompressResult
+from ptq_deploy.errors import UsageError
+from ptq_deploy.eval.result import EvalResult
+from ptq_deploy.inspection.report import InspectReport
+from ptq_deploy.perf.result import PerfResult
+from ptq_deploy.suite.layout import StepRecord
+
+AnyResult = Annotated[Union[CompressResult, InspectReport, PerfResult, EvalResult, StepRecord],
+                      Field(discriminator="kind")]
+_ADAPTER: TypeAdapter = TypeAdapter(AnyResult)
+KINDS = ("compress", "inspect", "perf", "eval", "suite-step")
+
+
+def read_result(path: Path):
+    """Any ptq-deploy result file (any schema version), as its typed model; one clear error otherwise."""
+    try:
+        return _ADAPTER.validate_json(Path(path).read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    except (ValidationError, ValueError) as e:
+        raise UsageError(f"{path} is not a ptq-deploy result ({', '.join(KINDS)}): {str(e).splitlines()[0]}") from None
