@@ -5,12 +5,13 @@
       checkpoints/<model>/<cell>/          compressed checkpoints (with ptq_deploy.json)
       steps/<model>/<cell>/<step>.json     one StepRecord per finished step (ok | failed | not_runnable)
       results/<model>/<cell>/<step>.json   the step's result object (CompressResult, InspectReport,
-                                           PerfResult, EvalResult) as JSON
+                                           PerfResult, EvalResult, KVResult) as JSON
       logs/<model>/<cell>/<step>.log       everything the step printed
 
 ``<cell>`` is the scheme name, plus ``+kv-fp8`` when the KV-cache option is not ``none``.
 Steps: ``compress``, ``inspect``, ``perf``, ``eval`` (and ``eval-hf`` for a baseline evaluated with
-the HF backend, so that cells that vLLM cannot run here can still be compared like for like).
+the HF backend, so that cells that vLLM cannot run here can still be compared like for like), and
+``kv`` (a scheme's quality-only KV-cache methods, one ``KVResult``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pydantic import model_validator
 from ptq_deploy.results import Identity, ResultEnvelope
 from ptq_deploy.timeutil import timestamp
 
-STEPS = ("compress", "inspect", "perf", "eval", "eval-hf")
+STEPS = ("compress", "inspect", "perf", "eval", "eval-hf", "kv")
 Status = Literal["ok", "failed", "not_runnable"]
 
 
