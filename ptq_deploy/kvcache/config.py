@@ -19,7 +19,8 @@ class KVSettings(BaseModel):
 
     passkey: PasskeySpec = Field(default_factory=lambda: PasskeySpec(lengths=[1024, 2048]),
                                  description="passkey retrieval: lengths x depths x samples")
-    documents: int = Field(4, ge=0, description="whole chapters (2k-4k tokens) for long-document and generation perplexity")
+    documents: int = Field(4, ge=0, description="whole chapters (the shortest of the bundled 2k-4k-token ones) for "
+                                                "long-document and generation perplexity")
     scored_tokens: int = Field(256, ge=16, description="tokens scored at the end of each chapter, after the rest is cached")
     chunk: int = Field(64, ge=1, description="tokens per forward while scoring (each chunk attends to the cache)")
     generate_tokens: int = Field(32, ge=2, description="greedy continuation of each chapter prefix (generation perplexity)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -68,11 +67,16 @@ def filler_text() -> str:
     return "\n\n".join(r["text"] for r in _jsonl("filler.jsonl"))
 
 
-def chapters() -> list[Document]:
-    """Whole chapters (2k-4k tokens with the embedded model's tokenizer), in book order."""
+def chapters(n: int | None = None) -> list[Document]:
+    """Whole chapters (2k-4k tokens with the embedded model's tokenizer): the ``n`` shortest (all when
+    ``n`` is None), in book order."""
+    rows = _jsonl("chapters.jsonl")
+    if n is not None:
+        keep = {id(r) for r in sorted(rows, key=lambda r: len(r["text"]))[:n]}
+        rows = [r for r in rows if id(r) in keep]
     return [Document(id=f"{r['book']} ch. {r['chapter']}", **{k: r[k] for k in ("book", "chapter", "text", "sha256",
                                                                                  "source")})
-            for r in _jsonl("chapters.jsonl")]
+            for r in rows]
 
 
 def passkey_samples(tokenizer, spec: PasskeySpec) -> list[PasskeySample]:
@@ -100,12 +104,6 @@ def passkey_samples(tokenizer, spec: PasskeySpec) -> list[PasskeySample]:
                 out.append(PasskeySample(id=f"len{length}-d{int(depth * 100)}-{i}", length=length, depth=depth,
                                          key=key, context=HEAD + before + needle + after))
     return out
-
-
-def answer_ok(text: str, key: str) -> bool:
-    """The first 5-digit number in the answer is the key."""
-    found = re.findall(r"\d{5}", text)
-    return bool(found) and found[0] == key
 
 
 def provenance(tokenizer_name: str, spec: PasskeySpec, docs: list[Document]) -> dict:

@@ -1,7 +1,9 @@
 """One sample, every method: a full-precision prefill, then each method's cache read back by later tokens.
 
-- ``passkey``: the context (key inside) is prefilled; the question is a chunk that attends to the
-  method's cache, then greedy decoding reads it token by token.
+- ``passkey``: the context (key inside) is prefilled; the question and the expected answer (`` 12345``)
+  are one chunk that attends to the method's cache: the sample is correct when every answer token is
+  the argmax at its position, i.e. exactly when greedy decoding would answer the key (one forward per
+  method instead of one per answer token; the greedy answer is recorded up to its first wrong token).
 - ``chapter``: all but the last ``scored_tokens`` of a chapter are prefilled; (a) long-document NLL of
   the last tokens, fed in chunks that attend to the cache (never one pass over the whole text), and
   (b) a greedy continuation of the prefix, scored by the baseline from the full-precision prefix cache,
@@ -20,12 +22,9 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from ptq_deploy.kvcache.cache import buffer_bytes, cache_bytes, clone, convert
-from ptq_deploy.kvcache.longctx import PasskeySample, answer_ok
+from ptq_deploy.kvcache.longctx import PasskeySample
 from ptq_deploy.kvcache.methods import KVMethod
 from ptq_deploy.kvcache.result import Samples
-
-PASSKEY_NEW_TOKENS = 8
-
 
 class Proof:
     """The first post-prefill logits of each method vs the baseline's (kept per sample)."""
@@ -68,6 +67,7 @@ def passkey(model, tok, sample: PasskeySample, methods: list[KVMethod], samples:
             buffers: dict[str, dict[str, float]], times: dict[str, float]) -> None:
     ctx = tok(sample.context, return_tensors="pt").input_ids
     q = tok(sample.question, return_tensors="pt", add_special_tokens=False).input_ids
+    answer = tok(" " + sample.key, return_tensors="pt", add_special_tokens=False).input_ids
     fp, _ = prefill(model, ctx)
     proof = Proof()
     for m in methods:
@@ -75,11 +75,12 @@ def passkey(model, tok, sample: PasskeySample, methods: list[KVMethod], samples:
         s = samples[m.name]
         cache = convert(fp, m)
         _record_bytes(s, sample.id, cache, ctx.shape[1], buffers[m.name])
-        logits = model(q, past_key_values=cache, use_cache=True).logits[0]
-        proof.record(s, sample.id, logits, m.baseline)
-        new = greedy(model, cache, logits[-1].argmax(), PASSKEY_NEW_TOKENS)
-        answer = tok.decode(new)
-        s.passkey[sample.id], s.passkey_answer[sample.id] = answer_ok(answer, sample.key), answer
+        logits = model(torch.cat([q, answer], dim=1), past_key_values=cache, use_cache=True).logits[0]
+        proof.record(s, sample.id, logits[:q.shape[1]], m.baseline)
+        greedy_ids = logits[q.shape[1] - 1:-1].argmax(-1)  # what greedy decoding picks at each answer position
+        hits = (greedy_ids == answer[0]).tolist()
+        upto = hits.index(False) + 1 if False in hits else len(hits)
+        s.passkey[sample.id], s.passkey_answer[sample.id] = all(hits), tok.decode(greedy_ids[:upto])
         times[m.name] += time.perf_counter() - t0
 
 

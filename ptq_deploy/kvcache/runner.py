@@ -81,7 +81,7 @@ def run_kv(cfg: KVConfig, progress: Callable[[str], None] | None = None) -> KVRe
     ms = check_methods(cfg.methods, detect())
     path, identity = resolve_checkpoint(cfg.checkpoint)
     settings = cfg.settings()
-    docs = longctx.chapters()[:settings.documents]
+    docs = longctx.chapters(settings.documents)
     if len(docs) < settings.documents:
         raise UsageError(f"documents: {settings.documents} asked, {len(docs)} chapters bundled")
     import torch  # heavy

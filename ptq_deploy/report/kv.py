@@ -160,7 +160,8 @@ def _md_table(headers, rows) -> list[str]:
 def markdown(secs: list[KVSection], plots: dict[str, str]) -> list[str]:
     lines: list[str] = []
     for s in secs:
-        lines += [f"## KV cache: {s.model} ({s.cell})", "", *_md_table(HEADERS, table(s)), ""]
+        lines += [f"## KV cache: {s.model}, {s.cell} (baseline: the unquantized cache)", "",
+                  *_md_table(HEADERS, table(s)), ""]
         if s.findings:
             lines += ["Findings (not rows):", "", *(f"- {f}" for f in s.findings), ""]
         if s.capacity:
@@ -181,7 +182,8 @@ def _html_table(headers, rows) -> str:
 def html(secs: list[KVSection]) -> list[str]:
     parts = []
     for s in secs:
-        parts += [f"<h2>KV cache: {escape(s.model)} ({escape(s.cell)})</h2>", _html_table(HEADERS, table(s))]
+        parts += [f"<h2>KV cache: {escape(s.model)}, {escape(s.cell)} (baseline: the unquantized cache)</h2>",
+                  _html_table(HEADERS, table(s))]
         if s.findings:
             parts.append("<ul class='small'>" + "".join(f"<li>{escape(f)}</li>" for f in s.findings) + "</ul>")
         if s.capacity:
