@@ -217,6 +217,8 @@ def eval_(
     dtype: str = typer.Option(_d(EngineConfig, "dtype"), help=_h(EngineConfig, "dtype")),
     max_model_len: Optional[int] = typer.Option(_d(EngineConfig, "max_model_len"), help=_h(EngineConfig, "max_model_len")),
     kv_cache_dtype: str = typer.Option(_d(EngineConfig, "kv_cache_dtype"), help=_h(EngineConfig, "kv_cache_dtype")),
+    kv_cache: Optional[str] = typer.Option(None, "--kv-cache", help="a KV-cache method by name (`ptq-deploy kv --list`): "
+                                           "vLLM ones set --kv-cache-dtype; quality-only ones run with `ptq-deploy kv`"),
     tensor_parallel_size: int = typer.Option(_d(EngineConfig, "tensor_parallel_size")),
     data_parallel_size: int = typer.Option(_d(EngineConfig, "data_parallel_size")),
     gpu_memory_utilization: float = typer.Option(_d(EngineConfig, "gpu_memory_utilization")),
@@ -230,7 +232,14 @@ def eval_(
     """Score CHECKPOINT with lm-eval (vLLM backend) and, with --baseline, report recovery and whether it is real."""
     from ptq_deploy.eval import run_eval
     from ptq_deploy.eval.render import result_table
+    from ptq_deploy.kvcache import methods as kv_methods
 
+    if kv_cache is not None:
+        m = kv_methods.get(kv_cache)
+        if m.quality_only:
+            raise UsageError(f"--kv-cache {m.name}: {kv_methods.QUALITY_ONLY_NOTE}; measure it with "
+                             f"`ptq-deploy kv {checkpoint} -m {m.name}`")
+        kv_cache_dtype = m.vllm_dtype
     engine_cfg = EngineConfig(dtype=dtype, max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype,
                               tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
                               gpu_memory_utilization=gpu_memory_utilization, seed=seed)
