@@ -181,6 +181,24 @@ def test_cli_lists_methods_and_refuses_in_one_line(cli):
     assert "KV cache fp8: not runnable here" in p.stderr and "AVX-512" in p.stderr
     p = cli("kv", "default", "-m", "kivi-int8")
     assert p.returncode == 2 and "Available:" in p.stderr and "Traceback" not in p.stderr
+    p = cli("eval", "default", "--kv-cache", "kivi-int2")
+    assert p.returncode == 2 and "vLLM cannot serve this" in p.stderr and "ptq-deploy kv default -m kivi-int2" in p.stderr
+
+
+def test_passkey_is_an_lm_eval_task():
+    """The bundled passkey items load as lm-eval's generate_until task; the prompt ends with the question
+    and the target is the key hidden in the context."""
+    from ptq_deploy.eval.config import EvalConfig
+    from ptq_deploy.eval.runner import load_tasks, task_manager
+
+    cfg = EvalConfig(checkpoint="default", tasks=["passkey"])
+    task = load_tasks(task_manager(cfg), cfg.tasks)[0]
+    docs = list(task.test_docs())
+    assert len(docs) == 15 and {d["length"] for d in docs} == {1024, 2048, 4096}
+    for d in docs[:3]:
+        prompt, target = task.doc_to_text(d), task.doc_to_target(d)
+        assert prompt.endswith("The pass key is") and f"The pass key is {target}." in prompt
+    assert task.config.output_type == "generate_until"
 
 
 def test_report_kv_section(tiny_measured, tmp_path):

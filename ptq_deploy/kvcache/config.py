@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ptq_deploy.eval.config import split_names
 from ptq_deploy.kvcache import methods
 from ptq_deploy.kvcache.longctx import PasskeySpec
 
@@ -42,9 +43,7 @@ class KVConfig(KVSettings):
     @field_validator("methods", mode="before")
     @classmethod
     def _split(cls, v):
-        if isinstance(v, str):
-            v = [v]
-        return [m.strip() for item in v for m in str(item).split(",") if m.strip()]
+        return split_names(v)
 
     @model_validator(mode="after")
     def _check(self) -> "KVConfig":
