@@ -280,18 +280,11 @@ def kv_cmd(
     every later token reads it. Quality-only methods (KIVI/KVQuant/FORGE-style, transformers' QuantizedCache)
     run through transformers; vLLM's fp8 KV cache runs in vLLM (refused with the reason where it cannot).
     """
-    from ptq_deploy.kvcache import methods as registry
-    from ptq_deploy.kvcache.render import findings_lines, methods_table, passkey_table
+    from ptq_deploy.kvcache.render import findings_lines, methods_table, passkey_table, registry_table
     from ptq_deploy.kvcache.runner import run_kv
 
     if list_methods:
-        t = Table(title="KV-cache methods")
-        for c in ("name", "runs in", "parameters", "description"):
-            t.add_column(c)
-        for m in registry.REGISTRY.values():
-            t.add_row(m.name, "transformers (quality only)" if m.quality_only else "vLLM",
-                      ", ".join(f"{k}={v}" for k, v in m.params().items()), m.description)
-        out.print(t)
+        out.print(registry_table())
         return
     try:
         lens = [int(x) for x in lengths.split(",") if x.strip()]

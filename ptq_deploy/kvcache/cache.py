@@ -89,7 +89,7 @@ class BlockLayer(DynamicLayer):
 def codec_for(method: KVMethod) -> Codec:
     if method.family == "kivi":
         return KiviCodec(method.bits, method.group, method.window)
-    if method.family == "kvquant":
+    if method.family in ("kvquant", "uniform"):
         return KVQuantCodec(method.bits, method.group, method.outliers)
     if method.family == "forge":
         return ForgeCodec(method.energy, method.group)

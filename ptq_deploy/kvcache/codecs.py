@@ -5,7 +5,8 @@
   (``QuantoQuantizedLayer._quantize``: optimum-quanto's ``MaxOptimizer`` + ``quantize_weight``, bit-packed).
 - ``KVQuantCodec``: KVQuant-style dense-and-sparse: the largest ``outliers`` fraction of entries kept in
   16 bit (int32 index + fp16 value), the rest uniform ``bits``-bit (keys per channel, values per token)
-  with ranges that exclude the outliers. quanto packs only 2/4 bits, so this one packs its own.
+  with ranges that exclude the outliers; with no outliers, plain uniform ``bits``-bit. quanto packs only
+  2/4 bits, so this one packs its own.
 - ``ForgeCodec``: FORGE-style low rank: each chunk of ``block`` tokens (all heads of a layer side by
   side) as its truncated SVD keeping ``energy`` of the squared singular values.
 - ``PassthroughCodec``: stores the tensor unchanged (a method that does nothing; tests use it to show
@@ -113,14 +114,16 @@ def _ungrouped(g: torch.Tensor, per_channel: bool) -> torch.Tensor:
 
 
 class KVQuantCodec(Codec):
-    def __init__(self, bits: int, group: int, outliers: float):
+    def __init__(self, bits: int, group: int, outliers: float | None):
         self.bits, self.block, self.outliers = bits, group, outliers
 
     def encode(self, x, key):
-        a = x.abs().reshape(-1)
-        k = max(1, int(round(a.numel() * self.outliers)))
-        thr = torch.topk(a, k).values[-1]
-        mask = x.abs() >= thr
+        if self.outliers:
+            a = x.abs().reshape(-1)
+            thr = torch.topk(a, max(1, int(round(a.numel() * self.outliers)))).values[-1]
+            mask = x.abs() >= thr
+        else:
+            mask = torch.zeros_like(x, dtype=torch.bool)
         idx = mask.reshape(-1).nonzero().squeeze(-1)
         sparse = (idx.to(torch.int32), x.reshape(-1)[idx].to(torch.float16))
         g = _grouped(x, self.block, per_channel=key)

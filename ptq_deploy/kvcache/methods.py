@@ -6,7 +6,8 @@ Two kinds of method:
   plain checkpoint. They run where vLLM supports an fp8 KV cache (GPUs, AVX-512/AMX CPUs) and are refused
   with the reason elsewhere (``support.kv_cache_support``).
 - **quality only** (``vLLM cannot serve this``): measured through transformers (``kvcache.cache``): KIVI-style
-  2/4-bit, KVQuant-style dense-and-sparse, FORGE-style low rank, and transformers' own ``QuantizedCache``.
+  2/4-bit, KVQuant-style dense-and-sparse, plain 8-bit, FORGE-style low rank, and transformers' own
+  ``QuantizedCache``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from ptq_deploy.errors import UsageError
 
 QUALITY_ONLY_NOTE = "quality only - vLLM cannot serve this"
-Family = Literal["none", "vllm", "kivi", "kvquant", "forge", "hf-quanto", "passthrough"]
+Family = Literal["none", "vllm", "kivi", "kvquant", "uniform", "forge", "hf-quanto", "passthrough"]
 
 
 class KVMethod(BaseModel):
@@ -65,6 +66,8 @@ REGISTRY: dict[str, KVMethod] = {m.name: m for m in [
              description="KVQuant-style 3-bit: keys per channel, values per token, 1% outliers kept in fp16"),
     KVMethod(name="kvquant-int2", family="kvquant", bits=2, group=32, window=128, outliers=0.01,
              description="KVQuant-style 2-bit: keys per channel, values per token, 1% outliers kept in fp16"),
+    KVMethod(name="uniform-int8", family="uniform", bits=8, group=32, window=128,
+             description="8-bit asymmetric: keys per channel, values per token, group 32, no outliers"),
     KVMethod(name="forge-95", family="forge", group=64, window=128, energy=0.95,
              description="FORGE-style low rank: SVD of 64-token K/V chunks keeping 95% of the energy"),
     KVMethod(name="hf-quanto-int4", family="hf-quanto", bits=4, group=64, window=128,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from ptq_deploy.kvcache.methods import QUALITY_ONLY_NOTE
+from ptq_deploy.kvcache.methods import NOT_INCLUDED, QUALITY_ONLY_NOTE, REGISTRY
 from ptq_deploy.kvcache.result import Delta, KVResult
 
 COLOUR = {"regressed": "red", "improved": "green", "not distinguishable": "yellow", "unknown": "dim"}
@@ -50,3 +50,13 @@ def passkey_table(res: KVResult) -> Table:
 
 def findings_lines(res: KVResult) -> list[str]:
     return [f"[{'red' if f.severity == 'error' else 'yellow'}]{f.severity}[/]: {f.message}" for f in res.findings]
+
+
+def registry_table() -> Table:
+    t = Table(title="KV-cache methods", caption="; ".join(f"not included: {k} ({why})" for k, why in NOT_INCLUDED.items()))
+    for c in ("name", "runs in", "parameters", "description"):
+        t.add_column(c)
+    for m in REGISTRY.values():
+        t.add_row(m.name, f"transformers ({QUALITY_ONLY_NOTE})" if m.quality_only else "vLLM",
+                  ", ".join(f"{k}={v}" for k, v in m.params().items()), m.description)
+    return t
