@@ -17,6 +17,8 @@ from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.eval.config import EvalConfig, EvalOptions
 from ptq_deploy.inspection.report import InspectConfig
+from ptq_deploy.kvcache.config import KVConfig, KVSettings
+from ptq_deploy.kvcache.longctx import PasskeySpec
 from ptq_deploy.perf.config import PerfConfig, PerfSettings
 from ptq_deploy.report.settings import ReportSettings, parse_min_recovery
 from ptq_deploy.ui import console, out
@@ -213,6 +215,8 @@ def eval_(
     dtype: str = typer.Option(_d(EngineConfig, "dtype"), help=_h(EngineConfig, "dtype")),
     max_model_len: Optional[int] = typer.Option(_d(EngineConfig, "max_model_len"), help=_h(EngineConfig, "max_model_len")),
     kv_cache_dtype: str = typer.Option(_d(EngineConfig, "kv_cache_dtype"), help=_h(EngineConfig, "kv_cache_dtype")),
+    kv_cache: Optional[str] = typer.Option(None, "--kv-cache", help="a KV-cache method by name (`ptq-deploy kv --list`): "
+                                           "vLLM ones set --kv-cache-dtype; quality-only ones run with `ptq-deploy kv`"),
     tensor_parallel_size: int = typer.Option(_d(EngineConfig, "tensor_parallel_size")),
     data_parallel_size: int = typer.Option(_d(EngineConfig, "data_parallel_size")),
     gpu_memory_utilization: float = typer.Option(_d(EngineConfig, "gpu_memory_utilization")),
@@ -226,7 +230,14 @@ def eval_(
     """Score CHECKPOINT with lm-eval (vLLM backend) and, with --baseline, report recovery and whether it is real."""
     from ptq_deploy.eval import run_eval
     from ptq_deploy.eval.render import result_table
+    from ptq_deploy.kvcache import methods as kv_methods
 
+    if kv_cache is not None:
+        m = kv_methods.get(kv_cache)
+        if m.quality_only:
+            raise UsageError(f"--kv-cache {m.name}: {kv_methods.QUALITY_ONLY_NOTE}; measure it with "
+                             f"`ptq-deploy kv {checkpoint} -m {m.name}`")
+        kv_cache_dtype = m.vllm_dtype
     engine_cfg = EngineConfig(dtype=dtype, max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype,
                               tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
                               gpu_memory_utilization=gpu_memory_utilization, seed=seed)
@@ -238,6 +249,56 @@ def eval_(
     out.print(result_table(res), width=None if out.is_terminal else max(out.width, 140))
     if res.path:
         out.print(f"[green]wrote[/green] {res.path}")
+
+
+# ---------------------------------------------------------------- kv
+@app.command("kv")
+def kv_cmd(
+    checkpoint: str = typer.Argument("default", help="checkpoint directory, hub id, .gguf file or 'default'"),
+    method: list[str] = typer.Option(_d(KVConfig, "methods"), "--method", "-m",
+                                     help="KV-cache method (comma-separated or repeated; see --list); the baseline "
+                                          "'none' is always measured"),
+    list_methods: bool = typer.Option(False, "--list", help="list the KV-cache methods and exit"),
+    lengths: str = typer.Option(",".join(map(str, _d(KVSettings, "passkey").lengths)),
+                                help="passkey context lengths in tokens, comma-separated"),
+    samples: int = typer.Option(_d(KVSettings, "passkey").samples, help="passkey samples per length x depth"),
+    documents: int = typer.Option(_d(KVSettings, "documents"), help=_h(KVSettings, "documents")),
+    scored_tokens: int = typer.Option(_d(KVSettings, "scored_tokens"), help=_h(KVSettings, "scored_tokens")),
+    chunk: int = typer.Option(_d(KVSettings, "chunk"), help=_h(KVSettings, "chunk")),
+    generate_tokens: int = typer.Option(_d(KVSettings, "generate_tokens"), help=_h(KVSettings, "generate_tokens")),
+    dtype: str = typer.Option(_d(KVSettings, "dtype"), help=_h(KVSettings, "dtype")),
+    threads: Optional[int] = typer.Option(_d(KVSettings, "threads"), help=_h(KVSettings, "threads")),
+    output_dir: Path = typer.Option(_d(KVConfig, "output_dir"), help="where the result JSON goes"),
+):
+    """Long-context cost and benefit of KV-cache methods: passkey retrieval by depth x length, long-document
+    and generation perplexity against the unquantized cache, with proof each method was applied (bytes the
+    cache holds, logit difference on the same input).
+
+    Every sample is prefilled once at full precision; each method then holds that cache in its own form and
+    every later token reads it. Quality-only methods (KIVI/KVQuant/FORGE-style, transformers' QuantizedCache)
+    run through transformers; vLLM's fp8 KV cache runs in vLLM (refused with the reason where it cannot).
+    """
+    from ptq_deploy.kvcache.render import findings_lines, methods_table, passkey_table, registry_table
+    from ptq_deploy.kvcache.runner import run_kv
+
+    if list_methods:
+        out.print(registry_table())
+        return
+    try:
+        lens = [int(x) for x in lengths.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--lengths {lengths!r}: expected comma-separated integers, e.g. 1024,2048") from None
+    cfg = KVConfig(checkpoint=checkpoint, methods=method, passkey=PasskeySpec(lengths=lens, samples=samples),
+                   documents=documents, scored_tokens=scored_tokens, chunk=chunk, generate_tokens=generate_tokens,
+                   dtype=dtype, threads=threads, output_dir=output_dir)
+    res = run_kv(cfg, progress=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False))
+    out.print(methods_table(res), width=None if out.is_terminal else max(out.width, 160))
+    out.print(passkey_table(res))
+    for line in findings_lines(res):
+        out.print(line, highlight=False)
+    out.print(f"[green]wrote[/green] {res.path}")
+    if not res.ok:
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------- run (suite)

@@ -22,6 +22,7 @@ from rich.table import Table
 from ptq_deploy.checkpoint.quant import QUANT_MODIFIERS, from_recipe, modifiers
 from ptq_deploy.errors import UsageError
 from ptq_deploy.fakequant import IGNORE as FAKE_QUANT_IGNORE, FakeQuantSpec, magnitudes
+from ptq_deploy.kvcache import methods as kv_methods
 
 SCHEMES_DIR = Path(__file__).resolve().parent / "data" / "schemes"
 INT_BITS = {"bf16": 16, "fp8": 8, "int8": 8, "int4": 4, "int3": 3, "int2": 2}
@@ -180,6 +181,10 @@ def from_recipe_file(path: Path) -> Scheme:
 
 def resolve_recipe(scheme: Scheme, group_size: int | None = None, kv_cache: str = "none") -> ResolvedRecipe:
     if kv_cache not in KV_CACHE_SCHEMES:
+        if kv_cache in kv_methods.REGISTRY:  # a KV method that is chosen at run time, not written into a checkpoint
+            how = ("compress without --kv-cache and run vLLM with --kv-cache-dtype fp8" if kv_cache == "fp8-uncalibrated"
+                   else f"{kv_methods.QUALITY_ONLY_NOTE}: measure it with `ptq-deploy kv CKPT -m {kv_cache}`")
+            raise UsageError(f"--kv-cache {kv_cache} is not written into a checkpoint ({how})")
         raise UsageError(f"unknown --kv-cache {kv_cache!r}; choose from {', '.join(KV_CACHE_SCHEMES)}")
     recipe = copy.deepcopy(scheme.recipe)
     effective_group = scheme.group_size

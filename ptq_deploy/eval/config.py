@@ -18,6 +18,13 @@ DEFAULT_TASKS = list(BUNDLED_TASKS)
 HUB_TASKS = {"tasks": ["gsm8k", "hellaswag", "piqa", "arc_easy"], "num_fewshot": 5, "limit": 250}
 
 
+def split_names(v) -> list[str]:
+    """``"a,b"`` / ``["a,b", "c"]`` -> ``["a", "b", "c"]`` (comma-separated or repeated CLI options)."""
+    if isinstance(v, str):
+        v = [v]
+    return [t.strip() for item in v for t in str(item).split(",") if t.strip()]
+
+
 class EvalOptions(BaseModel):
     """What is scored and how (an experiment file's ``eval:`` holds these)."""
 
@@ -36,9 +43,7 @@ class EvalOptions(BaseModel):
     @field_validator("tasks", mode="before")
     @classmethod
     def _split(cls, v):
-        if isinstance(v, str):
-            v = [v]
-        return [t.strip() for item in v for t in str(item).split(",") if t.strip()]
+        return split_names(v)
 
     @field_validator("limit")
     @classmethod

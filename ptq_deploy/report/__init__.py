@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptq_deploy.errors import UsageError
-from ptq_deploy.report import compare, html, plots, render
-from ptq_deploy.report.cells import baseline_scheme, experiment_settings
+from ptq_deploy.report import compare, html, kv, plots, render
+from ptq_deploy.report.cells import baseline_scheme, experiment_settings, load_cells
 from ptq_deploy.report.collect import collect
 from ptq_deploy.report.compare import Comparison, compare as compare_reports
 from ptq_deploy.report.leaderboard import Report, build
@@ -48,7 +48,7 @@ def build_report(results_dir: Path, min_recovery: float | None = None,
     base = baseline or baseline_scheme(root)
     rows = collect(root, base, iters=bootstrap_iters, seed=seed)
     settings.check_tasks(t for r in rows for t in r.tasks)
-    return build(rows, root, settings, base, source)
+    return build(rows, root, settings, base, source, kv.sections(load_cells(root), base))
 
 
 def parse_formats(spec: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -67,18 +67,21 @@ def write_report(report: Report, out_dir: Path, formats=FORMATS) -> list[Path]:
     fmts = parse_formats(formats)
     written: list[Path] = []
     pngs: dict[str, bytes] = {}
+    kv_pngs: dict[str, bytes] = {}
     if {"md", "html"} & set(fmts):
         pngs = plots.render_all(report)
-        for name, data in pngs.items():
+        kv_pngs = {kv.heatmap_name(s): png for s in report.kv if (png := kv.heatmap(s)) is not None}
+        for name, data in {**pngs, **kv_pngs}.items():
             p = out / "plots" / f"{name}.png"
             p.parent.mkdir(parents=True, exist_ok=True)
             tmp = p.with_name(f".{p.name}.tmp")
             tmp.write_bytes(data)
             tmp.replace(p)
             written.append(p)
-    text = {"md": lambda: render.markdown(report, [f"plots/{n}.png" for n in pngs]),
+    text = {"md": lambda: render.markdown(report, [f"plots/{n}.png" for n in pngs],
+                                          {n: f"plots/{n}.png" for n in kv_pngs}),
             "json": lambda: render.to_json(report), "csv": lambda: render.to_csv(report),
-            "html": lambda: html.page(report, pngs)}
+            "html": lambda: html.page(report, pngs, kv_pngs)}
     for f in fmts:
         written.append(atomic_write_text(out / FILES[f], text[f](), force=True))
     return written

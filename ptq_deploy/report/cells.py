@@ -35,7 +35,8 @@ class Cell(BaseModel):
 
 
 # the result kind each step writes (read back through ``results.kinds.read_result``, any schema version)
-RESULT_KINDS = {"compress": "compress", "inspect": "inspect", "perf": "perf", "eval": "eval", "eval-hf": "eval"}
+RESULT_KINDS = {"compress": "compress", "inspect": "inspect", "perf": "perf", "eval": "eval", "eval-hf": "eval",
+                "kv": "kv"}
 
 
 def _experiment(root: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
+from ptq_deploy.report import kv
 from ptq_deploy.report.leaderboard import Report
 from ptq_deploy.report.render import (GROUPS, LEGEND, QUALITY_ONLY, decisions, header, notes, quality_only_frame,
                                      table_frame)
@@ -38,7 +39,12 @@ def _table(lb, group: str) -> str:
     return f"<h3>{escape(GROUPS[group])}</h3><div class='scroll'>{html}</div>"
 
 
-def page(rep: Report, plots: dict[str, bytes]) -> str:
+def _img(name: str, png: bytes) -> str:
+    return (f"<h2>{escape(name.replace('_', ' '))}</h2>"
+            f"<img alt='{escape(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+
+
+def page(rep: Report, plots: dict[str, bytes], kv_plots: dict[str, bytes] | None = None) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ptq-deploy report</title>"
              f"<style>{CSS}</style></head><body>",
              f"<h1>ptq-deploy report: {escape(rep.results_dir)}</h1>",
@@ -57,8 +63,8 @@ def page(rep: Report, plots: dict[str, bytes]) -> str:
         if n:
             parts.append("<ul class='small'>" + "".join(f"<li>{escape(x)}</li>" for x in n) + "</ul>")
     parts.append(f"<p class='small'>{escape(LEGEND)}</p>")
-    for name, png in plots.items():
-        parts.append(f"<h2>{escape(name.replace('_', ' '))}</h2>"
-                     f"<img alt='{escape(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    parts += kv.html(rep.kv)
+    parts += [_img(name, png) for name, png in (kv_plots or {}).items()]
+    parts += [_img(name, png) for name, png in plots.items()]
     parts.append("</body></html>")
     return "\n".join(parts)

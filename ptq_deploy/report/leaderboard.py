@@ -21,6 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from ptq_deploy.report.kv import KVSection
 from ptq_deploy.report.noninferiority import judge
 from ptq_deploy.report.recommend import Recommendation, recommend
 from ptq_deploy.report.row import Row
@@ -55,6 +56,7 @@ class Report(BaseModel):
     constraints_from: str = "defaults"  # defaults | experiment.yaml | command line | experiment.yaml + command line
     ranking_rule: str = RANKING_RULE
     leaderboards: list[Leaderboard]
+    kv: list[KVSection] = []  # the KV-cache section (``report.kv``)
 
     def rows(self) -> list[Row]:
         return [r for lb in self.leaderboards for r in [*lb.rows, *lb.quality_only]]
@@ -112,9 +114,9 @@ def leaderboard(model: str, rows: Sequence[Row], baseline: str, settings: Report
 
 
 def build(rows: Sequence[Row], results_dir: Path, settings: ReportSettings, baseline: str,
-          constraints_from: str = "defaults") -> Report:
+          constraints_from: str = "defaults", kv: Sequence[KVSection] = ()) -> Report:
     models = list(dict.fromkeys(r.model for r in rows))
     return Report(results_dir=str(results_dir),
                   generated_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                  constraints=settings, constraints_from=constraints_from,
+                  constraints=settings, constraints_from=constraints_from, kv=list(kv),
                   leaderboards=[leaderboard(m, [r for r in rows if r.model == m], baseline, settings) for m in models])

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ptq_deploy.report import kv
 from ptq_deploy.report.fmt import MISSING, num, pm
 from ptq_deploy.report.leaderboard import Leaderboard, Report
 from ptq_deploy.report.recommend import Recommendation
@@ -177,7 +178,7 @@ def header(rep: Report) -> str:
             f"Ranking: {rep.ranking_rule}.")
 
 
-def markdown(rep: Report, plots: list[str] | None = None) -> str:
+def markdown(rep: Report, plots: list[str] | None = None, kv_plots: dict[str, str] | None = None) -> str:
     lines = [f"# ptq-deploy report: {rep.results_dir}", "", header(rep), ""]
     for lb in rep.leaderboards:
         lines += [f"## {lb.model} (baseline {lb.baseline})", "", f"**Recommendation:** {lb.recommendation.why}", ""]
@@ -193,6 +194,7 @@ def markdown(rep: Report, plots: list[str] | None = None) -> str:
         if n:
             lines += ["Notes:", "", *(f"- {x}" for x in n), ""]
     lines += [LEGEND, ""]
+    lines += kv.markdown(rep.kv, kv_plots or {})
     if plots:
         lines += ["## Plots", "", *(f"![{p.rsplit('/', 1)[-1].rsplit('.', 1)[0]}]({p})" for p in plots), ""]
     return "\n".join(lines)

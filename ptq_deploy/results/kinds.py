@@ -15,14 +15,15 @@ from ptq_deploy.compress import CompressResult
 from ptq_deploy.errors import UsageError
 from ptq_deploy.eval.result import EvalResult
 from ptq_deploy.inspection.report import InspectReport
+from ptq_deploy.kvcache.result import KVResult
 from ptq_deploy.perf.result import PerfResult
 from ptq_deploy.probe import ProbeResult
 from ptq_deploy.suite.layout import StepRecord
 
-AnyResult = Annotated[Union[CompressResult, InspectReport, PerfResult, EvalResult, StepRecord, ProbeResult],
+AnyResult = Annotated[Union[CompressResult, InspectReport, PerfResult, EvalResult, KVResult, StepRecord, ProbeResult],
                       Field(discriminator="kind")]
 _ADAPTER: TypeAdapter = TypeAdapter(AnyResult)
-KINDS = ("compress", "inspect", "perf", "eval", "suite-step", "probe")
+KINDS = ("compress", "inspect", "perf", "eval", "kv", "suite-step", "probe")
 
 
 def read_result(path: Path):

@@ -19,12 +19,13 @@ from ptq_deploy.compress import CalibrationSettings
 from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import UsageError
 from ptq_deploy.eval.config import EvalOptions
+from ptq_deploy.kvcache import methods as kv_methods
+from ptq_deploy.kvcache.config import KVSettings
 from ptq_deploy.perf.config import PerfSettings
 from ptq_deploy.report.settings import ReportSettings
-from ptq_deploy.schemes import KV_CACHE_SCHEMES
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "data" / "experiments"
-STEPS = ("compress", "inspect", "perf", "eval")
+STEPS = ("compress", "inspect", "perf", "eval", "kv")
 
 
 class ModelSpec(BaseModel):
@@ -44,27 +45,52 @@ class ExperimentEval(EvalOptions):
     fallback: Literal["dequantized", "hf"] | None = "dequantized"
 
 
+class ExperimentKV(KVSettings):
+    # the quality-only KV methods of ``kv_cache`` run as one ``kv`` step per scheme listed here
+    schemes: list[str] | None = Field(None, description="schemes whose checkpoints the quality-only KV-cache "
+                                                        "methods are measured on (default: the baseline)")
+
+
 class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[\w.-]+$")
     models: list[ModelSpec] = Field(min_length=1)
     schemes: list[str] = Field(min_length=1)
-    kv_cache: list[str] = ["none"]
+    kv_cache: list[str] = Field(["none"], description="KV-cache methods (`ptq-deploy kv --list`): vLLM dtypes "
+                                                      "become cells, quality-only methods one kv step per scheme")
     baseline: str = "BF16"
     compress: CalibrationSettings = Field(default_factory=CalibrationSettings)
     perf: PerfSettings = Field(default_factory=PerfSettings)
     eval: ExperimentEval = Field(default_factory=ExperimentEval)
-    steps: list[Literal["compress", "inspect", "perf", "eval"]] = list(STEPS)
+    kv: ExperimentKV = Field(default_factory=ExperimentKV, description="the long-context KV-cache measurements")
+    steps: list[Literal["compress", "inspect", "perf", "eval", "kv"]] = list(STEPS)
     report: ReportSettings = Field(default_factory=ReportSettings, description="the recommendation's constraints")
+
+    @property
+    def kv_quality_only(self) -> list[str]:
+        """The quality-only KV methods (measured in transformers by the ``kv`` step)."""
+        return [k for k in self.kv_cache if kv_methods.get(k).quality_only]
+
+    @property
+    def kv_vllm(self) -> list[str]:
+        """The KV options that are vLLM dtypes (``none`` included): one cell each."""
+        return [k for k in self.kv_cache if not kv_methods.get(k).quality_only]
 
     @model_validator(mode="after")
     def _check(self) -> "Experiment":
         for s in self.schemes:
             schemes.get(s)
         for kv in self.kv_cache:
-            if kv not in KV_CACHE_SCHEMES:
-                raise UsageError(f"kv_cache: unknown option {kv!r}; Available: {', '.join(KV_CACHE_SCHEMES)}")
+            try:
+                kv_methods.get(kv)
+            except UsageError as e:
+                raise UsageError(f"kv_cache: {e}") from None
+        if self.kv_quality_only and "none" not in self.kv_cache:
+            self.kv_cache = ["none", *self.kv_cache]  # the kv step measures against the unquantized cache
+        for s in self.kv.schemes or []:
+            if s not in self.schemes:
+                raise UsageError(f"kv.schemes: {s} is not one of the experiment's schemes ({', '.join(self.schemes)})")
         if self.baseline not in self.schemes:
             raise UsageError(f"baseline: {self.baseline} must be one of the experiment's schemes "
                              f"({', '.join(self.schemes)})")

@@ -7,12 +7,13 @@
       steps/<model>/<cell>/<step>.json     one StepRecord per finished step (ok | failed | not_runnable |
                                            not_applicable: a quality-only scheme's perf)
       results/<model>/<cell>/<step>.json   the step's result object (CompressResult, InspectReport,
-                                           PerfResult, EvalResult) as JSON
+                                           PerfResult, EvalResult, KVResult) as JSON
       logs/<model>/<cell>/<step>.log       everything the step printed
 
 ``<cell>`` is the scheme name, plus ``+kv-fp8`` when the KV-cache option is not ``none``.
 Steps: ``compress``, ``inspect``, ``perf``, ``eval`` (and ``eval-hf`` for a baseline evaluated with
-the HF backend when an experiment scores cells vLLM cannot run with ``fallback: hf``).
+the HF backend when an experiment scores cells vLLM cannot run with ``fallback: hf``), and
+``kv`` (a scheme's quality-only KV-cache methods, one ``KVResult``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pydantic import model_validator
 from ptq_deploy.results import Identity, ResultEnvelope
 from ptq_deploy.timeutil import timestamp
 
-STEPS = ("compress", "inspect", "perf", "eval", "eval-hf")
+STEPS = ("compress", "inspect", "perf", "eval", "eval-hf", "kv")
 Status = Literal["ok", "failed", "not_runnable", "not_applicable"]
 
 

@@ -24,15 +24,24 @@ from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import HardwareInfo, detect
 from ptq_deploy.models import resolve
+from ptq_deploy.kvcache import methods as kv_methods
 from ptq_deploy.suite import layout
 from ptq_deploy.suite.experiment import Experiment, ModelSpec
 
 State = Literal["done", "pending", "not_runnable", "not_applicable", "blocked", "running", "ok", "failed"]
-# the vLLM KV-cache dtype of a cell's KV-cache option
-KV_DTYPE = {"none": "auto", "fp8": "fp8"}
 # eval backend of a weight-only cell scored in vLLM on a dense copy of its dequantized weights
 DEQUANTIZED = "vllm-dequantized"
 QUALITY_ONLY = "not applicable: quality only (stored dense)"
+
+
+def kv_dtype(kv: str) -> str:
+    """The vLLM KV-cache dtype of a cell's KV-cache option (``auto`` for ``none``)."""
+    return kv_methods.get(kv).vllm_dtype or "auto"
+
+
+def compress_kv(kv: str) -> str:
+    """The KV-cache scheme written into the checkpoint: calibrated fp8 scales, or none (vLLM's scales 1.0)."""
+    return "fp8" if kv_methods.get(kv).calibrated else "none"
 
 
 class RunOptions(BaseModel):
@@ -71,7 +80,7 @@ def cell_engine(m: ModelSpec, kv_cache: str) -> EngineConfig:
     """The engine a cell is measured with: the model's settings, with the cell's KV-cache dtype."""
     if kv_cache == "none":
         return m.engine
-    return m.engine.model_copy(update={"kv_cache_dtype": KV_DTYPE.get(kv_cache, kv_cache)})
+    return m.engine.model_copy(update={"kv_cache_dtype": kv_dtype(kv_cache)})
 
 
 def _runnable(scheme: str, kv: str, rules: probe.Rules) -> tuple[bool, str | None]:
@@ -81,22 +90,27 @@ def _runnable(scheme: str, kv: str, rules: probe.Rules) -> tuple[bool, str | Non
         return False, f"{sup.reason} [{sup.source}]"
     if kv == "none":
         return True, None
-    k = rules.kv(KV_DTYPE.get(kv, kv))
+    k = rules.kv(kv_dtype(kv))
     return (True, None) if k.runnable else (False, f"{k.reason} [{k.source}]")
 
 
-def _cell_steps(exp: Experiment, m: ModelSpec, scheme: str, kv: str, rules: probe.Rules) -> list[PlannedStep]:
-    cell = layout.cell_name(scheme, kv)
+def _compress_key(exp: Experiment, m: ModelSpec, scheme: str, kv: str) -> str:
     s = schemes.get(scheme)
-    ckey = _hash({"source": m.source, "trust": m.trust_remote_code, "scheme": s.model_dump(exclude={"source"}),
-                  "group": m.group_size if s.group_size else None, "kv": kv, "calib": exp.compress.model_dump()})
+    return _hash({"source": m.source, "trust": m.trust_remote_code, "scheme": s.model_dump(exclude={"source"}),
+                  "group": m.group_size if s.group_size else None, "kv": compress_kv(kv),
+                  "calib": exp.compress.model_dump()} | ({"kv_option": kv} if kv not in ("none", "fp8") else {}))
+
+
+def _cell_steps(exp: Experiment, m: ModelSpec, scheme: str, kv: str, rules: probe.Rules) -> list[PlannedStep]:
+    cell, s = layout.cell_name(scheme, kv), schemes.get(scheme)
+    ckey = _compress_key(exp, m, scheme, kv)
     engine = cell_engine(m, kv).model_dump()
     keys = {"compress": ckey, "inspect": _hash({"c": ckey, "step": "inspect"}),
             "perf": _hash({"c": ckey, "perf": exp.perf.model_dump(), "engine": engine}),
             "eval": _hash({"c": ckey, "eval": exp.eval.model_dump(mode="json"), "engine": engine})}
     runnable, reason = _runnable(scheme, kv, rules)
     out = []
-    for step in exp.steps:
+    for step in (st for st in exp.steps if st != "kv"):
         ps = PlannedStep(model=m.name, cell=cell, scheme=scheme, kv_cache=kv, step=step, key=keys[step],
                          state="pending")
         if step == "perf" and s.quality_only:
@@ -122,9 +136,24 @@ def _fallback(exp: Experiment, scheme: schemes.Scheme, kv: str) -> str | None:
     return "hf"
 
 
+def _kv_step(exp: Experiment, m: ModelSpec, scheme: str) -> PlannedStep:
+    """The quality-only KV methods of one scheme's checkpoint, one step (one prefill per sample for all)."""
+    key = _hash({"c": _compress_key(exp, m, scheme, "none"), "kv": exp.kv.model_dump(mode="json", exclude={"schemes"}),
+                 "methods": exp.kv_quality_only})
+    return PlannedStep(model=m.name, cell=layout.cell_name(scheme, "none"), scheme=scheme, kv_cache="none", step="kv",
+                       key=key, state="pending", backend="hf")
+
+
 def _model_steps(exp: Experiment, m: ModelSpec, names: list[str], rules: probe.Rules) -> list[PlannedStep]:
-    steps = [ps for scheme in names for kv in exp.kv_cache if not (scheme == exp.baseline and kv != "none")
-             for ps in _cell_steps(exp, m, scheme, kv, rules)]
+    steps = []
+    kv_schemes = exp.kv.schemes or [exp.baseline]
+    for scheme in names:
+        for kv in exp.kv_vllm:
+            if scheme == exp.baseline and kv != "none":
+                continue
+            steps += _cell_steps(exp, m, scheme, kv, rules)
+            if kv == "none" and "kv" in exp.steps and exp.kv_quality_only and scheme in kv_schemes:
+                steps.append(_kv_step(exp, m, scheme))
     if any(ps.step == "eval" and ps.backend == "hf" for ps in steps):  # the baseline scored by HF too
         base = next(p for p in steps if p.cell == exp.baseline and p.step == "eval")
         steps.insert(steps.index(base) + 1, base.model_copy(update={

@@ -1,4 +1,4 @@
-"""What each suite step does (compress -> inspect -> perf -> eval) and how a step's outcome is recorded.
+"""What each suite step does (compress -> inspect -> perf -> eval, kv) and how a step's outcome is recorded.
 
 ``StepRunner.run_step`` sends everything a step prints to its log, writes its result and a
 ``StepRecord`` atomically, and turns any failure into a recorded reason (the matrix goes on).
@@ -20,11 +20,13 @@ from ptq_deploy.errors import PtqError
 from ptq_deploy.eval import EvalConfig, run_eval
 from ptq_deploy.hardware import HardwareInfo
 from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
+from ptq_deploy.kvcache.config import KVConfig
+from ptq_deploy.kvcache.runner import run_kv
 from ptq_deploy.perf import PerfConfig, run_perf
 from ptq_deploy.results import Identity, atomic_write_json
 from ptq_deploy.suite import layout
 from ptq_deploy.suite.experiment import Experiment, ModelSpec
-from ptq_deploy.suite.plan import DEQUANTIZED, PlannedStep, RunOptions, cell_engine
+from ptq_deploy.suite.plan import DEQUANTIZED, PlannedStep, RunOptions, cell_engine, compress_kv
 from ptq_deploy.timeutil import timestamp
 
 
@@ -62,7 +64,7 @@ class StepRunner:
     def compress(self, ps: PlannedStep, m: ModelSpec):
         s = schemes.get(ps.scheme)
         return compress(CompressConfig(
-            model=m.source, scheme=ps.scheme, output=self._ckpt(ps), kv_cache=ps.kv_cache,
+            model=m.source, scheme=ps.scheme, output=self._ckpt(ps), kv_cache=compress_kv(ps.kv_cache),
             group_size=m.group_size if s.group_size else None, calibration=self.exp.compress,
             trust_remote_code=m.trust_remote_code, force=True, compress_python=self.opts.compress_python))
 
@@ -107,6 +109,12 @@ class StepRunner:
         llm = self._engine(ps, m, ckpt)[0] if cfg.backend == "vllm" else None
         return run_eval(cfg, llm=llm)
 
+    def kv(self, ps: PlannedStep, m: ModelSpec):
+        """The quality-only KV methods on this cell's checkpoint, through transformers."""
+        settings = self.exp.kv.model_dump(exclude={"schemes"})
+        return run_kv(KVConfig(**settings, checkpoint=str(self._ckpt(ps)), methods=["none", *self.exp.kv_quality_only],
+                               write=False), progress=print)
+
     # ----------------------------------------------------------------- one step, recorded
     def record(self, ps: PlannedStep, status: str, reason: str | None, started: str, duration_s: float,
                result: str | None = None) -> layout.StepRecord:
@@ -122,7 +130,7 @@ class StepRunner:
         result_path = layout.result_file(self.root, ps.model, ps.cell, ps.step)
         status, reason = "ok", None
         fn = {"compress": self.compress, "inspect": self.inspect, "perf": self.perf, "eval": self.eval,
-              "eval-hf": self.eval}[ps.step]
+              "eval-hf": self.eval, "kv": self.kv}[ps.step]
         try:
             with redirect_fds(layout.log_file(self.root, ps.model, ps.cell, ps.step)):
                 res = fn(ps, self.models[ps.model])

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-EVAL_DATA = Path(__file__).resolve().parent.parent / "data" / "eval"
+DATA = Path(__file__).resolve().parent.parent / "data"
+EVAL_DATA = DATA / "eval"
 
 
-def _load(name: str):
+def _load(name: str, folder: Path = EVAL_DATA):
     import datasets
 
-    return datasets.load_dataset("json", data_files={"test": str(EVAL_DATA / name)})
+    return datasets.load_dataset("json", data_files={"test": str(folder / name)})
 
 
 def load_cloze(**_kwargs):
@@ -24,3 +25,7 @@ def load_cloze(**_kwargs):
 
 def load_ppl(**_kwargs):
     return _load("persuasion_ppl.jsonl")
+
+
+def load_passkey(**_kwargs):
+    return _load("passkey.jsonl", DATA / "longctx")

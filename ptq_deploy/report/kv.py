@@ -1,0 +1,232 @@
+"""The leaderboard's KV-cache section, from the ``kv`` step results and the perf results of KV cells.
+
+Per model and scheme measured by a ``kv`` step: one row per method (passkey accuracy, long-document
+and generation perplexity with the paired-bootstrap delta vs the baseline cache, agreement with the
+baseline's continuation, the bytes the cache held per token, the logit difference on the same input),
+the error findings of methods that were not applied (never rows), and a passkey heatmap (depth x length
+per method). Where vLLM ran a cell: the KV capacity it allocated in tokens and the sequences of
+``context`` tokens that fit at once.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from pydantic import BaseModel
+
+from ptq_deploy.kvcache.methods import QUALITY_ONLY_NOTE
+from ptq_deploy.kvcache.result import Delta, KVResult
+from ptq_deploy.report.cells import Cell
+from ptq_deploy.report.fmt import MISSING, num
+from ptq_deploy.report.row import sig
+
+
+class KVRow(BaseModel):
+    method: str
+    quality_only: bool
+    passkey_accuracy: float | None
+    passkey_n: int
+    passkey: dict[str, float]  # "length@depth" -> accuracy
+    passkey_delta: Delta | None
+    longdoc_ppl: float | None
+    longdoc_delta: Delta | None
+    generation_ppl: float | None
+    generation_delta: Delta | None
+    agreement: float | None
+    bytes_per_token: float | None
+    bytes_ratio: float | None
+    logit_max_abs_diff: float | None
+    kl: float | None
+
+
+class KVCapacity(BaseModel):
+    cell: str
+    kv_cache_dtype: str
+    kv_tokens: int
+    kv_bytes_per_token: int | None
+    context: int
+    concurrent_sequences: int
+
+
+class KVSection(BaseModel):
+    model: str
+    cell: str
+    rows: list[KVRow] = []
+    findings: list[str] = []
+    capacity: list[KVCapacity] = []
+
+
+def _delta(d: Delta | None) -> Delta | None:
+    if d is None:
+        return None
+    ci = (sig(d.ci95[0]), sig(d.ci95[1])) if d.ci95 else None
+    return d.model_copy(update={"baseline": sig(d.baseline), "value": sig(d.value), "delta": sig(d.delta),
+                                "stderr": sig(d.stderr, 2) if d.stderr is not None else None, "ci95": ci})
+
+
+def rows_of(res: KVResult) -> list[KVRow]:
+    out = []
+    for m in res.methods:
+        out.append(KVRow(
+            method=m.method, quality_only=m.quality_only,
+            passkey_accuracy=sig(m.passkey_accuracy.mean) if m.passkey_accuracy else None,
+            passkey_n=m.passkey_accuracy.n if m.passkey_accuracy else 0,
+            passkey={f"{c.length}@{round(c.depth * 100)}%": sig(c.accuracy) for c in m.passkey},
+            passkey_delta=_delta(m.passkey_delta), longdoc_ppl=sig(m.longdoc_ppl), longdoc_delta=_delta(m.longdoc_delta),
+            generation_ppl=sig(m.generation_ppl), generation_delta=_delta(m.generation_delta),
+            agreement=sig(m.agreement.mean) if m.agreement else None,
+            bytes_per_token=sig(m.bytes_per_token.mean) if m.bytes_per_token else None,
+            bytes_ratio=sig(m.bytes_ratio), logit_max_abs_diff=sig(m.logit_max_abs_diff.mean) if m.logit_max_abs_diff else None,
+            kl=sig(m.kl.mean) if m.kl else None))
+    return out
+
+
+def capacity(cells: list[Cell]) -> list[KVCapacity]:
+    out = []
+    for c in cells:
+        perf = c.results.get("perf")
+        mem = getattr(perf, "memory", None)
+        if mem is None or not mem.kv_cache_tokens or perf.engine is None:
+            continue
+        ctx = perf.engine.settings.max_model_len
+        out.append(KVCapacity(cell=c.cell, kv_cache_dtype=perf.engine.kv_cache_dtype, kv_tokens=mem.kv_cache_tokens,
+                              kv_bytes_per_token=mem.kv_bytes_per_token, context=ctx,
+                              concurrent_sequences=mem.kv_cache_tokens // ctx))
+    return out
+
+
+def sections(cells: list[Cell], baseline: str) -> list[KVSection]:
+    """One section per cell with a ``kv`` result, with its model's vLLM KV capacities (the cell's own and
+    every KV cell's); a model with KV cells but no ``kv`` result gets a capacity-only section."""
+    out = []
+    for model in dict.fromkeys(c.model for c in cells):
+        mine = [c for c in cells if c.model == model]
+        kv_cells = [c for c in mine if c.kv_cache != "none"]
+        for c in mine:
+            res = c.results.get("kv")
+            if res is not None:
+                out.append(KVSection(model=model, cell=c.cell, rows=rows_of(res),
+                                     findings=[f"{f.severity}: {f.message}" for f in res.findings],
+                                     capacity=capacity([c, *kv_cells])))
+        if kv_cells and not any(s.model == model for s in out):
+            base = [c for c in mine if c.cell == baseline]
+            cap = capacity([*base, *kv_cells])
+            if cap:
+                out.append(KVSection(model=model, cell=baseline, capacity=cap))
+    return out
+
+
+# ---------------------------------------------------------------- tables
+def _d(d: Delta | None) -> str:
+    if d is None:
+        return MISSING
+    ci = f" ({num(d.ci95[0], True)}–{num(d.ci95[1], True)})" if d.ci95 else ""
+    return f"{num(d.delta, True)}{ci} {d.verdict}"
+
+
+HEADERS = ("method", "passkey acc (n)", "Δ acc (95% CI)", "long-doc ppl", "Δ long-doc ppl (95% CI)", "gen ppl",
+           "Δ gen ppl (95% CI)", "agreement", "KV B/token (× baseline)", "max abs Δ logit", "KL (nats)")
+
+
+def table(sec: KVSection) -> list[list[str]]:
+    return [[r.method + (" *" if r.quality_only else ""), f"{num(r.passkey_accuracy)} ({r.passkey_n})",
+             _d(r.passkey_delta), num(r.longdoc_ppl), _d(r.longdoc_delta), num(r.generation_ppl),
+             _d(r.generation_delta), num(r.agreement), f"{num(r.bytes_per_token)} ({num(r.bytes_ratio)}×)",
+             num(r.logit_max_abs_diff), num(r.kl)] for r in sec.rows]
+
+
+CAP_HEADERS = ("cell", "vLLM KV dtype", "KV capacity (tokens)", "KV B/token", "context", "sequences at once")
+
+
+def cap_table(sec: KVSection) -> list[list[str]]:
+    return [[c.cell, c.kv_cache_dtype, num(c.kv_tokens), num(c.kv_bytes_per_token), num(c.context),
+             num(c.concurrent_sequences)] for c in sec.capacity]
+
+
+LEGEND = (f"KV cache: * = {QUALITY_ONLY_NOTE} (measured in transformers). Every sample is prefilled once at full "
+          "precision; each method then holds that cache in its own form and every later token reads it. Passkey: "
+          "a 5-digit key at 10-90% depth; long-doc ppl: the last tokens of whole chapters, scored in chunks that "
+          "attend to the cache; gen ppl: the method's greedy continuation scored by the baseline (agreement: share "
+          "of tokens equal to the baseline's own continuation). Δ: method − baseline with the 95% interval of a "
+          "paired bootstrap over samples. KV B/token: bytes the cache object held per cached token (measured), "
+          "× the baseline's. max abs Δ logit, KL: first forward after the prefill vs the unquantized cache.")
+
+
+def _md_table(headers, rows) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def markdown(secs: list[KVSection], plots: dict[str, str]) -> list[str]:
+    lines: list[str] = []
+    for s in secs:
+        lines += [f"## KV cache: {s.model}, {s.cell} (baseline: the unquantized cache)", "",
+                  *_md_table(HEADERS, table(s)), ""]
+        if s.findings:
+            lines += ["Findings (not rows):", "", *(f"- {f}" for f in s.findings), ""]
+        if s.capacity:
+            lines += [*_md_table(CAP_HEADERS, cap_table(s)), ""]
+        if heatmap_name(s) in plots:
+            lines += [f"![{heatmap_name(s)}]({plots[heatmap_name(s)]})", ""]
+    if secs:
+        lines += [LEGEND, ""]
+    return lines
+
+
+def _html_table(headers, rows) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def html(secs: list[KVSection]) -> list[str]:
+    parts = []
+    for s in secs:
+        parts += [f"<h2>KV cache: {escape(s.model)}, {escape(s.cell)} (baseline: the unquantized cache)</h2>",
+                  _html_table(HEADERS, table(s))]
+        if s.findings:
+            parts.append("<ul class='small'>" + "".join(f"<li>{escape(f)}</li>" for f in s.findings) + "</ul>")
+        if s.capacity:
+            parts.append(_html_table(CAP_HEADERS, cap_table(s)))
+    if secs:
+        parts.append(f"<p class='small'>{escape(LEGEND)}</p>")
+    return parts
+
+
+# ---------------------------------------------------------------- heatmap
+def heatmap_name(sec: KVSection) -> str:
+    return f"kv_passkey_{sec.model}_{sec.cell}".replace("/", "-")
+
+
+def heatmap(sec: KVSection) -> bytes | None:
+    """Passkey accuracy, one panel per method: depth (rows) x context length (columns)."""
+    import io
+
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    rows = [r for r in sec.rows if r.passkey]
+    if not rows:
+        return None
+    keys = sorted({k for r in rows for k in r.passkey}, key=lambda k: (int(k.split("@")[0]), int(k[:-1].split("@")[1])))
+    lengths = sorted({int(k.split("@")[0]) for k in keys})
+    depths = sorted({int(k[:-1].split("@")[1]) for k in keys})
+    fig = Figure(figsize=(2.2 * len(rows) + 1, 0.45 * len(depths) + 1.6), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(rows), squeeze=False)[0]
+    im = None
+    for ax, r in zip(axes, rows):
+        grid = np.array([[r.passkey.get(f"{n}@{d}%", np.nan) for n in lengths] for d in depths])
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=8)
+        ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths], fontsize=8)
+        ax.set_title(r.method + (" *" if r.quality_only else ""), fontsize=9)
+        ax.set_xlabel("context tokens", fontsize=8)
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7)
+    axes[0].set_ylabel("key depth", fontsize=8)
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="passkey accuracy")
+    fig.suptitle(f"{sec.model} ({sec.cell}): passkey accuracy by depth x context length", fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
