@@ -26,3 +26,8 @@ def test_parse_load_log_warm_and_last_figure_wins():
 
 def test_parse_load_log_empty():
     assert set(parse_load_log("").values()) == {None}
+
+
+def test_parse_load_log_vllm_0_20_v2_runner_wording():
+    """vLLM 0.20's opt-in V2 model runner logs the model load without the word "memory"."""
+    assert parse_load_log("Model loading took 15.02 GiB and 7.250000 seconds")["model_load_s"] == 7.25

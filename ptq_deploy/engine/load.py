@@ -47,7 +47,7 @@ def parse_load_log(text: str) -> dict[str, Any]:
 
     kv = num(r"KV cache size: ([\d,]+) tokens")
     return {"weights_load_s": num(r"Loading weights took ([\d.]+) seconds"),
-            "model_load_s": num(r"Model loading took [\d.]+ GiB memory and ([\d.]+) seconds"),
+            "model_load_s": num(r"Model loading took [\d.]+ GiB (?:memory )?and ([\d.]+) seconds"),
             "kv_cache_tokens": int(kv) if kv is not None else None,
             "compile_cache": ("cold (compiled)" if "Compiling a graph" in text else
                               "warm (graphs loaded from cache)" if "Directly load the compiled graph" in text else None)}

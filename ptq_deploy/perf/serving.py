@@ -130,6 +130,8 @@ def drive(server: Server, reqs: list[Request], concurrency: int, request_rate: f
         meter = EnergyMeter()
         with PeakSampler(server.proc.pid) as mem, meter.phase():
             res = run(samples, request_rate or float("inf"))
+        # vLLM 0.20's benchmark() returns no per-request latencies: first token + the inter-token gaps
+        res.setdefault("latencies", [t + sum(i) for t, i in zip(res["ttfts"], res["itls"])])
         hits1 = server.prefix_cache_hits()
     server.check_alive()
     if res["completed"] == 0:
