@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from ptq_deploy import fakequant, schemes
 from ptq_deploy.errors import UsageError
-from ptq_deploy.eval import ct_compat
+from ptq_deploy.checkpoint import ct_compat
 from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
 
 GRIDS = [("pot", 4, 1), ("pot", 3, 1), ("pot", 2, 1), ("apot", 4, 2), ("apot", 3, 2), ("apot", 5, 2), ("apot", 4, 3)]

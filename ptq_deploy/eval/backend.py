@@ -22,7 +22,7 @@ from typing import Any
 
 from ptq_deploy import engine
 from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError
-from ptq_deploy.eval import ct_compat
+from ptq_deploy.checkpoint import ct_compat
 from ptq_deploy.eval.config import EvalConfig
 from ptq_deploy.eval.result import EngineSummary, EvalSettings
 from ptq_deploy.hardware import HardwareInfo

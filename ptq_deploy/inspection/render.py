@@ -67,7 +67,9 @@ def render(rep: InspectReport, console) -> None:
     if rep.all_linear_bits_per_weight:
         console.print("bits per weight (Linear layers): "
                       + (f"[bold]{rep.linear_bits_per_weight:.3f}[/bold] quantized, " if rep.linear_bits_per_weight else "")
-                      + f"{rep.all_linear_bits_per_weight:.3f} all (scales, zero points included)")
+                      + f"{rep.all_linear_bits_per_weight:.3f} all (scales, zero points included)"
+                      + (f"; stored dense: as codes + scales {rep.metadata.fake_quant.bits_per_weight:.3f} quantized"
+                         if rep.metadata and rep.metadata.fake_quant else ""))
 
     h = rep.hardware
     s = h.support

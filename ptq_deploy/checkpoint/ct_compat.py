@@ -4,7 +4,7 @@ compressed-tensors (>= 0.19) with the runtime's older one (0.17, vLLM's pin).
 0.19 packs such weights densely (value ``i`` at bit ``i x bits`` of the row, ``ceil(n x bits / 32)`` words);
 0.17 reads ``32 // bits`` values per word and so gets the wrong shape (e.g. 180 of 192 inputs). For 2, 4
 and 8 bits the two layouts are the same. ``dense_unpack()`` makes the reader take the layout the packed
-width says; it is used around transformers' loading in the HF eval backend.
+width says, wherever transformers decompresses a checkpoint in the runtime (the HF eval backend).
 """
 
 from __future__ import annotations
