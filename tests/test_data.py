@@ -8,8 +8,10 @@ from ptq_deploy.errors import UsageError
 
 
 def test_bundled_sets_exist_and_are_small():
-    files = list(data.DATA_DIR.rglob("*.jsonl"))
+    files = [*(data.DATA_DIR / "calibration").glob("*.jsonl"), *(data.DATA_DIR / "eval").glob("*.jsonl")]
     assert len(files) == 3 and sum(f.stat().st_size for f in files) < 3 * 2**20
+    everything = [f for f in data.DATA_DIR.rglob("*") if f.is_file()]  # the long-context texts included
+    assert sum(f.stat().st_size for f in everything) < 8 * 2**20
     cloze = [json.loads(l) for l in (data.DATA_DIR / "eval" / "persuasion_cloze.jsonl").read_text().splitlines()]
     assert len(cloze) == 200 and all(len(c["choices"]) == 4 and 0 <= c["label"] < 4 for c in cloze)
     assert all(len(set(c["choices"])) == 4 for c in cloze)  # four distinct answers
