@@ -113,17 +113,29 @@ def test_rerun_skips_finished_steps(suite_run):
 
 
 def test_failures_are_recorded_and_the_suite_goes_on(tiny_model, tmp_path, cli):
+    # INT8-W8A8 calibrates (SmoothQuant + GPTQ) from a set that is not there: its compress step fails in the
+    # compress worker; BF16 and FP8-W8A8 (dynamic, no calibration) go on
     exp = {"name": "bad", "models": [{"name": "tiny", "source": str(tiny_model)}],
-           "schemes": ["BF16", "INT4-W4A16-RTN", "FP8-W8A8"], "steps": ["compress", "inspect"],
-           "compress": {"num_samples": 4, "max_seq_len": 32}}
+           "schemes": ["BF16", "INT8-W8A8", "FP8-W8A8"], "steps": ["compress", "inspect"],
+           "compress": {"num_samples": 4, "max_seq_len": 32, "dataset": str(tmp_path / "no-such-set.jsonl")}}
     f = tmp_path / "bad.yaml"
     f.write_text(yaml.safe_dump(exp))
     p = cli("run", str(f), "-o", str(tmp_path / "res"))
     assert p.returncode == 1, p.stdout + p.stderr
-    assert "tiny/INT4-W4A16-RTN/compress: failed: group size 128 does not divide input size 192" in p.stdout
+    assert "tiny/INT8-W8A8/compress: failed:" in p.stdout and "no-such-set.jsonl" in p.stdout
     recs = {(r.cell, r.step): r.status for r in layout.records(tmp_path / "res")}
-    assert recs == {("BF16", "compress"): "ok", ("BF16", "inspect"): "ok", ("INT4-W4A16-RTN", "compress"): "failed",
+    assert recs == {("BF16", "compress"): "ok", ("BF16", "inspect"): "ok", ("INT8-W8A8", "compress"): "failed",
                     ("FP8-W8A8", "compress"): "ok", ("FP8-W8A8", "inspect"): "ok"}
+
+
+def test_a_group_size_that_does_not_fit_stops_the_plan(tiny_model, tmp_path, cli):
+    exp = {"name": "bad", "models": [{"name": "tiny", "source": str(tiny_model)}], "schemes": ["BF16", "INT4-W4A16-RTN"]}
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(exp))
+    p = cli("run", str(f), "-o", str(tmp_path / "res"))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "INT4-W4A16-RTN: group size 128 does not divide input size 192" in p.stderr
+    assert not (tmp_path / "res" / "steps").exists()  # refused before any step ran
 
 
 def test_killed_halfway_then_rerun_finishes_without_redoing(tiny_model, tmp_path):
