@@ -276,7 +276,8 @@ def kv_cmd(
 
     Every sample is prefilled once at full precision; each method then holds that cache in its own form and
     every later token reads it. Quality-only methods (KIVI/KVQuant/FORGE-style, transformers' QuantizedCache)
-    run through transformers; vLLM's fp8 KV cache runs in vLLM (refused with the reason where it cannot).
+    run through transformers. vLLM's fp8 / fp8-uncalibrated are served by vLLM: `eval --kv-cache fp8 --tasks
+    passkey` and an experiment's kv_cache cells (refused in one line, with the reason, where vLLM cannot).
     """
     from ptq_deploy.kvcache.render import findings_lines, methods_table, passkey_table, registry_table
     from ptq_deploy.kvcache.runner import run_kv

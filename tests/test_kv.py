@@ -220,7 +220,7 @@ def test_report_kv_section(tiny_measured, tmp_path):
     assert any("noop" in f and "bit-identical" in f for f in sec.findings)
     written = write_report(rep, tmp_path / "out")
     md = (tmp_path / "out" / "leaderboard.md").read_text()
-    assert "## KV cache: m, BF16 (baseline: the unquantized cache)" in md and "| kivi-int2 * |" in md and "| noop" not in md
+    assert "## KV cache: m, BF16 (baseline: the unquantized cache)" in md and "### KV-cache methods" in md and "| kivi-int2 * |" in md and "| noop" not in md
     assert (tmp_path / "out" / "plots" / "kv_passkey_m_BF16.png") in written
     assert json.loads((tmp_path / "out" / "report.json").read_text())["kv"][0]["rows"][1]["method"] == "kivi-int2"
 

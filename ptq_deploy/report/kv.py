@@ -160,12 +160,13 @@ def _md_table(headers, rows) -> list[str]:
 def markdown(secs: list[KVSection], plots: dict[str, str]) -> list[str]:
     lines: list[str] = []
     for s in secs:
-        lines += [f"## KV cache: {s.model}, {s.cell} (baseline: the unquantized cache)", "",
-                  *_md_table(HEADERS, table(s)), ""]
+        lines += [f"## KV cache: {s.model}, {s.cell} (baseline: the unquantized cache)", ""]
+        if s.rows:
+            lines += ["### KV-cache methods", "", *_md_table(HEADERS, table(s)), ""]
         if s.findings:
             lines += ["Findings (not rows):", "", *(f"- {f}" for f in s.findings), ""]
         if s.capacity:
-            lines += [*_md_table(CAP_HEADERS, cap_table(s)), ""]
+            lines += ["### vLLM KV capacity", "", *_md_table(CAP_HEADERS, cap_table(s)), ""]
         if heatmap_name(s) in plots:
             lines += [f"![{heatmap_name(s)}]({plots[heatmap_name(s)]})", ""]
     if secs:
@@ -182,12 +183,13 @@ def _html_table(headers, rows) -> str:
 def html(secs: list[KVSection]) -> list[str]:
     parts = []
     for s in secs:
-        parts += [f"<h2>KV cache: {escape(s.model)}, {escape(s.cell)} (baseline: the unquantized cache)</h2>",
-                  _html_table(HEADERS, table(s))]
+        parts.append(f"<h2>KV cache: {escape(s.model)}, {escape(s.cell)} (baseline: the unquantized cache)</h2>")
+        if s.rows:
+            parts += ["<h3>KV-cache methods</h3>", _html_table(HEADERS, table(s))]
         if s.findings:
             parts.append("<ul class='small'>" + "".join(f"<li>{escape(f)}</li>" for f in s.findings) + "</ul>")
         if s.capacity:
-            parts.append(_html_table(CAP_HEADERS, cap_table(s)))
+            parts += ["<h3>vLLM KV capacity</h3>", _html_table(CAP_HEADERS, cap_table(s))]
     if secs:
         parts.append(f"<p class='small'>{escape(LEGEND)}</p>")
     return parts
