@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -81,12 +82,17 @@ class ResultEnvelope(BaseModel):
 
     @classmethod
     def read(cls, path: Path):
-        try:
-            return cls.model_validate_json(Path(path).read_text())
-        except OSError as e:
-            raise UsageError(f"cannot read {path}: {e.strerror}") from None
-        except (ValidationError, ValueError) as e:
-            raise UsageError(f"{path} is not a ptq-deploy {cls.__name__}: {str(e).splitlines()[0]}") from None
+        return read_json(path, cls.model_validate_json, f"ptq-deploy {cls.__name__}")
+
+
+def read_json(path: Path, validate: Callable[[str], Any], what: str):
+    """``validate(text of path)``, every failure one clear line (unreadable file, not ``what``)."""
+    try:
+        return validate(Path(path).read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    except (ValidationError, ValueError) as e:
+        raise UsageError(f"{path} is not a {what}: {str(e).splitlines()[0]}") from None
 
 
 def v1_identity(data: dict[str, Any], model: str | None, scheme: str | None, checkpoint: str | None,

@@ -9,15 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Union
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter
 
 from ptq_deploy.compress import CompressResult
-from ptq_deploy.errors import UsageError
 from ptq_deploy.eval.result import EvalResult
 from ptq_deploy.inspection.report import InspectReport
 from ptq_deploy.kvcache.result import KVResult
 from ptq_deploy.perf.result import PerfResult
 from ptq_deploy.probe import ProbeResult
+from ptq_deploy.results.envelope import read_json
 from ptq_deploy.suite.layout import StepRecord
 
 AnyResult = Annotated[Union[CompressResult, InspectReport, PerfResult, EvalResult, KVResult, StepRecord, ProbeResult],
@@ -28,9 +28,4 @@ KINDS = ("compress", "inspect", "perf", "eval", "kv", "suite-step", "probe")
 
 def read_result(path: Path):
     """Any ptq-deploy result file (any schema version), as its typed model; one clear error otherwise."""
-    try:
-        return _ADAPTER.validate_json(Path(path).read_text())
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    except (ValidationError, ValueError) as e:
-        raise UsageError(f"{path} is not a ptq-deploy result ({', '.join(KINDS)}): {str(e).splitlines()[0]}") from None
+    return read_json(path, _ADAPTER.validate_json, f"ptq-deploy result ({', '.join(KINDS)})")
