@@ -9,7 +9,6 @@ from typing import Optional
 import click
 import pydantic
 import typer
-from pydantic import BaseModel
 
 from ptq_deploy import __version__
 from ptq_deploy.compress import CalibrationSettings, CompressConfig
@@ -17,11 +16,10 @@ from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.eval.config import EvalConfig, EvalOptions
 from ptq_deploy.inspection.report import InspectConfig
-from ptq_deploy.kvcache.config import KVConfig, KVSettings
-from ptq_deploy.kvcache.longctx import PasskeySpec
 from ptq_deploy.perf.config import PerfConfig, PerfSettings
 from ptq_deploy.report.settings import ReportSettings, parse_min_recovery
-from ptq_deploy.ui import console, out
+from ptq_deploy.kvcache.command import kv_cmd
+from ptq_deploy.ui import console, option_default as _d, option_help as _h, out
 
 app = typer.Typer(
     name="ptq-deploy",
@@ -39,15 +37,6 @@ RUNTIME_PY = typer.Option(None, "--runtime-python", envvar="PTQ_DEPLOY_RUNTIME_P
                           help="interpreter of the vLLM environment (default: the managed one)")
 COMPRESS_PY = typer.Option(None, "--compress-python", envvar="PTQ_DEPLOY_COMPRESS_PYTHON",
                            help="interpreter of the llmcompressor environment (default: the managed one)")
-
-
-def _d(model: type[BaseModel], field: str):
-    """A CLI option's default, read from the config model that owns the field (written once)."""
-    return model.model_fields[field].get_default(call_default_factory=True)
-
-
-def _h(model: type[BaseModel], field: str, fallback: str = "") -> str:
-    return model.model_fields[field].description or fallback
 
 
 def _version(value: bool):
@@ -251,55 +240,7 @@ def eval_(
         out.print(f"[green]wrote[/green] {res.path}")
 
 
-# ---------------------------------------------------------------- kv
-@app.command("kv")
-def kv_cmd(
-    checkpoint: str = typer.Argument("default", help="checkpoint directory, hub id, .gguf file or 'default'"),
-    method: list[str] = typer.Option(_d(KVConfig, "methods"), "--method", "-m",
-                                     help="KV-cache method (comma-separated or repeated; see --list); the baseline "
-                                          "'none' is always measured"),
-    list_methods: bool = typer.Option(False, "--list", help="list the KV-cache methods and exit"),
-    lengths: str = typer.Option(",".join(map(str, _d(KVSettings, "passkey").lengths)),
-                                help="passkey context lengths in tokens, comma-separated"),
-    samples: int = typer.Option(_d(KVSettings, "passkey").samples, help="passkey samples per length x depth"),
-    documents: int = typer.Option(_d(KVSettings, "documents"), help=_h(KVSettings, "documents")),
-    scored_tokens: int = typer.Option(_d(KVSettings, "scored_tokens"), help=_h(KVSettings, "scored_tokens")),
-    chunk: int = typer.Option(_d(KVSettings, "chunk"), help=_h(KVSettings, "chunk")),
-    generate_tokens: int = typer.Option(_d(KVSettings, "generate_tokens"), help=_h(KVSettings, "generate_tokens")),
-    dtype: str = typer.Option(_d(KVSettings, "dtype"), help=_h(KVSettings, "dtype")),
-    threads: Optional[int] = typer.Option(_d(KVSettings, "threads"), help=_h(KVSettings, "threads")),
-    output_dir: Path = typer.Option(_d(KVConfig, "output_dir"), help="where the result JSON goes"),
-):
-    """Long-context cost and benefit of KV-cache methods: passkey retrieval by depth x length, long-document
-    and generation perplexity against the unquantized cache, with proof each method was applied (bytes the
-    cache holds, logit difference on the same input).
-
-    Every sample is prefilled once at full precision; each method then holds that cache in its own form and
-    every later token reads it. Quality-only methods (KIVI/KVQuant/FORGE-style, transformers' QuantizedCache)
-    run through transformers. vLLM's fp8 / fp8-uncalibrated are served by vLLM: `eval --kv-cache fp8 --tasks
-    passkey` and an experiment's kv_cache cells (refused in one line, with the reason, where vLLM cannot).
-    """
-    from ptq_deploy.kvcache.render import findings_lines, methods_table, passkey_table, registry_table
-    from ptq_deploy.kvcache.runner import run_kv
-
-    if list_methods:
-        out.print(registry_table())
-        return
-    try:
-        lens = [int(x) for x in lengths.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"--lengths {lengths!r}: expected comma-separated integers, e.g. 1024,2048") from None
-    cfg = KVConfig(checkpoint=checkpoint, methods=method, passkey=PasskeySpec(lengths=lens, samples=samples),
-                   documents=documents, scored_tokens=scored_tokens, chunk=chunk, generate_tokens=generate_tokens,
-                   dtype=dtype, threads=threads, output_dir=output_dir)
-    res = run_kv(cfg, progress=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False))
-    out.print(methods_table(res), width=None if out.is_terminal else max(out.width, 160))
-    out.print(passkey_table(res))
-    for line in findings_lines(res):
-        out.print(line, highlight=False)
-    out.print(f"[green]wrote[/green] {res.path}")
-    if not res.ok:
-        raise typer.Exit(1)
+app.command("kv")(kv_cmd)
 
 
 # ---------------------------------------------------------------- run (suite)

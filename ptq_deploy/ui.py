@@ -6,6 +6,7 @@ import os
 import sys
 from contextlib import contextmanager
 
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -32,3 +33,12 @@ def status(message: str):
 def progress() -> Progress:
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, disable=not sys.stderr.isatty())
+
+
+def option_default(model: type[BaseModel], field: str):
+    """A CLI option's default, read from the config model that owns the field (written once)."""
+    return model.model_fields[field].get_default(call_default_factory=True)
+
+
+def option_help(model: type[BaseModel], field: str) -> str:
+    return model.model_fields[field].description or ""
