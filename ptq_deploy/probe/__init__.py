@@ -39,6 +39,8 @@ CASES = (ProbeCase(key="dense", scheme="BF16"),
          ProbeCase(key="int8-w8a8", scheme="INT8-W8A8"),
          ProbeCase(key="w4a16", scheme="INT4-W4A16-RTN", group_size=64),
          ProbeCase(key="w8a16", scheme="INT8-W8A16-RTN"),
+         ProbeCase(key="w3a16", scheme="INT3-W3A16-RTN", group_size=64),
+         ProbeCase(key="w2a16", scheme="INT2-W2A16-RTN", group_size=64),
          *(ProbeCase(key=f"kv-{d}", scheme="BF16", kv_cache_dtype=d) for d in ("fp8", "fp8_e4m3", "fp8_e5m2")))
 
 Phase = Literal["compress", "load", "kernels", "generate", "done", "timeout", "crashed"]
@@ -104,13 +106,15 @@ def load(hw: HardwareInfo, build: str | None = None) -> ProbeResult | None:
     if not path.is_file():
         return None
     try:
-        return ProbeResult.read(path)
+        result = ProbeResult.read(path)
     except UsageError:  # unreadable (an older schema, a partial copy): measure again
         return None
+    # measured before a kernel family was added to the probe: measure again
+    return result if set(result.cases) == {c.key for c in CASES} else None
 
 
 def family_key(scheme: SchemeLike) -> str:
-    """The probe case of a scheme's kernel family: dense, fp8-w8a8, int8-w8a8, w4a16, w8a16."""
+    """The probe case of a scheme's kernel family: dense, fp8-w8a8, int8-w8a8, w2a16 ... w8a16."""
     return f"w{scheme.weight_bits}a16" if scheme.kind == "wna16" else scheme.kind
 
 
