@@ -4,6 +4,7 @@ next to the real path on this machine (no NVML on a CPU host: every answer says 
 from __future__ import annotations
 
 import gc
+import mmap
 import sys
 import types
 
@@ -120,17 +121,19 @@ def test_the_real_path_here():
     else:
         assert res.joules is None or res.joules.min >= 0
         assert all(g.bandwidth_gbps is None or g.bandwidth_gbps > 100 for g in hardware.detect_gpus())
-    # in a long test session earlier engines are still being freed: collect them first, and let no collection
-    # run between the two readings, so the delta is the 64 MiB this "load" adds
+    # the "load": 64 MiB of fresh anonymous pages, touched. A heap allocation could reuse pages that earlier
+    # engines of a long test session freed but the allocator kept resident (the RSS would not move); an mmap
+    # cannot. No collection runs between the two readings.
     gc.collect()
     gc.disable()
+    block = mmap.mmap(-1, 64 * 2**20)
     try:
         base = engine_memory.baseline(gpus=n > 0)
-        block = bytearray(64 * 2**20)  # 64 MiB the "load" adds, touched
-        block[::4096] = b"x" * len(block[::4096])
+        for off in range(0, len(block), mmap.PAGESIZE):
+            block[off] = 1
         m = engine_memory.measure(base, gpus=False)
     finally:
         gc.enable()
+        block.close()
     assert m.source == engine_memory.RSS_DELTA and m.own_bytes >= 60 * 2**20
     assert m.rss_after_load_bytes - m.rss_before_load_bytes == m.own_bytes
-    del block
