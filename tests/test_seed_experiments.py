@@ -1,5 +1,5 @@
 """The seed models' experiment files (hub models, for a machine that reaches the hub): each loads and plans here,
-offline, and the plan's group-size check reads the model's shipped config."""
+offline (conftest: HF_HUB_OFFLINE), and the plan's group-size check reads the model's shipped config."""
 
 import pytest
 
@@ -11,11 +11,6 @@ from ptq_deploy.suite.plan import QUALITY_ONLY, RunOptions, plan
 
 SEEDS = {"qwen2.5-7b": "Qwen/Qwen2.5-7B", "mistral-7b-v0.3": "mistralai/Mistral-7B-v0.3",
          "llama-3.1-8b": "meta-llama/Llama-3.1-8B", "opt-1.3b": "facebook/opt-1.3b"}
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on this machine: no hub, and no waiting for one
 
 
 @pytest.mark.parametrize("name,hub", SEEDS.items())
