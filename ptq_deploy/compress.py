@@ -38,6 +38,10 @@ class CalibrationSettings(BaseModel):
     num_samples: int = Field(64, ge=1, description="calibration samples")
     max_seq_len: int = Field(512, ge=8, description="tokens per calibration sample")
     seed: int = 0
+    modifier_args: dict[str, dict[str, Any]] = Field(
+        {}, description="extra arguments of a recipe's modifiers, by modifier name, for the schemes whose recipe "
+                        "has it (e.g. AWQModifier: {n_grid: 10}, a CPU-sized AWQ grid search); written into the "
+                        "checkpoint's recipe")
 
 
 class CompressConfig(BaseModel):
@@ -161,7 +165,8 @@ def linear_input_sizes(source: ModelSource, trust_remote_code: bool = False) -> 
 def plan(cfg: CompressConfig) -> Plan:
     """Validate everything cheap before any minutes are spent: scheme, output, model, group size."""
     scheme = _scheme_for(cfg)
-    resolved = scheme.resolve(group_size=cfg.group_size, kv_cache=cfg.kv_cache)
+    resolved = scheme.resolve(group_size=cfg.group_size, kv_cache=cfg.kv_cache,
+                              modifier_args=cfg.calibration.modifier_args)
     if not cfg.dry_run:
         check_output_dir(cfg.output, cfg.force)
     source = resolve(cfg.model, revision=cfg.revision)

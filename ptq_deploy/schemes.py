@@ -85,8 +85,13 @@ class Scheme(BaseModel):
             return "wna16"
         return f"{self.weights}-w8a8"
 
-    def resolve(self, group_size: int | None = None, kv_cache: str = "none") -> "ResolvedRecipe":
-        return resolve_recipe(self, group_size=group_size, kv_cache=kv_cache)
+    def resolve(self, group_size: int | None = None, kv_cache: str = "none",
+                modifier_args: dict[str, dict[str, Any]] | None = None) -> "ResolvedRecipe":
+        return resolve_recipe(self, group_size=group_size, kv_cache=kv_cache, modifier_args=modifier_args)
+
+    @property
+    def modifier_names(self) -> set[str]:
+        return {name for name, _ in modifiers(self.recipe)} if self.recipe else set()
 
 
 class ResolvedRecipe(BaseModel):
@@ -179,7 +184,8 @@ def from_recipe_file(path: Path) -> Scheme:
                   recipe=data, source=str(path))
 
 
-def resolve_recipe(scheme: Scheme, group_size: int | None = None, kv_cache: str = "none") -> ResolvedRecipe:
+def resolve_recipe(scheme: Scheme, group_size: int | None = None, kv_cache: str = "none",
+                   modifier_args: dict[str, dict[str, Any]] | None = None) -> ResolvedRecipe:
     if kv_cache not in KV_CACHE_SCHEMES:
         if kv_cache in kv_methods.REGISTRY:  # a KV method that is chosen at run time, not written into a checkpoint
             how = ("compress without --kv-cache and run vLLM with --kv-cache-dtype fp8" if kv_cache == "fp8-uncalibrated"
@@ -203,7 +209,8 @@ def resolve_recipe(scheme: Scheme, group_size: int | None = None, kv_cache: str 
         return ResolvedRecipe(scheme=scheme.name, recipe=None, group_size=effective_group, kv_cache=kv_cache,
                               needs_calibration=False, ignore=list(FAKE_QUANT_IGNORE), fake_quant=spec)
     if recipe:
-        for _, args in modifiers(recipe):
+        for name, args in modifiers(recipe):
+            args.update((modifier_args or {}).get(name, {}))
             ignore.extend(args.get("ignore", []))
             for grp in (args.get("config_groups") or {}).values():
                 w = grp.get("weights") or {}

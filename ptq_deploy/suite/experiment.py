@@ -81,6 +81,13 @@ class Experiment(BaseModel):
     def _check(self) -> "Experiment":
         for s in self.schemes:
             schemes.get(s)
+        used = set().union(*(schemes.get(s).modifier_names for s in self.schemes))
+        for name in self.compress.modifier_args:
+            if name not in used:
+                close = difflib.get_close_matches(name, sorted(used), n=1)
+                raise UsageError(f"compress.modifier_args: no scheme of this experiment has a {name}"
+                                 + (f" (did you mean {close[0]}?)" if close else f" (its recipes have: "
+                                                                                f"{', '.join(sorted(used))})"))
         for kv in self.kv_cache:
             try:
                 kv_methods.get(kv)
