@@ -106,7 +106,8 @@ class StepRunner:
         options = self.exp.eval.model_dump(exclude={"fallback"})
         cfg = EvalConfig(**options, checkpoint=str(ckpt), engine=cell_engine(m, ps.kv_cache),
                          backend="hf" if ps.backend == "hf" else "vllm", write=False)
-        llm = self._engine(ps, m, ckpt)[0] if cfg.backend == "vllm" else None
+        in_process = cfg.backend == "vllm" and cfg.engine.data_parallel_size == 1  # else a `vllm serve`
+        llm = self._engine(ps, m, ckpt)[0] if in_process else None
         return run_eval(cfg, llm=llm)
 
     def kv(self, ps: PlannedStep, m: ModelSpec):
