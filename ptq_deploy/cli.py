@@ -9,6 +9,7 @@ from typing import Optional
 import click
 import pydantic
 import typer
+from rich.markup import escape
 
 from ptq_deploy import __version__
 from ptq_deploy.compress import CalibrationSettings, CompressConfig
@@ -406,7 +407,7 @@ def main() -> None:
         rc = app(standalone_mode=False)  # click returns typer.Exit's code here
         sys.exit(rc if isinstance(rc, int) else 0)
     except PtqError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
