@@ -134,15 +134,21 @@ def run_ray(exp: Experiment, opts: RunOptions, listener: SuiteListener | None = 
         elif ps.state == "pending":
             cells.setdefault((ps.model, ps.cell), []).append(ps)
     started = _init(ray, opts.ray)
+    try:
+        order = sorted(cells.items(), key=lambda kv: kv[0][1] != exp.baseline)  # baseline cells first
+        resources = [_resources(ray, exp, opts, todo) for _, todo in order]  # refused before any is submitted
+    except BaseException:
+        if started:
+            ray.shutdown()
+        raise
     task = ray.remote(_cell_task)
     t0 = time.perf_counter()
     running: list[tuple[Any, _Cell]] = []
     listener.on_start(exp.name, steps)
     try:
-        for (model, cell), todo in sorted(cells.items(), key=lambda kv: kv[0][1] != exp.baseline):
+        for ((model, cell), todo), res in zip(order, resources):
             inputs = transfer.cell_inputs(root, model, cell) if todo[0].step != "compress" else {}
-            gen = task.options(**_resources(ray, exp, opts, todo), max_retries=0, name=f"{model}/{cell}").remote(
-                exp, opts, todo, inputs, str(root))
+            gen = task.options(**res, max_retries=0, name=f"{model}/{cell}").remote(exp, opts, todo, inputs, str(root))
             running.append((gen, _Cell(todo)))
         while running:
             ready, _ = ray.wait([g for g, _ in running], num_returns=1)
