@@ -64,6 +64,21 @@ def test_bf16_bundled_tasks_sane_and_written(bf16_result):
     assert saved.provenance.packages.get("lm_eval")
 
 
+def test_data_parallel_road_scores_as_the_in_process_engine(bf16_result, tiny_model, monkeypatch):
+    """Eval with data parallelism scores a `vllm serve` through lm-eval's local-completions. vLLM on this CPU
+    runs one replica only, so the road is taken from data_parallel_size 1 here: same scores as in process."""
+    from ptq_deploy.eval import backend
+
+    monkeypatch.setattr(backend, "SERVE_FROM_DATA_PARALLEL", 1)
+    res = run_eval(EvalConfig(checkpoint=str(tiny_model), limit=LIMIT, engine=EngineConfig(max_model_len=MML),
+                              write=False))
+    assert res.backend == "vllm" and res.settings.data_parallel_size == 1
+    assert set(res.tasks) == set(bf16_result.tasks)
+    for task, tr in res.tasks.items():
+        for name, mv in bf16_result.tasks[task].metrics.items():
+            assert tr.metrics[name].value == pytest.approx(mv.value, rel=1e-3), (task, name)
+
+
 def test_fp8_vs_baseline_checkpoint(compressed, tiny_model, tmp_path):
     ckpt = compressed("FP8-W8A8")
     res = run_eval(EvalConfig(checkpoint=str(ckpt), limit=LIMIT, engine=EngineConfig(max_model_len=MML), baseline=str(tiny_model),

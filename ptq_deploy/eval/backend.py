@@ -32,6 +32,7 @@ from ptq_deploy.hardware import HardwareInfo
 from ptq_deploy.perf.server import Server
 
 SERVER = "server"  # model_args key of a data-parallel vllm backend: the ResolvedEngine a `vllm serve` runs
+SERVE_FROM_DATA_PARALLEL = 2  # data_parallel_size from which the vllm backend scores a `vllm serve`
 HF_CPU_BATCH = 4  # lm-eval's auto batch detection on CPU tries batches that do not fit in RAM
 
 
@@ -74,7 +75,7 @@ def plan(cfg: EvalConfig, model_path: str, hw: HardwareInfo, llm=None) -> tuple[
         return settings, args
     settings = EvalSettings(backend="vllm", dtype=r.dtype, max_model_len=r.max_model_len,
                             kv_cache_dtype=r.kv_cache_dtype, enforce_eager=r.enforce_eager, **common)
-    if r.data_parallel_size > 1:  # scored through a `vllm serve` (``open_lm``)
+    if r.data_parallel_size >= SERVE_FROM_DATA_PARALLEL:  # scored through a `vllm serve` (``open_lm``)
         return settings, {SERVER: r, "tokenizer": model_path, "add_bos_token": cfg.add_bos_token,
                           "batch_size": cfg.batch_size}
     engine.apply_environment(r)
