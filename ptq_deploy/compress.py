@@ -104,6 +104,7 @@ class CompressResult(ResultEnvelope):
     peak_gpu_bytes: int | None
     checkpoint_bytes: int
     config: CompressConfig
+    reused_from: str | None = None  # a suite reused this earlier compression's checkpoint (suite.reuse)
 
     @classmethod
     def _upgrade_v1(cls, data: dict[str, Any]) -> dict[str, Any]:

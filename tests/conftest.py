@@ -18,6 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the session's own probe directory (CLI subprocesses inherit it): empty, so what runs here is the static
 # rules until the ``probe`` fixture has measured it; never the user's cached probe
 os.environ["PTQ_DEPLOY_PROBE_DIR"] = tempfile.mkdtemp(prefix="ptq-test-probe-")
+# every test compresses for itself; test_suite's reuse test turns checkpoint reuse on in its own store
+os.environ["PTQ_DEPLOY_CHECKPOINT_CACHE"] = "off"
 
 
 @pytest.fixture(scope="session")

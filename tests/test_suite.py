@@ -165,6 +165,30 @@ def test_killed_halfway_then_rerun_finishes_without_redoing(tiny_model, tmp_path
     assert (layout.checkpoint_dir(root, "tiny", "FP8-W8A8") / "config.json").exists()
 
 
+def test_a_second_experiment_reuses_identical_compressions(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("PTQ_DEPLOY_CHECKPOINT_CACHE", str(tmp_path / "store"))
+    exp = Experiment(name="reuse", models=[{"name": "tiny", "source": str(tiny_model)}],
+                     schemes=["BF16", "INT8-W8A16-RTN"], steps=["compress", "inspect"],
+                     compress={"num_samples": 4, "max_seq_len": 32})
+
+    def compress_results(root):
+        return {c: json.loads(layout.result_file(root, "tiny", c, "compress").read_text()) for c in exp.schemes}
+
+    first = run(exp, RunOptions(results_dir=tmp_path / "a"))
+    again = run(exp, RunOptions(results_dir=tmp_path / "b"))
+    assert not first.failed and not again.failed
+    a, b = compress_results(tmp_path / "a"), compress_results(tmp_path / "b")
+    for cell in exp.schemes:
+        ca, cb = (layout.checkpoint_dir(r, "tiny", cell) for r in (tmp_path / "a", tmp_path / "b"))
+        assert a[cell]["reused_from"] is None and b[cell]["reused_from"] == str(ca.resolve())
+        assert b[cell]["identity"]["checkpoint"] == str(cb.resolve())
+        assert b[cell]["wall_time_s"] == a[cell]["wall_time_s"]  # the original compression's time, said so
+        weights = sorted(p.name for p in ca.glob("*.safetensors"))
+        assert weights and all((ca / w).read_bytes() == (cb / w).read_bytes() for w in weights)
+    run(exp, RunOptions(results_dir=tmp_path / "d", force=["compress"]))  # --force compress: anew
+    assert all(r["reused_from"] is None for r in compress_results(tmp_path / "d").values())
+
+
 def test_a_cells_engine_settings_reach_vllm(suite_run, tiny_model, tmp_path):
     """The model's engine settings (here a bf16 KV cache) reach vLLM: its cache holds 2-byte entries, so
     the same KV-cache space holds (compute bytes / 2) times the tokens of the default cache."""

@@ -22,9 +22,10 @@ from ptq_deploy.hardware import HardwareInfo
 from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
 from ptq_deploy.kvcache.config import KVConfig
 from ptq_deploy.kvcache.runner import run_kv
+from ptq_deploy.models import resolve
 from ptq_deploy.perf import PerfConfig, run_perf
 from ptq_deploy.results import Identity, atomic_write_json
-from ptq_deploy.suite import layout
+from ptq_deploy.suite import layout, reuse
 from ptq_deploy.suite.experiment import Experiment, ModelSpec
 from ptq_deploy.suite.plan import DEQUANTIZED, PlannedStep, RunOptions, cell_engine, compress_kv
 from ptq_deploy.timeutil import timestamp
@@ -62,11 +63,18 @@ class StepRunner:
 
     # ----------------------------------------------------------------- steps
     def compress(self, ps: PlannedStep, m: ModelSpec):
-        s = schemes.get(ps.scheme)
-        return compress(CompressConfig(
-            model=m.source, scheme=ps.scheme, output=self._ckpt(ps), kv_cache=compress_kv(ps.kv_cache),
+        """Compress, or reuse the kept checkpoint of an identical compress step (``suite.reuse``)."""
+        s, out = schemes.get(ps.scheme), self._ckpt(ps)
+        if not {"compress", "all"} & set(self.opts.force):
+            if (kept := reuse.fetch(ps.key, resolve(m.source), out)) is not None:
+                print(f"[ptq-deploy] reused the checkpoint of {kept.reused_from} (same compress key {ps.key})")
+                return kept
+        res = compress(CompressConfig(
+            model=m.source, scheme=ps.scheme, output=out, kv_cache=compress_kv(ps.kv_cache),
             group_size=m.group_size if s.group_size else None, calibration=self.exp.compress,
             trust_remote_code=m.trust_remote_code, force=True, compress_python=self.opts.compress_python))
+        reuse.store(ps.key, res.checkpoint.source, out, res)
+        return res
 
     def inspect(self, ps: PlannedStep, m: ModelSpec):
         rep = inspect_checkpoint(InspectConfig(checkpoint=self._ckpt(ps), trust_remote_code=m.trust_remote_code))
