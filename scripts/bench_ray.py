@@ -7,6 +7,7 @@ compress, inspect, perf, eval), and runs it with the CLI a user runs, into a fre
 time, alternating the executors ``n`` times. Records each run's wall time (the command, Ray's start
 included), the span from its first step's start to its last step's end, the sum of its steps'
 durations, the load average before it (this machine may be shared), settings and provenance.
+Checkpoint reuse (``suite.reuse``) is off: every run compresses its cells.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--ray-cpus", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("perf_results"))
     a = ap.parse_args()
+    os.environ["PTQ_DEPLOY_CHECKPOINT_CACHE"] = "off"  # every run compresses (no reuse of the other run's checkpoints)
     work = Path(tempfile.mkdtemp(prefix="ptq-bench-ray-"))
     model = build_tiny_llama(work / "tiny-llama")
     exp = {"name": "tiny-ray-bench", "schemes": ["BF16", "FP8-W8A8"], "steps": ["compress", "inspect", "perf", "eval"],
