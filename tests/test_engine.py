@@ -56,7 +56,7 @@ def test_parallel_sizes_reach_llm_serve_and_lm_eval(tmp_path):
     lm = lm_eval_model_args(r)  # lm-eval's own Ray data parallelism is never asked for
     assert lm["pipeline_parallel_size"] == 2 and "data_parallel_size" not in lm
     srv = lm_eval_server_args(r, "http://127.0.0.1:8000", str(tmp_path))
-    assert srv["base_url"] == "http://127.0.0.1:8000/v1/completions" and srv["max_length"] == 64
+    assert srv["base_url"] == "http://127.0.0.1:8000/v1/completions" and srv["max_length"] == 63
     assert "pipeline_parallel_size" not in llm_kwargs(resolve(tmp_path, EngineConfig(max_model_len=64), _hw(1)))
 
 

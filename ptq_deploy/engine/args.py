@@ -100,9 +100,11 @@ def lm_eval_model_args(r: ResolvedEngine, **lm_eval_options: Any) -> dict[str, A
 
 
 def lm_eval_server_args(r: ResolvedEngine, base_url: str, tokenizer: str, **lm_eval_options: Any) -> dict[str, Any]:
-    """lm-eval's ``local-completions`` model args for a ``vllm serve`` of ``r`` (``serve_flags``) at ``base_url``."""
+    """lm-eval's ``local-completions`` model args for a ``vllm serve`` of ``r`` (``serve_flags``) at ``base_url``.
+    ``max_length`` is one less than the engine's: lm-eval's API models cut perplexity windows at max_length - 1,
+    its ``vllm`` model at max_length - 2; so both score the same windows (the same perplexities)."""
     return {"model": r.model, "base_url": base_url.rstrip("/") + "/v1/completions", "tokenizer": tokenizer,
-            "tokenizer_backend": "huggingface", "max_length": r.max_model_len, "seed": r.seed,
+            "tokenizer_backend": "huggingface", "max_length": r.max_model_len - 1, "seed": r.seed,
             "num_concurrent": r.data_parallel_size * 4, "max_retries": 1, **lm_eval_options}
 
 
