@@ -9,6 +9,7 @@ from typing import Optional
 import click
 import pydantic
 import typer
+from rich.markup import escape
 
 from ptq_deploy import __version__
 from ptq_deploy.compress import CalibrationSettings, CompressConfig
@@ -18,6 +19,7 @@ from ptq_deploy.eval.config import EvalConfig, EvalOptions
 from ptq_deploy.inspection.report import InspectConfig
 from ptq_deploy.perf.config import PerfConfig, PerfSettings
 from ptq_deploy.report.settings import ReportSettings, parse_min_recovery
+from ptq_deploy.suite.plan import RayOptions, RunOptions
 from ptq_deploy.kvcache.command import kv_cmd
 from ptq_deploy.ui import console, option_default as _d, option_help as _h, out
 
@@ -256,17 +258,28 @@ def run_suite(
     force: list[str] = typer.Option([], "--force", help="rerun this step even if done: compress|inspect|perf|eval|all"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print every step with what is already done, run nothing"),
     compress_python: Optional[str] = COMPRESS_PY,
+    executor: str = typer.Option(_d(RunOptions, "executor"), "--executor",
+                                 help="local | ray. local: one step after another here; ray: independent cells at once on a "
+                                      "Ray cluster (pip install 'ray\\[default]'; see the README)"),
+    ray_address: Optional[str] = typer.Option(_d(RayOptions, "address"), "--address", help=_h(RayOptions, "address")),
+    ray_cpus: Optional[int] = typer.Option(_d(RayOptions, "num_cpus"), "--ray-cpus", help=_h(RayOptions, "num_cpus")),
+    cpus_per_cell: int = typer.Option(_d(RayOptions, "cpus_per_cell"), "--ray-cpus-per-cell",
+                                      help=_h(RayOptions, "cpus_per_cell")),
 ):
-    """Run an experiment matrix (compress -> inspect -> perf -> eval); reruns skip finished steps."""
+    """Run an experiment matrix (compress -> inspect -> perf -> eval); reruns skip finished steps.
+
+    With --executor ray, independent cells run at once on a Ray cluster (--address auto|HOST:PORT, or a
+    local one); results come back to this machine's results dir."""
     from ptq_deploy.suite import experiment as exp_mod
     from ptq_deploy.suite.execute import run
-    from ptq_deploy.suite.plan import RunOptions
     from ptq_deploy.suite.view import MatrixView, matrix_table
 
     exp = exp_mod.load(experiment)
     opts = RunOptions(results_dir=results_dir or Path("results") / exp.name, include_models=include_models,
                       exclude_models=exclude_models, include_schemes=include_schemes,
-                      exclude_schemes=exclude_schemes, force=force, dry_run=dry_run, compress_python=compress_python)
+                      exclude_schemes=exclude_schemes, force=force, dry_run=dry_run, compress_python=compress_python,
+                      executor=executor, ray=RayOptions(address=ray_address, num_cpus=ray_cpus,
+                                                        cpus_per_cell=cpus_per_cell))
     summary = run(exp, opts, listener=None if dry_run else MatrixView(console))
     if dry_run:
         out.print(matrix_table(summary.steps, f"plan: {exp.name} -> {opts.results_dir}"))
@@ -394,7 +407,7 @@ def main() -> None:
         rc = app(standalone_mode=False)  # click returns typer.Exit's code here
         sys.exit(rc if isinstance(rc, int) else 0)
     except PtqError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)

@@ -31,3 +31,45 @@ def test_parse_load_log_empty():
 def test_parse_load_log_vllm_0_20_v2_runner_wording():
     """vLLM 0.20's opt-in V2 model runner logs the model load without the word "memory"."""
     assert parse_load_log("Model loading took 15.02 GiB and 7.250000 seconds")["model_load_s"] == 7.25
+
+
+# ---------------------------------------------------------------- parallelism: one road to vLLM, refused where it cannot run
+def _hw(gpus: int):
+    from ptq_deploy import hardware
+
+    gpu = hardware.GPUInfo(index=0, name="NVIDIA H100", compute_capability=(9, 0), memory_total_bytes=80 * 2**30)
+    return hardware.HardwareInfo(cpu=hardware.detect_cpu(), memory_total_bytes=1,
+                                 gpus=[gpu.model_copy(update={"index": i}) for i in range(gpus)])
+
+
+def test_parallel_sizes_reach_llm_serve_and_lm_eval(tmp_path):
+    from ptq_deploy.engine import (EngineConfig, lm_eval_model_args, lm_eval_server_args, llm_kwargs, resolve,
+                                   serve_flags)
+
+    cfg = EngineConfig(tensor_parallel_size=2, pipeline_parallel_size=2, data_parallel_size=2, max_model_len=64)
+    r = resolve(tmp_path, cfg, _hw(8))
+    kw = llm_kwargs(r)
+    assert (kw["tensor_parallel_size"], kw["pipeline_parallel_size"], kw["data_parallel_size"]) == (2, 2, 2)
+    flags = serve_flags(r)
+    for flag in ("--tensor-parallel-size", "--pipeline-parallel-size", "--data-parallel-size"):
+        assert flags[flags.index(flag) + 1] == "2"
+    lm = lm_eval_model_args(r)  # lm-eval's own Ray data parallelism is never asked for
+    assert lm["pipeline_parallel_size"] == 2 and "data_parallel_size" not in lm
+    srv = lm_eval_server_args(r, "http://127.0.0.1:8000", str(tmp_path))
+    assert srv["base_url"] == "http://127.0.0.1:8000/v1/completions" and srv["max_length"] == 63
+    assert "pipeline_parallel_size" not in llm_kwargs(resolve(tmp_path, EngineConfig(max_model_len=64), _hw(1)))
+
+
+def test_parallelism_a_machine_cannot_give_is_one_line(tmp_path, monkeypatch):
+    import pytest
+
+    from ptq_deploy.engine import EngineConfig, resolve
+    from ptq_deploy.errors import UsageError
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    with pytest.raises(UsageError, match="needs 4 GPUs; this machine has 2"):
+        resolve(tmp_path, EngineConfig(tensor_parallel_size=2, pipeline_parallel_size=2, max_model_len=64), _hw(2))
+    with pytest.raises(UsageError, match="data_parallel_size 2 x 2 GPUs per engine needs 4 GPUs"):
+        resolve(tmp_path, EngineConfig(tensor_parallel_size=2, data_parallel_size=2, max_model_len=64), _hw(2))
+    with pytest.raises(UsageError, match="on a CPU host"):
+        resolve(tmp_path, EngineConfig(pipeline_parallel_size=2, max_model_len=64), _hw(0))

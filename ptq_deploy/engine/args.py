@@ -30,7 +30,23 @@ def default_max_model_len(model: str) -> int:
     return min(checkpoint.read(model).max_position or MAX_MODEL_LEN_CAP, MAX_MODEL_LEN_CAP)
 
 
+def check_parallel(cfg: EngineConfig, hw: HardwareInfo) -> None:
+    """Refuse, in one line, parallelism this machine cannot give one engine."""
+    workers = cfg.gpus_per_engine * cfg.data_parallel_size
+    if not hw.gpus and workers > 1 and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        raise UsageError(f"tensor x pipeline x data parallel size = {workers} on a CPU host: vLLM's CPU workers "
+                         "need one NUMA node each, or VLLM_CPU_OMP_THREADS_BIND set (e.g. '0-7|8-15'); use 1 here")
+    if hw.gpus and cfg.gpus_per_engine > len(hw.gpus):
+        raise UsageError(f"tensor_parallel_size x pipeline_parallel_size = {cfg.gpus_per_engine} needs "
+                         f"{cfg.gpus_per_engine} GPUs; this machine has {len(hw.gpus)}")
+    dp_gpus = cfg.gpus_per_engine * cfg.data_parallel_size
+    if hw.gpus and dp_gpus > len(hw.gpus):
+        raise UsageError(f"data_parallel_size {cfg.data_parallel_size} x {cfg.gpus_per_engine} GPUs per engine "
+                         f"needs {dp_gpus} GPUs; this machine has {len(hw.gpus)}")
+
+
 def resolve(model: str | Path, cfg: EngineConfig, hw: HardwareInfo) -> ResolvedEngine:
+    check_parallel(cfg, hw)
     data = cfg.model_dump()
     if cfg.dtype == "auto" and not hw.gpus and not (hw.cpu.avx512 or hw.cpu.amx):
         data["dtype"] = "float32"  # bf16 GEMMs fall back to slow torch kernels on AVX2
@@ -46,6 +62,8 @@ def llm_kwargs(r: ResolvedEngine) -> dict[str, Any]:
     kw: dict[str, Any] = dict(model=r.model, dtype=r.dtype, max_model_len=r.max_model_len,
                               kv_cache_dtype=r.kv_cache_dtype, enforce_eager=r.enforce_eager, seed=r.seed,
                               tensor_parallel_size=r.tensor_parallel_size)
+    if r.pipeline_parallel_size > 1:
+        kw["pipeline_parallel_size"] = r.pipeline_parallel_size
     if r.data_parallel_size > 1:
         kw["data_parallel_size"] = r.data_parallel_size
     if r.gpus:
@@ -73,9 +91,21 @@ def serve_flags(r: ResolvedEngine) -> list[str]:
 
 
 def lm_eval_model_args(r: ResolvedEngine, **lm_eval_options: Any) -> dict[str, Any]:
-    """lm-eval's ``vllm`` model args: its own options plus every engine kwarg (passed through to LLM)."""
+    """lm-eval's ``vllm`` model args: its own options plus every engine kwarg (passed through to LLM).
+    Data parallelism is not among them: lm-eval's own Ray data-parallel mode hangs (lm-eval #1734, #2379,
+    #2904); with ``data_parallel_size > 1`` eval scores a ``vllm serve`` instead (``lm_eval_server_args``)."""
     kw = llm_kwargs(r)
+    kw.pop("data_parallel_size", None)
     return {"pretrained": kw.pop("model"), **kw, **lm_eval_options}
+
+
+def lm_eval_server_args(r: ResolvedEngine, base_url: str, tokenizer: str, **lm_eval_options: Any) -> dict[str, Any]:
+    """lm-eval's ``local-completions`` model args for a ``vllm serve`` of ``r`` (``serve_flags``) at ``base_url``.
+    ``max_length`` is one less than the engine's: lm-eval's API models cut perplexity windows at max_length - 1,
+    its ``vllm`` model at max_length - 2; so both score the same windows (the same perplexities)."""
+    return {"model": r.model, "base_url": base_url.rstrip("/") + "/v1/completions", "tokenizer": tokenizer,
+            "tokenizer_backend": "huggingface", "max_length": r.max_model_len - 1, "seed": r.seed,
+            "num_concurrent": r.data_parallel_size * 4, "max_retries": 1, **lm_eval_options}
 
 
 def environment(r: ResolvedEngine, in_process: bool) -> dict[str, str]:

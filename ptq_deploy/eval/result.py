@@ -28,10 +28,12 @@ class EvalSettings(BaseModel):
     seed: int
     batch_size: int | str
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
     data_parallel_size: int = 1
 
     # fields that may differ between two comparable runs (they do not change the scores)
-    NOT_COMPARED: ClassVar[tuple[str, ...]] = ("batch_size", "tensor_parallel_size", "data_parallel_size")
+    NOT_COMPARED: ClassVar[tuple[str, ...]] = ("batch_size", "tensor_parallel_size", "pipeline_parallel_size",
+                                              "data_parallel_size")
 
     def differences(self, other: "EvalSettings") -> dict[str, tuple[Any, Any]]:
         a, b = self.model_dump(), other.model_dump()

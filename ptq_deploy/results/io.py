@@ -15,14 +15,18 @@ from ptq_deploy.errors import UsageError
 
 
 def atomic_write_text(path: Path, text: str, force: bool = False) -> Path:
+    return atomic_write_bytes(path, text.encode(), force=force)
+
+
+def atomic_write_bytes(path: Path, data: bytes, force: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared

@@ -2,65 +2,33 @@
 
 ``run`` walks the plan (``suite.plan``), runs each pending step (``suite.steps``) and reports
 progress as events to a listener (``suite.view.MatrixView`` on the console; any object with the
-``SuiteListener`` methods). A failed compress or inspect blocks the rest of its cell; any other
+``SuiteListener`` methods, ``suite.events``). With ``opts.executor == "ray"`` the cells run as Ray
+tasks instead (``suite.distributed``), with the same records and events. A failed compress or inspect blocks the rest of its cell; any other
 failure is recorded and the matrix goes on. The exit code is the caller's (``SuiteSummary.failed``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Literal
 
-import yaml
-from pydantic import BaseModel
-
-from ptq_deploy import __version__
 from ptq_deploy.hardware import detect
-from ptq_deploy.results import atomic_write_text
+from ptq_deploy.suite import distributed, layout
+from ptq_deploy.suite.events import SuiteListener, SuiteSummary
 from ptq_deploy.suite.experiment import Experiment
-from ptq_deploy.suite.plan import PlannedStep, RunOptions, plan
+from ptq_deploy.suite.plan import RunOptions, plan
 from ptq_deploy.suite.steps import StepRunner
 
 
-class SuiteSummary(BaseModel):
-    schema_version: int = 1
-    kind: Literal["suite"] = "suite"
-    experiment: str
-    results_dir: str
-    steps: list[PlannedStep]
-    wall_time_s: float
-
-    @property
-    def failed(self) -> list[PlannedStep]:
-        return [s for s in self.steps if s.state == "failed"]
-
-
-class SuiteListener:
-    """The runner's events; a view overrides what it shows (this base shows nothing)."""
-
-    def on_start(self, title: str, steps: list[PlannedStep]) -> None:
-        """Before the first step: the whole plan."""
-
-    def on_step_start(self, step: PlannedStep, elapsed_s: float) -> None:
-        """A step starts (its state is ``running``)."""
-
-    def on_step_end(self, step: PlannedStep, elapsed_s: float) -> None:
-        """A step ended: ``ok`` or ``failed``, with its duration and reason."""
-
-    def on_finish(self, elapsed_s: float) -> None:
-        """After the last step, also after an interruption."""
-
-
 def run(exp: Experiment, opts: RunOptions, listener: SuiteListener | None = None) -> SuiteSummary:
+    if opts.executor == "ray" and not opts.dry_run:
+        return distributed.run_ray(exp, opts, listener)
     hw = detect()
     steps = plan(exp, opts, hw)
     if opts.dry_run:
         return SuiteSummary(experiment=exp.name, results_dir=str(opts.results_dir), steps=steps, wall_time_s=0.0)
     listener = listener or SuiteListener()
     root = opts.results_dir
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / "experiment.yaml", yaml.safe_dump(
-        {**exp.model_dump(mode="json"), "ptq_deploy_version": __version__}, sort_keys=False), force=True)
+    layout.write_experiment(root, exp)
     runner = StepRunner(exp, opts, hw)
     t0 = time.perf_counter()
     failed_cells: set[tuple[str, str]] = set()

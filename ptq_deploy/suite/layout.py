@@ -21,9 +21,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import model_validator
+import yaml
+from pydantic import BaseModel, model_validator
 
-from ptq_deploy.results import Identity, ResultEnvelope
+from ptq_deploy import __version__
+from ptq_deploy.results import Identity, ResultEnvelope, atomic_write_text
 from ptq_deploy.timeutil import timestamp
 
 STEPS = ("compress", "inspect", "perf", "eval", "eval-hf", "kv")
@@ -97,6 +99,13 @@ def checkpoint_dir(root: Path, model: str, cell: str) -> Path:
 def dequantized_dir(root: Path, model: str, cell: str) -> Path:
     """A weight-only cell's dense copy, scored in vLLM where its kernel does not run."""
     return root / "checkpoints" / model / f"{cell}.dequantized"
+
+
+def write_experiment(root: Path, exp: BaseModel) -> None:
+    """``RESULTS_DIR/experiment.yaml``: the experiment as run (resolved), with this version."""
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / "experiment.yaml", yaml.safe_dump(
+        {**exp.model_dump(mode="json"), "ptq_deploy_version": __version__}, sort_keys=False), force=True)
 
 
 def records(root: Path) -> list[StepRecord]:

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ptq_deploy import probe, schemes
 from ptq_deploy.compress import linear_input_sizes
@@ -44,6 +44,15 @@ def compress_kv(kv: str) -> str:
     return "fp8" if kv_methods.get(kv).calibrated else "none"
 
 
+class RayOptions(BaseModel):
+    """Where ``--executor ray`` runs (``suite.distributed``)."""
+
+    address: str | None = Field(None, description="a running cluster: auto | HOST:PORT (default: start a "
+                                                   "local one on this machine)")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster (default: the machine's)")
+    cpus_per_cell: int = Field(1, ge=1, description="CPUs a cell's task asks for on a host without GPUs")
+
+
 class RunOptions(BaseModel):
     results_dir: Path
     include_models: list[str] = []
@@ -53,6 +62,9 @@ class RunOptions(BaseModel):
     force: list[str] = []  # step names, or "all"
     dry_run: bool = False
     compress_python: str | None = None
+    executor: Literal["local", "ray"] = Field("local", description="local: one step after another in this "
+                                              "process; ray: the cells as tasks on a Ray cluster")
+    ray: RayOptions = Field(default_factory=RayOptions)
 
 
 class PlannedStep(BaseModel):
@@ -66,6 +78,7 @@ class PlannedStep(BaseModel):
     reason: str | None = None
     backend: str | None = None  # eval steps: vllm | vllm-dequantized | hf
     duration_s: float | None = None
+    worker: str | None = None  # under Ray: the node and pid running it ("10.0.0.5 pid 4242")
 
 
 def _hash(obj) -> str:
@@ -81,6 +94,15 @@ def cell_engine(m: ModelSpec, kv_cache: str) -> EngineConfig:
     if kv_cache == "none":
         return m.engine
     return m.engine.model_copy(update={"kv_cache_dtype": kv_dtype(kv_cache)})
+
+
+def _engine_key(cfg: EngineConfig) -> dict:
+    """The engine settings a step key hashes; a field added later counts only when set (older results keep
+    their keys)."""
+    data = cfg.model_dump()
+    if data["pipeline_parallel_size"] == 1:
+        del data["pipeline_parallel_size"]
+    return data
 
 
 def _runnable(scheme: str, kv: str, rules: probe.Rules) -> tuple[bool, str | None]:
@@ -107,7 +129,7 @@ def _compress_key(exp: Experiment, m: ModelSpec, scheme: str, kv: str) -> str:
 def _cell_steps(exp: Experiment, m: ModelSpec, scheme: str, kv: str, rules: probe.Rules) -> list[PlannedStep]:
     cell, s = layout.cell_name(scheme, kv), schemes.get(scheme)
     ckey = _compress_key(exp, m, scheme, kv)
-    engine = cell_engine(m, kv).model_dump()
+    engine = _engine_key(cell_engine(m, kv))
     keys = {"compress": ckey, "inspect": _hash({"c": ckey, "step": "inspect"}),
             "perf": _hash({"c": ckey, "perf": exp.perf.model_dump(), "engine": engine}),
             "eval": _hash({"c": ckey, "eval": exp.eval.model_dump(mode="json"), "engine": engine})}

@@ -17,7 +17,7 @@ from ptq_deploy import engine, schemes
 from ptq_deploy.checkpoint.dequantize import dequantize
 from ptq_deploy.compress import CompressConfig, compress
 from ptq_deploy.errors import PtqError
-from ptq_deploy.eval import EvalConfig, run_eval
+from ptq_deploy.eval import EvalConfig, backend, run_eval
 from ptq_deploy.hardware import HardwareInfo
 from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
 from ptq_deploy.kvcache.config import KVConfig
@@ -114,7 +114,8 @@ class StepRunner:
         options = self.exp.eval.model_dump(exclude={"fallback"})
         cfg = EvalConfig(**options, checkpoint=str(ckpt), engine=cell_engine(m, ps.kv_cache),
                          backend="hf" if ps.backend == "hf" else "vllm", write=False)
-        llm = self._engine(ps, m, ckpt)[0] if cfg.backend == "vllm" else None
+        in_process = cfg.backend == "vllm" and cfg.engine.data_parallel_size < backend.SERVE_FROM_DATA_PARALLEL
+        llm = self._engine(ps, m, ckpt)[0] if in_process else None
         return run_eval(cfg, llm=llm)
 
     def kv(self, ps: PlannedStep, m: ModelSpec):

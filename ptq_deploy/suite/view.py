@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ptq_deploy.suite.execute import SuiteListener
+from ptq_deploy.suite.events import SuiteListener
 from ptq_deploy.suite.plan import PlannedStep
 
 SYMBOL = {"done": "[green]✓ done[/green]", "ok": "[green]✓[/green]", "pending": "[dim]·[/dim]",
