@@ -148,6 +148,9 @@ def test_real_rows_have_every_figure(report):
         assert ts.verdict in ("not distinguishable", "regressed", "improved")
         assert ts.outcome in ("meets", "fails", "inconclusive") and ts.min_recovery_pct == 99
     assert fp8.worst_recovery_pct == min(fp8.tasks[t].recovery_pct for t in TASKS)
+    headers = [c.header for c in render.columns(lb)]
+    for t in TASKS:  # the table says how many documents each comparison pairs
+        assert f"{t} {fp8.tasks[t].metric} (n={fp8.tasks[t].n})" in headers, headers
     assert fp8.ppl_delta is not None and fp8.quality in ("meets", "fails", "inconclusive")
     assert fp8.speedup == pytest.approx(fp8.throughput_tok_s / base.throughput_tok_s, rel=1e-3)
 

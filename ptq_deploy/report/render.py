@@ -22,7 +22,8 @@ from ptq_deploy.report.row import Row, to_frame
 GROUPS = {"quality": "Quality vs the baseline", "speed": "Speed and size"}
 QUALITY_ONLY = "Quality only (weights on a grid, stored dense: not deployable, never ranked or recommended)"
 LEGEND = ("Recovery: candidate / baseline for accuracy, baseline / candidate for perplexity (below 100% is worse), "
-          "with its 95% interval from the paired bootstrap of the delta vs the baseline scored with the same backend. "
+          "with its 95% interval from the paired bootstrap of the delta vs the baseline scored with the same backend "
+          "(n: the documents each comparison pairs). "
           "Quality: meets when every task's interval lies at or above its minimum recovery, fails when one lies "
           "below, inconclusive when one straddles it or has no interval (more documents would decide). Verdict: "
           "\"not distinguishable\" when the 95% interval of the delta contains 0, \"unknown\" without one. ± is one "
@@ -80,6 +81,12 @@ def _threshold(lb: Leaderboard, t: str) -> str:
     return f" (min {num(ts.min_recovery_pct)})" if ts else ""
 
 
+def _n(lb: Leaderboard, t: str) -> str:
+    """How many documents the task's comparisons rest on: " (n=24)", or a range when cells differ."""
+    ns = sorted({r.tasks[t].n for r in [*lb.rows, *lb.quality_only] if t in r.tasks and r.tasks[t].n})
+    return "" if not ns else f" (n={ns[0]})" if len(ns) == 1 else f" (n={ns[0]}-{ns[-1]})"
+
+
 def columns(lb: Leaderboard) -> list[Column]:
     metric = {t: next((r.tasks[t].metric for r in lb.rows if t in r.tasks), "") for t in lb.tasks}
     rec = ("recovery_pct", "recovery_low_pct", "recovery_high_pct")
@@ -91,7 +98,7 @@ def columns(lb: Leaderboard) -> list[Column]:
                lambda r: interval(r.worst_recovery_pct, r.worst_recovery_low_pct, r.worst_recovery_high_pct)),
     ]
     for t in lb.tasks:
-        cols += [Column(f"{t} {metric[t]}", (f"tasks.{t}.value", f"tasks.{t}.stderr"), _score(t)),
+        cols += [Column(f"{t} {metric[t]}{_n(lb, t)}", (f"tasks.{t}.value", f"tasks.{t}.stderr"), _score(t)),
                  Column(f"{t} recovery %{_threshold(lb, t)}", tuple(f"tasks.{t}.{f}" for f in rec), _recovery(t))]
     cols += [
         Column("Δ ppl", ("ppl_delta", "ppl_delta_stderr"), lambda r: pm(r.ppl_delta, r.ppl_delta_stderr, sign=True)),
