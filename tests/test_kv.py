@@ -236,3 +236,16 @@ def test_embedded_model_passkey_read_from_the_cache(embedded_model):
     base, kivi = got.rows
     assert base.samples.passkey[items[0].id], base.samples.passkey_answer
     assert kivi.bytes_ratio < 0.5 and kivi.logit_max_abs_diff.mean > 0.1
+
+
+def test_run_kv_on_a_checkpoint_dir(tiny_model):
+    """The entry point the suite's kv step and `ptq-deploy kv` call, end to end on a checkpoint directory."""
+    from ptq_deploy.kvcache.config import KVConfig
+    from ptq_deploy.kvcache.runner import run_kv
+
+    res = run_kv(KVConfig(checkpoint=str(tiny_model), methods=["none", "kivi-int4"], documents=0,
+                          passkey={"lengths": [400], "depths": [0.5]}, bootstrap_iters=100, write=False))
+    assert res.identity.model == tiny_model.name and res.model_max_position == 1024
+    rows = {m.method: m for m in res.methods}
+    assert set(rows) == {"none", "kivi-int4"} and not res.rejected
+    assert rows["kivi-int4"].bytes_ratio < 1 and rows["kivi-int4"].logit_max_abs_diff.max > 0

@@ -79,7 +79,7 @@ def measure_all(model, tok, ms: list[KVMethod], settings: KVSettings, docs: list
 def run_kv(cfg: KVConfig, progress: Callable[[str], None] | None = None) -> KVResult:
     """Measure ``cfg.methods`` on ``cfg.checkpoint``; the result is written unless ``cfg.write`` is off."""
     ms = check_methods(cfg.methods, detect())
-    path, identity = resolve_checkpoint(cfg.checkpoint)
+    path, identity, _ = resolve_checkpoint(cfg.checkpoint)
     settings = cfg.settings()
     docs = longctx.chapters(settings.documents)
     if len(docs) < settings.documents:
