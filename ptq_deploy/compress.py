@@ -23,7 +23,7 @@ from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.fakequant import FakeQuant, FakeQuantSpec
 from ptq_deploy.models import DEFAULT_MODEL, ModelSource, resolve, shipped_config
 from ptq_deploy.provenance import Provenance
-from ptq_deploy.results import Identity, ResultEnvelope, check_output_dir, temp_sibling
+from ptq_deploy.results import Identity, ResultEnvelope, check_output_dir, replace_dir, temp_sibling
 from ptq_deploy.results.envelope import v1_identity
 from ptq_deploy.timeutil import timestamp
 
@@ -211,13 +211,7 @@ def compress(cfg: CompressConfig, the_plan: Plan | None = None) -> CompressResul
             started_at=started, wall_time_s=wres.wall_time_s, provenance=wres.provenance, checkpoint=meta,
             calibration_time_s=wres.calibration_time_s, peak_rss_bytes=wres.peak_rss_bytes,
             peak_gpu_bytes=wres.peak_gpu_bytes, checkpoint_bytes=_dir_bytes(work), config=cfg)
-        if out.exists():  # --force: replace only now that the new checkpoint is complete
-            old = temp_sibling(out)
-            out.rename(old)
-            work.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            work.rename(out)
+        replace_dir(work, out)  # --force: the old checkpoint goes only now that the new one is complete
         return result
     finally:
         if work.exists():

@@ -66,6 +66,12 @@ def atomic_dir(out: Path, force: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, out)
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put the complete directory ``tmp`` (a ``temp_sibling`` of ``out``) at ``out``; an old ``out`` is
+    moved aside first and removed only once the new one is in place."""
     if out.exists():
         old = temp_sibling(out)
         os.replace(out, old)

@@ -23,7 +23,7 @@ from pathlib import Path
 from ptq_deploy import envs
 from ptq_deploy.compress import CompressResult
 from ptq_deploy.models import ModelSource
-from ptq_deploy.results import Identity, atomic_write_json, temp_sibling
+from ptq_deploy.results import Identity, atomic_write_json, replace_dir, temp_sibling
 
 RESULT = "compress.json"
 
@@ -74,13 +74,7 @@ def _place(src: Path, out: Path) -> None:
     work = temp_sibling(out)
     try:
         _link_tree(src, work)
-        if out.exists():
-            old = temp_sibling(out)
-            out.rename(old)
-            work.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            work.rename(out)
+        replace_dir(work, out)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
