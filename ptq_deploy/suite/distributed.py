@@ -31,11 +31,10 @@ from ptq_deploy.suite import layout, transfer
 from ptq_deploy.suite.events import SuiteListener, SuiteSummary
 from ptq_deploy.suite.experiment import Experiment
 from ptq_deploy.suite.plan import PlannedStep, RayOptions, RunOptions, cell_engine, plan
-from ptq_deploy.suite.steps import StepRunner
+from ptq_deploy.suite.steps import BLOCKED, StepRunner, blocks_cell
 from ptq_deploy.timeutil import timestamp
 
-ENGINE_STEPS = ("perf", "eval", "eval-hf")
-BLOCKED = "an earlier step of this cell failed"
+ENGINE_STEPS = ("perf", "eval", "eval-hf")  # the steps that hold the cell's GPUs
 
 
 def import_ray():
@@ -68,9 +67,8 @@ def _cell_task(exp: Experiment, opts: RunOptions, steps: list[PlannedStep], inpu
                 continue
             yield {"start": i, "worker": worker}
             runner.run_step(ps)
-            blocked = ps.state == "failed" and ps.step in ("compress", "inspect")
-            if i + 1 == len(steps) or steps[i + 1].step not in ENGINE_STEPS:
-                runner.close_engine()
+            blocked = blocks_cell(ps)
+            runner.release_engine(ps, steps[i + 1] if i + 1 < len(steps) else None)
             yield {"end": ps, "files": snap.changed(), "written_in": str(scratch)}
     finally:
         runner.close_engine()

@@ -16,7 +16,7 @@ from ptq_deploy.suite import distributed, layout
 from ptq_deploy.suite.events import SuiteListener, SuiteSummary
 from ptq_deploy.suite.experiment import Experiment
 from ptq_deploy.suite.plan import RunOptions, plan
-from ptq_deploy.suite.steps import StepRunner
+from ptq_deploy.suite.steps import BLOCKED, StepRunner, blocks_cell
 
 
 def run(exp: Experiment, opts: RunOptions, listener: SuiteListener | None = None) -> SuiteSummary:
@@ -41,17 +41,15 @@ def run(exp: Experiment, opts: RunOptions, listener: SuiteListener | None = None
             if ps.state != "pending":
                 continue
             if (ps.model, ps.cell) in failed_cells:
-                ps.state, ps.reason = "blocked", "an earlier step of this cell failed"
+                ps.state, ps.reason = "blocked", BLOCKED
                 continue
             ps.state = "running"
             listener.on_step_start(ps, time.perf_counter() - t0)
             runner.run_step(ps)
             listener.on_step_end(ps, time.perf_counter() - t0)
-            if ps.state == "failed" and ps.step in ("compress", "inspect"):
+            if blocks_cell(ps):
                 failed_cells.add((ps.model, ps.cell))
-            nxt = next((s for s in steps[i + 1:] if s.state == "pending"), None)
-            if nxt is None or nxt.cell != ps.cell or nxt.step not in ("perf", "eval"):
-                runner.close_engine()
+            runner.release_engine(ps, next((s for s in steps[i + 1:] if s.state == "pending"), None))
     finally:
         runner.close_engine()
         listener.on_finish(time.perf_counter() - t0)

@@ -52,6 +52,14 @@ def redirect_fds(log: Path):
             os.close(saved[1])
 
 
+BLOCKED = "an earlier step of this cell failed"
+
+
+def blocks_cell(ps: PlannedStep) -> bool:
+    """A failed compress or inspect leaves nothing for the rest of its cell."""
+    return ps.state == "failed" and ps.step in ("compress", "inspect")
+
+
 class StepRunner:
     def __init__(self, exp: Experiment, opts: RunOptions, hw: HardwareInfo):
         self.exp, self.opts, self.hw, self.root = exp, opts, hw, opts.results_dir
@@ -65,7 +73,7 @@ class StepRunner:
     def compress(self, ps: PlannedStep, m: ModelSpec):
         """Compress, or reuse the kept checkpoint of an identical compress step (``suite.reuse``)."""
         s, out = schemes.get(ps.scheme), self._ckpt(ps)
-        if not {"compress", "all"} & set(self.opts.force):
+        if reuse.store_dir() is not None and not {"compress", "all"} & set(self.opts.force):
             if (kept := reuse.fetch(ps.key, resolve(m.source), out)) is not None:
                 print(f"[ptq-deploy] reused the checkpoint of {kept.reused_from} (same compress key {ps.key})")
                 return kept
@@ -97,6 +105,11 @@ class StepRunner:
             llm, info = engine.load(ck, cfg, self.hw)
             self.engine = (ck, cfg, llm, info)
         return self.engine[2], self.engine[3]
+
+    def release_engine(self, ps: PlannedStep, nxt: PlannedStep | None) -> None:
+        """After ``ps``: close the engine unless ``nxt`` (the next pending step) is perf or eval of the same cell."""
+        if nxt is None or (nxt.model, nxt.cell) != (ps.model, ps.cell) or nxt.step not in ("perf", "eval"):
+            self.close_engine()
 
     def close_engine(self):
         if self.engine is not None:
