@@ -1,6 +1,7 @@
 # ptq-deploy: two commands for a newcomer (see README).
 PYTHON ?= python3
 RUNTIME_PY = $(shell $(PYTHON) -m ptq_deploy.envs python runtime)
+LANES ?= $(shell [ $$(nproc) -ge 2 ] && echo 2 || echo 1)  # cells compressed/scored at once (perf runs alone)
 
 .PHONY: setup demo test
 setup:  ## create/update the two pinned environments, then measure what their vLLM runs here (both idempotent)
@@ -8,7 +9,7 @@ setup:  ## create/update the two pinned environments, then measure what their vL
 	$(RUNTIME_PY) -m ptq_deploy.probe.run
 
 demo: setup  ## the main job: every scheme of the embedded SmolLM2-135M, compressed, measured, ranked
-	$(RUNTIME_PY) -m ptq_deploy.cli run smollm2-135m; rc=$$?; \
+	$(RUNTIME_PY) -m ptq_deploy.cli run smollm2-135m --lanes $(LANES); rc=$$?; \
 	$(RUNTIME_PY) -m ptq_deploy.cli report results/smollm2-135m && exit $$rc
 
 test: setup  ## the test suite (real vLLM, real llmcompressor)

@@ -261,6 +261,7 @@ def run_suite(
     executor: str = typer.Option(_d(RunOptions, "executor"), "--executor",
                                  help="local | ray. local: one step after another here; ray: independent cells at once on a "
                                       "Ray cluster (pip install 'ray\\[default]'; see the README)"),
+    lanes: int = typer.Option(_d(RunOptions, "lanes"), "--lanes", help=_h(RunOptions, "lanes")),
     ray_address: Optional[str] = typer.Option(_d(RayOptions, "address"), "--address", help=_h(RayOptions, "address")),
     ray_cpus: Optional[int] = typer.Option(_d(RayOptions, "num_cpus"), "--ray-cpus", help=_h(RayOptions, "num_cpus")),
     cpus_per_cell: int = typer.Option(_d(RayOptions, "cpus_per_cell"), "--ray-cpus-per-cell",
@@ -278,7 +279,7 @@ def run_suite(
     opts = RunOptions(results_dir=results_dir or Path("results") / exp.name, include_models=include_models,
                       exclude_models=exclude_models, include_schemes=include_schemes,
                       exclude_schemes=exclude_schemes, force=force, dry_run=dry_run, compress_python=compress_python,
-                      executor=executor, ray=RayOptions(address=ray_address, num_cpus=ray_cpus,
+                      executor=executor, lanes=lanes, ray=RayOptions(address=ray_address, num_cpus=ray_cpus,
                                                         cpus_per_cell=cpus_per_cell))
     summary = run(exp, opts, listener=None if dry_run else MatrixView(console))
     if dry_run:
@@ -314,6 +315,7 @@ def perf(
                                     help="serving concurrency levels, comma-separated"),
     request_rate: Optional[float] = typer.Option(_d(PerfSettings, "request_rate"), help=_h(PerfSettings, "request_rate")),
     iterations: int = typer.Option(_d(PerfSettings, "iterations")),
+    latency_ci: Optional[float] = typer.Option(_d(PerfSettings, "latency_ci"), help=_h(PerfSettings, "latency_ci")),
     warmup: int = typer.Option(_d(PerfSettings, "warmup")),
     goodput: list[str] = typer.Option([], "--goodput", help="SLO NAME:MS for goodput (ttft, tpot, e2el); repeatable"),
     engine_arg: list[str] = typer.Option([], "--engine-arg", help="extra vLLM engine arg KEY=VALUE; repeatable"),
@@ -335,7 +337,8 @@ def perf(
                               enforce_eager=enforce_eager, seed=seed, extra=parse_kv_args(engine_arg))
     cfg = PerfConfig(checkpoint=str(checkpoint), engine=engine_cfg, num_prompts=num_prompts, input_len=input_len,
                      output_len=output_len, dataset=dataset, concurrency=levels, request_rate=request_rate,
-                     iterations=iterations, warmup=warmup, goodput=parse_slos(goodput), offline=offline,
+                     iterations=iterations, latency_ci=latency_ci, warmup=warmup, goodput=parse_slos(goodput),
+                     offline=offline,
                      serving=serving, output_dir=output_dir)
     res = run_perf(cfg, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     for t in summary_tables(res):

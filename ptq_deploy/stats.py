@@ -33,3 +33,11 @@ class Summary(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.mean:.4g} ± {self.stdev:.2g} {self.unit} (n={self.n}, p50 {self.median:.4g}, p99 {self.p99:.4g})"
+
+    def ci95_half_width(self) -> float:
+        """Half-width of the t-interval (95%) of the mean; inf below n = 2."""
+        if self.n < 2:
+            return math.inf
+        from scipy.stats import t
+
+        return float(t.ppf(0.975, self.n - 1) * self.stdev / math.sqrt(self.n))

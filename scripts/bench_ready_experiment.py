@@ -11,6 +11,7 @@ next change to the ready experiment is measured against.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ class BenchRecord(BaseModel):
     kind: str = "bench-ready-experiment"
     experiment: dict
     results_dir: str
+    lanes: int = 1  # cells whose untimed steps ran at once: seconds_by_step then sums lane-seconds
     run_wall_s: float
     run_exit_code: int
     report_wall_s: float
@@ -59,17 +61,21 @@ def main() -> None:
     ap.add_argument("--experiment", default="smollm2-135m")
     ap.add_argument("--results-dir", type=Path, default=None, help="default: a fresh temporary directory")
     ap.add_argument("--out", type=Path, default=Path("perf_results"))
+    ap.add_argument("--lanes", type=int, default=min(2, len(os.sched_getaffinity(0))),
+                    help="run --lanes (make demo's default: 2 where there are 2 CPUs)")
     a = ap.parse_args()
+    os.environ["PTQ_DEPLOY_CHECKPOINT_CACHE"] = "off"  # a fresh clone's time: compress everything
     exp = load(a.experiment)
     root = a.results_dir or Path(tempfile.mkdtemp(prefix="ptq-ready-")) / exp.name
-    run_rc, run_s = _cli("run", a.experiment, "-o", str(root))
+    run_rc, run_s = _cli("run", a.experiment, "-o", str(root), "--lanes", str(a.lanes))
     report_rc, report_s = _cli("report", str(root))
     steps = [StepTime(model=r.model, cell=r.cell, step=r.step, status=r.status, seconds=round(r.duration_s, 1))
              for r in layout.records(root)]
     by_step: dict[str, float] = defaultdict(float)
     for s in steps:
         by_step[s.step] += s.seconds
-    rec = BenchRecord(experiment=exp.model_dump(mode="json"), results_dir=str(root), run_wall_s=round(run_s, 1),
+    rec = BenchRecord(experiment=exp.model_dump(mode="json"), results_dir=str(root), lanes=a.lanes,
+                      run_wall_s=round(run_s, 1),
                       run_exit_code=run_rc, report_wall_s=round(report_s, 1), total_wall_s=round(run_s + report_s, 1),
                       steps=steps, seconds_by_step={k: round(v, 1) for k, v in by_step.items()},
                       provenance=collect())

@@ -72,6 +72,7 @@ class EngineInfo(BaseModel):
     device: str
     settings: ResolvedEngine
     memory: EngineMemory | None = None  # the engine's own memory, measured around the load
+    host_heap: str | None = None  # how host memory was allocated while it ran (CPU: ``engine.heap``)
 
 
 def nest_v1_fields(config: dict[str, Any]) -> dict[str, Any]:

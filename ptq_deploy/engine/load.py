@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ptq_deploy import checkpoint, probe
-from ptq_deploy.engine import args, memory
+from ptq_deploy.engine import args, heap, memory
 from ptq_deploy.engine.config import EngineConfig, EngineInfo, ResolvedEngine
 from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError, one_line
 from ptq_deploy.hardware import HardwareInfo, detect
@@ -117,14 +117,17 @@ def load(model: str | Path, cfg: EngineConfig, hw: HardwareInfo | None = None, c
     from vllm import LLM  # heavy: imported once the environment is set
 
     base = memory.baseline(bool(hw.gpus))
+    host_heap = heap.engine_heap(bool(hw.gpus))
     t0 = time.perf_counter()
     try:
         with _LoadLog() as log:
             llm = LLM(**args.llm_kwargs(resolved))
     except Exception as e:  # engine crash / OOM / unsupported: one line, details in vLLM's log above
+        heap.release()
         raise LoadFailed(model, one_line(e, limit=1000)) from None
     info = engine_info(llm, resolved, time.perf_counter() - t0, log.parsed, hw)
     info.memory = memory.measure(base, bool(hw.gpus), log.text)
+    info.host_heap = host_heap
     return llm, info
 
 
@@ -152,6 +155,7 @@ def shutdown(llm) -> None:
         pass
     del llm
     gc.collect()
+    heap.release()
 
 
 class Generation(BaseModel):

@@ -28,7 +28,7 @@ from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError, one_line
 from ptq_deploy.checkpoint import ct_compat
 from ptq_deploy.eval.config import EvalConfig
 from ptq_deploy.eval.result import EngineSummary, EvalSettings
-from ptq_deploy.hardware import HardwareInfo
+from ptq_deploy.hardware import HardwareInfo, detect
 from ptq_deploy.perf.server import Server
 
 SERVER = "server"  # model_args key of a data-parallel vllm backend: the ResolvedEngine a `vllm serve` runs
@@ -118,10 +118,16 @@ def _open_lm(backend: str, args: dict[str, Any], llm=None):
         if backend == "vllm" and llm is not None:
             lm = _wrap_existing(llm, args)
         else:
+            if backend == "vllm":
+                engine.heap.engine_heap(bool(detect().gpus))
             lm = get_model(backend).create_from_arg_obj(args)
     except (KeyboardInterrupt, UsageError):
+        if backend == "vllm" and llm is None:
+            engine.heap.release()
         raise
     except Exception as e:
+        if backend == "vllm" and llm is None:
+            engine.heap.release()
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise PtqError(f"{backend} backend failed to load {args.get('pretrained')}: "
                               f"{type(e).__name__}: {msg}") from None

@@ -30,10 +30,11 @@ class EvalSettings(BaseModel):
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     data_parallel_size: int = 1
+    host_heap: str | None = None  # CPU: how host memory was allocated (``engine.heap``)
 
     # fields that may differ between two comparable runs (they do not change the scores)
     NOT_COMPARED: ClassVar[tuple[str, ...]] = ("batch_size", "tensor_parallel_size", "pipeline_parallel_size",
-                                              "data_parallel_size")
+                                              "data_parallel_size", "host_heap")
 
     def differences(self, other: "EvalSettings") -> dict[str, tuple[Any, Any]]:
         a, b = self.model_dump(), other.model_dump()

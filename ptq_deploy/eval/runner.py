@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ptq_deploy import checkpoint
-from ptq_deploy.engine import vllm_version_shim
+from ptq_deploy.engine import heap, vllm_version_shim
 from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.eval import backend, recovery
 from ptq_deploy.eval.config import BUNDLED_TASKS, EvalConfig
@@ -192,6 +192,8 @@ def _evaluate(cfg: EvalConfig, model_path: str, identity: Identity, settings: Ev
     started, t0 = timestamp(), time.perf_counter()
     shim = vllm_version_shim(lm_eval=True) if settings.backend == "vllm" else nullcontext()
     with shim, _env(DISABLE_MULTIPROC="1"), backend.open_lm(settings.backend, args, llm) as (lm, summary):
+        if settings.backend == "vllm":
+            settings = settings.model_copy(update={"host_heap": heap.current()})
         with status(f"lm-eval ({settings.backend}) on {identity.label}: {', '.join(cfg.tasks)}"):
             try:
                 out = simple_evaluate(model=lm, tasks=tasks, num_fewshot=cfg.num_fewshot, limit=cfg.limit,

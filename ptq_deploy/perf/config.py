@@ -25,6 +25,9 @@ class PerfSettings(BaseModel):
     output_len: int = Field(32, ge=2)
     latency_prompts: int | None = Field(None, ge=1, description="prompts for sequential batch-1 latency (default min(num_prompts, 8))")
     iterations: int = Field(3, ge=1)
+    latency_ci: float | None = Field(None, gt=0, lt=1, description=(
+        "stop timing batch-1 requests once the 95% interval of their mean latency is within +-this fraction "
+        "(at least 3 requests; at most latency prompts x iterations); None: time them all"))
     warmup: int = Field(1, ge=0)
     # serving
     concurrency: list[int] = Field([1, 2, 4, 8], description="serving concurrency levels")

@@ -70,7 +70,9 @@ class LatencyStats(BaseModel):
     prompts: int
     iterations: int
     warmup: int
-    batch1_e2e: Summary  # s per request (n = prompts x iterations)
+    batch1_e2e: Summary  # s per request (n = prompts x iterations, or fewer with ``latency_ci``)
+    batch1_ci: float | None = None  # the target relative 95% half-width of the mean batch-1 latency, if any
+    batch1_ci_reached: float | None = None  # the relative half-width measured when timing stopped
     batch1_prefill: Summary  # s per request with max_tokens=1 (time to first token, offline)
     batch1_decode_per_token: Summary  # s, (e2e - prefill of the same prompt) / (output_len - 1)
     batch_size: int
@@ -78,27 +80,44 @@ class LatencyStats(BaseModel):
     tokens: TokenCheck  # of one timed batch
 
 
+MIN_LATENCY_REQUESTS = 3
+
+
+def _precise_enough(e2e: list[float], rel_ci: float | None) -> bool:
+    if rel_ci is None or len(e2e) < MIN_LATENCY_REQUESTS:
+        return False
+    s = Summary.of(e2e)
+    return s.ci95_half_width() <= rel_ci * s.mean
+
+
 def measure_latency(llm, reqs: list[Request], batch_reqs: list[Request], iterations: int,
-                    warmup: int) -> tuple[LatencyStats, list[float]]:
-    """Returns the stats and the raw per-request decode times (s/token) for the roofline."""
+                    warmup: int, rel_ci: float | None = None) -> tuple[LatencyStats, list[float]]:
+    """Returns the stats and the raw per-request decode times (s/token) for the roofline.
+
+    With ``rel_ci``, batch-1 requests are timed until the 95% interval of their mean is within
+    ``+-rel_ci`` of it: a slow (emulated) scheme reaches the width the others have with fewer requests.
+    """
     out_len = reqs[0].output_len
     for _ in range(warmup):
         _run(llm, reqs[:1])
         _run(llm, reqs[:1], max_tokens=1)
         _run(llm, batch_reqs)
     e2e, pre, dec = [], [], []
-    for _ in range(iterations):
-        for r in reqs:
-            p, _ = _run(llm, [r], max_tokens=1)
-            t, _ = _run(llm, [r])
-            pre.append(p)
-            e2e.append(t)
-            dec.append((t - p) / (out_len - 1))
+    for r in (r for _ in range(iterations) for r in reqs):
+        p, _ = _run(llm, [r], max_tokens=1)
+        t, _ = _run(llm, [r])
+        pre.append(p)
+        e2e.append(t)
+        dec.append((t - p) / (out_len - 1))
+        if _precise_enough(e2e, rel_ci):
+            break
     batch, chk = [], None
     for _ in range(iterations):
         t, chk = _run(llm, batch_reqs)
         batch.append(t)
-    stats = LatencyStats(prompts=len(reqs), iterations=iterations, warmup=warmup, batch1_e2e=Summary.of(e2e, "s"),
+    b1 = Summary.of(e2e, "s")
+    stats = LatencyStats(prompts=len(reqs), iterations=iterations, warmup=warmup, batch1_e2e=b1, batch1_ci=rel_ci,
+                         batch1_ci_reached=b1.ci95_half_width() / b1.mean if b1.n > 1 else None,
                          batch1_prefill=Summary.of(pre, "s"), batch1_decode_per_token=Summary.of(dec, "s"),
                          batch_size=len(batch_reqs), batch_e2e=Summary.of(batch, "s"), tokens=chk)
     return stats, dec

@@ -64,9 +64,11 @@ def run_perf(cfg: PerfConfig, llm=None, info: engine.EngineInfo | None = None, h
             kv_tok = roofline.kv_bytes_per_token(ckpt, resolved.kv_cache_dtype, info.dtype)
             w = roofline.weight_bytes(ckpt, info.dtype)
             with PeakSampler(gpu=bool(hw.gpus)) as mem:
+                until = f", or until the mean is known within ±{cfg.latency_ci:.0%}" if cfg.latency_ci else ""
                 say(f"latency: {cfg.n_latency_prompts} prompts at batch 1 and a batch of {len(reqs)}, "
-                    f"{cfg.iterations} iterations after {cfg.warmup} warm-up")
-                latency, decode_s = offline.measure_latency(llm, reqs[:cfg.n_latency_prompts], reqs, cfg.iterations, cfg.warmup)
+                    f"{cfg.iterations} iterations{until}, after {cfg.warmup} warm-up")
+                latency, decode_s = offline.measure_latency(llm, reqs[:cfg.n_latency_prompts], reqs, cfg.iterations,
+                                                            cfg.warmup, rel_ci=cfg.latency_ci)
                 say(f"throughput: {len(reqs)} requests x {cfg.iterations} iterations")
                 throughput = offline.measure_throughput(llm, reqs, cfg.iterations, cfg.warmup)
             memory = MemoryStats(process="whole process: this one (in-process engine) and its children",

@@ -3,7 +3,8 @@
 ``run`` walks the plan (``suite.plan``), runs each pending step (``suite.steps``) and reports
 progress as events to a listener (``suite.view.MatrixView`` on the console; any object with the
 ``SuiteListener`` methods, ``suite.events``). With ``opts.executor == "ray"`` the cells run as Ray
-tasks instead (``suite.distributed``), with the same records and events. A failed compress or inspect blocks the rest of its cell; any other
+tasks instead (``suite.distributed``), with the same records and events; with ``opts.lanes > 1`` the
+untimed steps of several cells run at once first (``suite.lanes``), then the perf steps one by one. A failed compress or inspect blocks the rest of its cell; any other
 failure is recorded and the matrix goes on. The exit code is the caller's (``SuiteSummary.failed``).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import time
 
 from ptq_deploy.hardware import detect
-from ptq_deploy.suite import distributed, layout
+from ptq_deploy.suite import distributed, lanes, layout
 from ptq_deploy.suite.events import SuiteListener, SuiteSummary
 from ptq_deploy.suite.experiment import Experiment
 from ptq_deploy.suite.plan import RunOptions, plan
@@ -26,14 +27,18 @@ def run(exp: Experiment, opts: RunOptions, listener: SuiteListener | None = None
     steps = plan(exp, opts, hw)
     if opts.dry_run:
         return SuiteSummary(experiment=exp.name, results_dir=str(opts.results_dir), steps=steps, wall_time_s=0.0)
+    if opts.lanes > 1:
+        lanes.cpu_sets(opts.lanes)  # more lanes than CPUs: one line before anything runs
     listener = listener or SuiteListener()
     root = opts.results_dir
     layout.write_experiment(root, exp)
     runner = StepRunner(exp, opts, hw)
     t0 = time.perf_counter()
-    failed_cells: set[tuple[str, str]] = set()
     listener.on_start(exp.name, steps)
     try:
+        if opts.lanes > 1:  # untimed steps first, several cells at once; the loop below finds only perf pending
+            lanes.run_untimed(exp, opts, steps, opts.lanes, listener, t0)
+        failed_cells = {(s.model, s.cell) for s in steps if blocks_cell(s)}
         for i, ps in enumerate(steps):
             if ps.state in ("not_runnable", "not_applicable"):
                 runner.record_skipped(ps)

@@ -65,6 +65,8 @@ class RunOptions(BaseModel):
     executor: Literal["local", "ray"] = Field("local", description="local: one step after another in this "
                                               "process; ray: the cells as tasks on a Ray cluster")
     ray: RayOptions = Field(default_factory=RayOptions)
+    lanes: int = Field(1, ge=1, description="local executor: cells whose untimed steps (compress, inspect, eval, "
+                       "kv) run at once, each lane on its share of the CPUs; perf steps run afterwards, alone")
 
 
 class PlannedStep(BaseModel):
