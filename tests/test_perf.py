@@ -267,3 +267,15 @@ def test_sigint_leaves_no_orphans(tiny_model, tmp_path):
     time.sleep(0.5)
     assert _alive(seen) == [], [_name(p) for p in _alive(seen)]
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_latency_ci_stops_timing_at_the_target_width(tiny_model, engines, tmp_path):
+    llm, info = engines.get(tiny_model)
+    base = {**SMALL, "iterations": 3, "latency_prompts": 4}
+    loose = run_perf(PerfConfig(checkpoint=str(tiny_model), serving=False, output_dir=tmp_path, latency_ci=0.9,
+                                **base), llm=llm, info=info).latency
+    assert 3 <= loose.batch1_e2e.n < 12 and loose.batch1_ci_reached <= 0.9  # stopped once precise enough
+    assert loose.batch1_ci_reached == pytest.approx(loose.batch1_e2e.ci95_half_width() / loose.batch1_e2e.mean)
+    tight = run_perf(PerfConfig(checkpoint=str(tiny_model), serving=False, output_dir=tmp_path, latency_ci=1e-6,
+                                **base), llm=llm, info=info).latency
+    assert tight.batch1_e2e.n == 12 and tight.batch1_ci_reached > 1e-6  # never reached: every request timed

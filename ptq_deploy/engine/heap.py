@@ -7,12 +7,14 @@ three quarters of a scoring run's CPU time was the kernel's (``perf_results/cpu_
 ``engine_heap()`` makes glibc keep such memory in its heap instead (``mallopt``: no mmap, no trim)
 for as long as an engine is loaded; ``release()`` restores glibc's settings and hands the freed
 memory back (``malloc_trim``), so the next engine's measured footprint starts from a clean heap.
+``PTQ_DEPLOY_ENGINE_HEAP=glibc`` leaves glibc's defaults alone (to measure the difference).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 GLIBC_DEFAULTS = {M_TRIM_THRESHOLD: 128 * 1024, M_TOP_PAD: 128 * 1024, M_MMAP_MAX: 65536}
@@ -34,7 +36,7 @@ def _libc():
 def engine_heap(gpus: bool) -> str | None:
     """Keep freed memory in the heap while an engine runs on CPU; returns what was set (None: nothing)."""
     global _depth
-    libc = None if gpus else _libc()
+    libc = None if gpus or os.environ.get("PTQ_DEPLOY_ENGINE_HEAP") == "glibc" else _libc()
     if libc is None:
         return None
     if _depth == 0:

@@ -70,7 +70,8 @@ def run_perf(cfg: PerfConfig, llm=None, info: engine.EngineInfo | None = None, h
                 latency, decode_s = offline.measure_latency(llm, reqs[:cfg.n_latency_prompts], reqs, cfg.iterations,
                                                             cfg.warmup, rel_ci=cfg.latency_ci)
                 say(f"throughput: {len(reqs)} requests x {cfg.iterations} iterations")
-                throughput = offline.measure_throughput(llm, reqs, cfg.iterations, cfg.warmup)
+                # the latency benchmark just ran this same batch (its warm-up included): no second warm-up
+                throughput = offline.measure_throughput(llm, reqs, cfg.iterations, warmup=0)
             memory = MemoryStats(process="whole process: this one (in-process engine) and its children",
                                  rss_after_load_bytes=rss0, peak_rss_bytes=mem.peak_rss, rss_samples=mem.n,
                                  gpu_after_load_bytes=gpu0, peak_gpu_bytes=mem.peak_gpu, engine=info.memory,

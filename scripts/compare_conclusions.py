@@ -1,0 +1,111 @@
+"""Do two runs of an experiment reach the same conclusions? (The ready experiment against a full-size run.)
+
+    python scripts/compare_conclusions.py FAST_RESULTS_DIR FULL_RESULTS_DIR [--out perf_results/]
+
+Reads each dir's ``report/report.json`` (``ptq-deploy report`` writes it) and compares, scheme by
+scheme and task by task, the verdict against the baseline (regressed / improved / not
+distinguishable, from the paired interval) and the outcome against the recovery constraint (meets /
+fails / inconclusive), with n and the interval of each side; then, where both dirs hold an eval of
+the same cell, the paired difference between the two runs' checkpoints on the shared documents
+(did the cheaper calibration change the checkpoint's quality measurably?). Writes the JSON record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from ptq_deploy.eval.recovery import compare
+from ptq_deploy.eval.result import EvalResult
+from ptq_deploy.provenance import Provenance, collect
+from ptq_deploy.results import atomic_write_json
+from ptq_deploy.suite import layout
+from ptq_deploy.timeutil import file_stamp
+
+
+class Conclusion(BaseModel):
+    scheme: str
+    task: str
+    n: tuple[int | None, int | None]
+    recovery_ci_pct: tuple[list[float | None], list[float | None]]
+    verdict: tuple[str | None, str | None]
+    outcome: tuple[str | None, str | None]
+    same: bool
+
+
+class RunVsRun(BaseModel):
+    scheme: str
+    task: str
+    metric: str
+    values: tuple[float, float]
+    delta_ci95: list[float] | None
+    n_paired: int
+    verdict: str
+
+
+class Record(BaseModel):
+    kind: str = "compare-conclusions"
+    dirs: tuple[str, str]
+    conclusions: list[Conclusion]
+    all_same: bool
+    checkpoints: list[RunVsRun]
+    provenance: Provenance
+
+
+def _rows(root: Path) -> dict[tuple[str, str], dict]:
+    rep = json.loads((root / "report" / "report.json").read_text())
+    return {(r["scheme"], task): t for lb in rep["leaderboards"] for r in lb["rows"]
+            for task, t in (r.get("tasks") or {}).items()}
+
+
+def _evals(root: Path) -> dict[str, EvalResult]:
+    return {r.cell: EvalResult.model_validate_json((root / r.result).read_text())
+            for r in layout.records(root) if r.step == "eval" and r.status == "ok" and r.result}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("fast", type=Path)
+    ap.add_argument("full", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("perf_results"))
+    a = ap.parse_args()
+    fast, full = _rows(a.fast), _rows(a.full)
+    out = []
+    for key in sorted(set(fast) & set(full)):
+        f, g = fast[key], full[key]
+        same = (f.get("verdict"), f.get("outcome")) == (g.get("verdict"), g.get("outcome"))
+        out.append(Conclusion(scheme=key[0], task=key[1], n=(f.get("n"), g.get("n")),
+                              recovery_ci_pct=([f.get("recovery_low_pct"), f.get("recovery_high_pct")],
+                                               [g.get("recovery_low_pct"), g.get("recovery_high_pct")]),
+                              verdict=(f.get("verdict"), g.get("verdict")), outcome=(f.get("outcome"), g.get("outcome")),
+                              same=same))
+    ea, eb = _evals(a.fast), _evals(a.full)
+    ckpts = []
+    for cell in sorted(set(ea) & set(eb)):
+        for rec in compare(eb[cell], ea[cell]):  # the full run's checkpoint as the reference
+            ckpts.append(RunVsRun(scheme=cell, task=rec.task, metric=rec.metric, values=(rec.quantized, rec.baseline),
+                                  delta_ci95=list(rec.ci95) if rec.ci95 else None, n_paired=rec.n_paired or 0,
+                                  verdict=rec.verdict))
+    only = sorted(set(fast) ^ set(full))
+    record = Record(dirs=(str(a.fast), str(a.full)), conclusions=out, all_same=all(c.same for c in out),
+                    checkpoints=ckpts, provenance=collect())
+    for c in out:
+        print(f"{c.scheme:16s} {c.task:13s} n={c.n[0]}/{c.n[1]} {c.verdict[0]}/{c.verdict[1]} "
+              f"{c.outcome[0]}/{c.outcome[1]} {c.recovery_ci_pct[0]} vs {c.recovery_ci_pct[1]}"
+              f"{'' if c.same else '  <- differs'}")
+    for r in ckpts:
+        print(f"{r.scheme:16s} {r.task} {r.metric}: {r.values[0]:.4g} vs {r.values[1]:.4g} (fast vs full), "
+              f"delta CI {r.delta_ci95}, {r.verdict}")
+    if only:
+        print(f"in one run only: {only}")
+    path = atomic_write_json(a.out / f"compare_conclusions_{file_stamp()}.json", record)
+    print(f"same conclusions: {record.all_same} -> {path}")
+    sys.exit(0 if record.all_same else 1)
+
+
+if __name__ == "__main__":
+    main()
