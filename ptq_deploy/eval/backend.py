@@ -114,19 +114,19 @@ def _open_lm(backend: str, args: dict[str, Any], llm=None):
         with _served(args) as opened:
             yield opened
         return
+    # an engine lm-eval builds here keeps freed memory in the heap on CPU (``engine.heap``), as ``engine.load`` does
+    heap_kept = backend == "vllm" and llm is None and engine.heap.engine_heap(bool(detect().gpus)) is not None
     try:
         if backend == "vllm" and llm is not None:
             lm = _wrap_existing(llm, args)
         else:
-            if backend == "vllm":
-                engine.heap.engine_heap(bool(detect().gpus))
             lm = get_model(backend).create_from_arg_obj(args)
     except (KeyboardInterrupt, UsageError):
-        if backend == "vllm" and llm is None:
+        if heap_kept:
             engine.heap.release()
         raise
     except Exception as e:
-        if backend == "vllm" and llm is None:
+        if heap_kept:
             engine.heap.release()
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise PtqError(f"{backend} backend failed to load {args.get('pretrained')}: "

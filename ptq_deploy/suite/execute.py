@@ -4,7 +4,8 @@
 progress as events to a listener (``suite.view.MatrixView`` on the console; any object with the
 ``SuiteListener`` methods, ``suite.events``). With ``opts.executor == "ray"`` the cells run as Ray
 tasks instead (``suite.distributed``), with the same records and events; with ``opts.lanes > 1`` the
-untimed steps of several cells run at once first (``suite.lanes``), then the perf steps one by one. A failed compress or inspect blocks the rest of its cell; any other
+untimed steps of several cells run at once first (``suite.lanes``), then the perf steps one by one.
+A failed compress or inspect blocks the rest of its cell; any other
 failure is recorded and the matrix goes on. The exit code is the caller's (``SuiteSummary.failed``).
 """
 
