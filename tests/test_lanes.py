@@ -1,16 +1,14 @@
 """``run --lanes 2`` on the tiny model: cells' untimed steps overlap, perf runs alone afterwards, and
-the results are the serial run's."""
+the results are the serial run's. Both runs go through the CLI: the lanes' spawn machinery and the
+in-process engines stay out of the test process."""
 
 import json
 from datetime import datetime
 
 import pytest
+import yaml
 
-from ptq_deploy.errors import UsageError
 from ptq_deploy.suite import layout
-from ptq_deploy.suite.execute import run
-from ptq_deploy.suite.experiment import Experiment
-from ptq_deploy.suite.plan import RunOptions
 
 pytestmark = pytest.mark.integration
 
@@ -18,10 +16,17 @@ PERF = {"num_prompts": 4, "input_len": 16, "output_len": 8, "iterations": 1, "wa
         "latency_prompts": 2}
 
 
-def _exp(tiny_model) -> Experiment:
-    return Experiment(name="lanes", models=[{"name": "tiny", "source": str(tiny_model), "engine": {"max_model_len": 256}}],
-                      schemes=["BF16", "FP8-W8A8", "INT8-W8A16-RTN"], compress={"num_samples": 4, "max_seq_len": 32},
-                      perf=PERF, eval={"tasks": ["austen_ppl"], "limit": 4})
+def _exp(tiny_model, tmp_path):
+    f = tmp_path / "lanes.yaml"
+    f.write_text(yaml.safe_dump({
+        "name": "lanes", "models": [{"name": "tiny", "source": str(tiny_model), "engine": {"max_model_len": 256}}],
+        "schemes": ["BF16", "FP8-W8A8", "INT8-W8A16-RTN"], "compress": {"num_samples": 4, "max_seq_len": 32},
+        "perf": PERF, "eval": {"tasks": ["austen_ppl"], "limit": 4}}))
+    return str(f)
+
+
+def _states(root):
+    return {(r.cell, r.step): r.status for r in layout.records(root)}
 
 
 def _spans(root):
@@ -37,12 +42,13 @@ def _scores(root, cell):
     return json.loads((root / rec.result).read_text())["tasks"]
 
 
-def test_lanes_overlap_untimed_work_and_time_perf_alone(tiny_model, tmp_path, probe):
-    exp = _exp(tiny_model)
-    serial = run(exp, RunOptions(results_dir=tmp_path / "serial"))
-    laned = run(exp, RunOptions(results_dir=tmp_path / "lanes", lanes=2))
-    assert not laned.failed, [(s.cell, s.step, s.reason) for s in laned.failed]
-    assert {(s.cell, s.step): s.state for s in laned.steps} == {(s.cell, s.step): s.state for s in serial.steps}
+def test_lanes_overlap_untimed_work_and_time_perf_alone(tiny_model, tmp_path, probe, cli):
+    exp = _exp(tiny_model, tmp_path)
+    serial = cli("run", exp, "-o", str(tmp_path / "serial"))
+    laned = cli("run", exp, "-o", str(tmp_path / "lanes"), "--lanes", "2")
+    assert serial.returncode == 0 and laned.returncode == 0, laned.stdout[-2000:] + laned.stderr[-2000:]
+    assert _states(tmp_path / "lanes") == _states(tmp_path / "serial")
+    assert set(_states(tmp_path / "lanes").values()) <= {"ok", "not_runnable"}
     spans = _spans(tmp_path / "lanes")
     untimed = {k: v for k, v in spans.items() if k[1] != "perf" and v[2].status == "ok"}
     perf = {k: v for k, v in spans.items() if k[1] == "perf" and v[2].status == "ok"}
@@ -59,9 +65,10 @@ def test_lanes_overlap_untimed_work_and_time_perf_alone(tiny_model, tmp_path, pr
         assert ppl[0] == pytest.approx(ppl[1], rel=1e-5)
 
 
-def test_more_lanes_than_cpus_is_one_line(tiny_model, tmp_path):
+def test_more_lanes_than_cpus_is_one_line(tiny_model, tmp_path, cli):
     import os
 
-    with pytest.raises(UsageError, match="--lanes"):
-        run(_exp(tiny_model), RunOptions(results_dir=tmp_path, lanes=len(os.sched_getaffinity(0)) + 1))
-    assert not (tmp_path / "steps").exists()
+    p = cli("run", _exp(tiny_model, tmp_path), "-o", str(tmp_path / "r"), "--lanes",
+            str(len(os.sched_getaffinity(0)) + 1))
+    assert p.returncode == 2 and "--lanes" in p.stdout + p.stderr
+    assert (p.stdout + p.stderr).strip().count("\n") == 0 and not (tmp_path / "r" / "steps").exists()

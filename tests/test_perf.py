@@ -279,3 +279,4 @@ def test_latency_ci_stops_timing_at_the_target_width(tiny_model, engines, tmp_pa
     tight = run_perf(PerfConfig(checkpoint=str(tiny_model), serving=False, output_dir=tmp_path, latency_ci=1e-6,
                                 **base), llm=llm, info=info).latency
     assert tight.batch1_e2e.n == 12 and tight.batch1_ci_reached > 1e-6  # never reached: every request timed
+    engines.close()  # leave no engine cached for later modules (their in-process engines reset vLLM's state)
