@@ -316,7 +316,7 @@ def perf(
     request_rate: Optional[float] = typer.Option(_d(PerfSettings, "request_rate"), help=_h(PerfSettings, "request_rate")),
     iterations: int = typer.Option(_d(PerfSettings, "iterations")),
     latency_ci: Optional[float] = typer.Option(_d(PerfSettings, "latency_ci"), help=_h(PerfSettings, "latency_ci")),
-    warmup: int = typer.Option(_d(PerfSettings, "warmup")),
+    warmup: int = typer.Option(_d(PerfSettings, "warmup"), help=_h(PerfSettings, "warmup")),
     goodput: list[str] = typer.Option([], "--goodput", help="SLO NAME:MS for goodput (ttft, tpot, e2el); repeatable"),
     engine_arg: list[str] = typer.Option([], "--engine-arg", help="extra vLLM engine arg KEY=VALUE; repeatable"),
     offline: bool = typer.Option(_d(PerfSettings, "offline"), "--offline/--no-offline", help=_h(PerfSettings, "offline")),

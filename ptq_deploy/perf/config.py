@@ -28,7 +28,9 @@ class PerfSettings(BaseModel):
     latency_ci: float | None = Field(None, gt=0, lt=1, description=(
         "stop timing batch-1 requests once the 95% interval of their mean latency is within +-this fraction "
         "(at least 3 requests; at most latency prompts x iterations); None: time them all"))
-    warmup: int = Field(1, ge=0)
+    warmup: int = Field(1, ge=0, description=(
+        "warm-up rounds before timing; offline, a round is one batch-1 request and one batch, each generating "
+        "2 tokens (a prefill and a decode step); serving, this many requests per concurrency slot"))
     # serving
     concurrency: list[int] = Field([1, 2, 4, 8], description="serving concurrency levels")
     request_rate: float | None = Field(None, gt=0, description="requests/s (Poisson); None = all at once, bounded by concurrency")

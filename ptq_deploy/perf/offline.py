@@ -70,6 +70,7 @@ class LatencyStats(BaseModel):
     prompts: int
     iterations: int
     warmup: int
+    warmup_output_tokens: int | None = None  # tokens each warm-up request generated (None: output_len, older results)
     batch1_e2e: Summary  # s per request (n = prompts x iterations, or fewer with ``latency_ci``)
     batch1_ci: float | None = None  # the target relative 95% half-width of the mean batch-1 latency, if any
     batch1_ci_reached: float | None = None  # the relative half-width measured when timing stopped
@@ -81,6 +82,11 @@ class LatencyStats(BaseModel):
 
 
 MIN_LATENCY_REQUESTS = 3
+# A warm-up request runs every shape the timed calls run (prefill, then a decode step) at batch 1 and at the
+# batch size; generating the whole output again would only repeat the decode step (eager CPU: the same
+# kernels; GPU: vLLM compiles and captures its graphs while loading). An emulated scheme's full-length
+# warm-up cost as much as its timed batch-1 requests.
+WARMUP_OUTPUT_TOKENS = 2
 
 
 def _precise_enough(e2e: list[float], rel_ci: float | None) -> bool:
@@ -98,10 +104,10 @@ def measure_latency(llm, reqs: list[Request], batch_reqs: list[Request], iterati
     ``+-rel_ci`` of it: a slow (emulated) scheme reaches the width the others have with fewer requests.
     """
     out_len = reqs[0].output_len
+    warm = min(WARMUP_OUTPUT_TOKENS, out_len)
     for _ in range(warmup):
-        _run(llm, reqs[:1])
-        _run(llm, reqs[:1], max_tokens=1)
-        _run(llm, batch_reqs)
+        _run(llm, reqs[:1], max_tokens=warm)
+        _run(llm, batch_reqs, max_tokens=warm)
     e2e, pre, dec = [], [], []
     for r in (r for _ in range(iterations) for r in reqs):
         p, _ = _run(llm, [r], max_tokens=1)
@@ -116,7 +122,8 @@ def measure_latency(llm, reqs: list[Request], batch_reqs: list[Request], iterati
         t, chk = _run(llm, batch_reqs)
         batch.append(t)
     b1 = Summary.of(e2e, "s")
-    stats = LatencyStats(prompts=len(reqs), iterations=iterations, warmup=warmup, batch1_e2e=b1, batch1_ci=rel_ci,
+    stats = LatencyStats(prompts=len(reqs), iterations=iterations, warmup=warmup, warmup_output_tokens=warm,
+                         batch1_e2e=b1, batch1_ci=rel_ci,
                          batch1_ci_reached=b1.ci95_half_width() / b1.mean if b1.n > 1 else None,
                          batch1_prefill=Summary.of(pre, "s"), batch1_decode_per_token=Summary.of(dec, "s"),
                          batch_size=len(batch_reqs), batch_e2e=Summary.of(batch, "s"), tokens=chk)

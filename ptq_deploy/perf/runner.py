@@ -66,7 +66,8 @@ def run_perf(cfg: PerfConfig, llm=None, info: engine.EngineInfo | None = None, h
             with PeakSampler(gpu=bool(hw.gpus)) as mem:
                 until = f", or until the mean is known within ±{cfg.latency_ci:.0%}" if cfg.latency_ci else ""
                 say(f"latency: {cfg.n_latency_prompts} prompts at batch 1 and a batch of {len(reqs)}, "
-                    f"{cfg.iterations} iterations{until}, after {cfg.warmup} warm-up")
+                    f"{cfg.iterations} iterations{until}, after {cfg.warmup} warm-up "
+                    f"(of {offline.WARMUP_OUTPUT_TOKENS} tokens)")
                 latency, decode_s = offline.measure_latency(llm, reqs[:cfg.n_latency_prompts], reqs, cfg.iterations,
                                                             cfg.warmup, rel_ci=cfg.latency_ci)
                 say(f"throughput: {len(reqs)} requests x {cfg.iterations} iterations")
