@@ -7,7 +7,10 @@ scheme and task by task, the verdict against the baseline (regressed / improved 
 distinguishable, from the paired interval) and the outcome against the recovery constraint (meets /
 fails / inconclusive), with n and the interval of each side; then, where both dirs hold an eval of
 the same cell, the paired difference between the two runs' checkpoints on the shared documents
-(did the cheaper calibration change the checkpoint's quality measurably?). Writes the JSON record.
+(did the cheaper calibration change the checkpoint's quality measurably?). A task only the full run
+scored is listed with its verdicts: dropping it keeps the conclusions when it tells no scheme apart
+from the baseline, and per scheme the record says whether each run finds it distinguishable from the
+baseline on any task. Writes the JSON record.
 """
 
 from __future__ import annotations
@@ -47,11 +50,33 @@ class RunVsRun(BaseModel):
     verdict: str
 
 
+class OneSided(BaseModel):
+    scheme: str
+    task: str
+    run: str  # "fast" or "full": the run that scored it
+    n: int | None
+    recovery_ci_pct: list[float | None]
+    verdict: str | None
+    outcome: str | None
+
+
+class Distinguishable(BaseModel):
+    scheme: str
+    fast: bool  # regressed or improved on at least one task
+    full: bool
+    same: bool
+
+
+DISTINCT = ("regressed", "improved")
+
+
 class Record(BaseModel):
     kind: str = "compare-conclusions"
     dirs: tuple[str, str]
     conclusions: list[Conclusion]
-    all_same: bool
+    only_one_run: list[OneSided] = []
+    distinguishable: list[Distinguishable] = []
+    all_same: bool  # shared (scheme, task) conclusions equal and each scheme's distinguishability equal
     checkpoints: list[RunVsRun]
     provenance: Provenance
 
@@ -90,8 +115,16 @@ def main() -> None:
             ckpts.append(RunVsRun(scheme=cell, task=rec.task, metric=rec.metric, values=(rec.quantized, rec.baseline),
                                   delta_ci95=list(rec.ci95) if rec.ci95 else None, n_paired=rec.n_paired or 0,
                                   verdict=rec.verdict))
-    only = sorted(set(fast) ^ set(full))
-    record = Record(dirs=(str(a.fast), str(a.full)), conclusions=out, all_same=all(c.same for c in out),
+    one = [OneSided(scheme=k[0], task=k[1], run=run, n=rows[k].get("n"),
+                    recovery_ci_pct=[rows[k].get("recovery_low_pct"), rows[k].get("recovery_high_pct")],
+                    verdict=rows[k].get("verdict"), outcome=rows[k].get("outcome"))
+           for run, rows, other in (("fast", fast, full), ("full", full, fast)) for k in sorted(set(rows) - set(other))]
+    dist = []
+    for scheme in sorted({k[0] for k in fast} & {k[0] for k in full}):
+        f, g = (any(t.get("verdict") in DISTINCT for (sc, _), t in rows.items() if sc == scheme) for rows in (fast, full))
+        dist.append(Distinguishable(scheme=scheme, fast=f, full=g, same=f == g))
+    record = Record(dirs=(str(a.fast), str(a.full)), conclusions=out, only_one_run=one, distinguishable=dist,
+                    all_same=all(c.same for c in out) and all(d.same for d in dist),
                     checkpoints=ckpts, provenance=collect())
     for c in out:
         print(f"{c.scheme:16s} {c.task:13s} n={c.n[0]}/{c.n[1]} {c.verdict[0]}/{c.verdict[1]} "
@@ -100,8 +133,10 @@ def main() -> None:
     for r in ckpts:
         print(f"{r.scheme:16s} {r.task} {r.metric}: {r.values[0]:.4g} vs {r.values[1]:.4g} (fast vs full), "
               f"delta CI {r.delta_ci95}, {r.verdict}")
-    if only:
-        print(f"in one run only: {only}")
+    for o in one:
+        print(f"{o.scheme:16s} {o.task:13s} {o.run} run only: n={o.n} {o.verdict} {o.outcome} {o.recovery_ci_pct}")
+    for d in dist:
+        print(f"{d.scheme:16s} distinguishable from the baseline: {d.fast}/{d.full}{'' if d.same else '  <- differs'}")
     path = atomic_write_json(a.out / f"compare_conclusions_{file_stamp()}.json", record)
     print(f"same conclusions: {record.all_same} -> {path}")
     sys.exit(0 if record.all_same else 1)
