@@ -109,6 +109,16 @@ def test_int8_vs_baseline_result_file(compressed, bf16_result, tmp_path):
     assert res.baseline == bf16_result.path and res.recovery
     data = json.loads(Path(res.path).read_text())
     assert data["kind"] == "eval" and data["backend"] == "vllm" and data["recovery"]
+    # an engine loaded here records the dtype it resolved "auto" to, as the engine passed in for the baseline did
+    assert res.settings.dtype == bf16_result.settings.dtype != "auto"
+    # a baseline scored in another dtype is refused once the engine has said which it runs in
+    other = tmp_path / "baseline_fp16.json"
+    other.write_text(bf16_result.model_copy(update={"settings": bf16_result.settings.model_copy(
+        update={"dtype": "float16"})}).model_dump_json())
+    with pytest.raises(UsageError, match=f"dtype: baseline 'float16' vs '{res.settings.dtype}'"):
+        run_eval(EvalConfig(checkpoint=str(ckpt), limit=LIMIT, engine=EngineConfig(max_model_len=MML), baseline=str(other),
+                            output_dir=tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()
 
 
 def _damage(src: Path, dst: Path, scale: float = 0.6) -> Path:

@@ -156,7 +156,7 @@ def test_single_pass_perplexity_cannot_see_the_quantized_cache(tiny, tiny_doc, t
     assert kivi.logit_mean_abs_diff.mean > 1e-4
 
 
-def test_experiment_kv_cells_and_kv_step(tmp_path):
+def test_experiment_kv_cells_and_kv_step(tmp_path, runs_here):
     exp = experiment.Experiment.model_validate({
         "name": "t", "models": [{"name": "m", "source": "default"}], "schemes": ["BF16", "INT8-W8A8"],
         "kv_cache": ["fp8-uncalibrated", "kivi-int2", "kivi-int4"], "kv": {"documents": 1}})
@@ -166,19 +166,29 @@ def test_experiment_kv_cells_and_kv_step(tmp_path):
     assert [(s.cell, s.state) for s in kv] == [("BF16", "pending")]
     fp8 = [s for s in steps if s.cell == "INT8-W8A8+kv-fp8-uncalibrated"]
     assert compress_kv("fp8-uncalibrated") == "none" and compress_kv("fp8") == "fp8"
-    assert {s.step: s.state for s in fp8}["perf"] == "not_runnable"
-    assert "AVX-512" in {s.step: s.reason for s in fp8}["perf"]
+    perf, here = {s.step: s for s in fp8}["perf"], runs_here(kv_cache_dtype="fp8")
+    if here.runnable:  # GPUs, AVX-512/AMX CPUs (measured by the probe): a cell like any other
+        assert perf.state == "pending"
+    else:  # an AVX2 CPU: "FP8 KV cache on CPU requires x86 with AVX-512 or AMX", from vLLM
+        assert perf.state == "not_runnable" and perf.reason == f"not runnable here: {here.reason}"
     with pytest.raises(UsageError, match="kv_cache: unknown KV-cache method 'kivi3'.*Available:"):
         experiment.Experiment.model_validate({"name": "t", "models": [{"name": "m", "source": "default"}],
                                               "schemes": ["BF16"], "kv_cache": ["kivi3"]})
 
 
-def test_cli_lists_methods_and_refuses_in_one_line(cli):
+def test_cli_lists_methods_and_refuses_in_one_line(cli, runs_here, fake_probe):
     p = cli("kv", "--list")
     assert p.returncode == 0 and "kivi-int2" in p.stdout and "fp8-uncalibrated" in p.stdout
-    p = cli("kv", "default", "-m", "fp8")
-    assert p.returncode == 3 and len(p.stderr.strip().splitlines()) == 1
-    assert "KV cache fp8: not runnable here" in p.stderr and "AVX-512" in p.stderr
+    here = runs_here(kv_cache_dtype="fp8")
+    p = cli("kv", "default", "-m", "fp8")  # vLLM's fp8 cache: eval's job where it runs, refused where it does not
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+    if here.runnable:
+        assert p.returncode == 2 and "served by vLLM" in p.stderr and "--kv-cache-dtype fp8" in p.stderr
+        fake_probe(**{"kv-fp8": False})  # the refusal as it reads where the probe measured no fp8 cache
+        p = cli("kv", "default", "-m", "fp8")
+        assert p.returncode == 3 and "KV cache fp8: not runnable here" in p.stderr and "faked" in p.stderr
+    else:
+        assert p.returncode == 3 and "KV cache fp8: not runnable here" in p.stderr and here.reason in p.stderr
     p = cli("kv", "default", "-m", "kivi-int8")
     assert p.returncode == 2 and "Available:" in p.stderr and "Traceback" not in p.stderr
     p = cli("eval", "default", "--kv-cache", "kivi-int2")

@@ -37,8 +37,10 @@ class EvalSettings(BaseModel):
                                               "data_parallel_size", "host_heap")
 
     def differences(self, other: "EvalSettings") -> dict[str, tuple[Any, Any]]:
+        """What differs; a dtype of ``auto`` (planned, not loaded yet) is compared again once the engine says."""
         a, b = self.model_dump(), other.model_dump()
-        return {k: (a[k], b[k]) for k in a if k not in self.NOT_COMPARED and a[k] != b[k]}
+        return {k: (a[k], b[k]) for k in a if k not in self.NOT_COMPARED and a[k] != b[k]
+                and not (k == "dtype" and "auto" in (a[k], b[k]))}
 
 
 class MetricValue(BaseModel):

@@ -186,14 +186,18 @@ def task_results(out: dict[str, Any], cfg: EvalConfig) -> dict[str, TaskResult]:
 
 # ---------------------------------------------------------------- one checkpoint
 def _evaluate(cfg: EvalConfig, model_path: str, identity: Identity, settings: EvalSettings,
-              args: dict[str, Any], tasks: list[Any], tm, llm=None) -> EvalResult:
+              args: dict[str, Any], tasks: list[Any], tm, llm=None, against: EvalSettings | None = None) -> EvalResult:
+    """Load, check the loaded settings against the baseline's (``against``), score."""
     from lm_eval import simple_evaluate  # heavy
 
     started, t0 = timestamp(), time.perf_counter()
     shim = vllm_version_shim(lm_eval=True) if settings.backend == "vllm" else nullcontext()
     with shim, _env(DISABLE_MULTIPROC="1"), backend.open_lm(settings.backend, args, llm) as (lm, summary):
-        if settings.backend == "vllm":
-            settings = settings.model_copy(update={"host_heap": heap.current()})
+        if settings.backend == "vllm":  # dtype "auto": what the engine resolved it to, as an engine passed in says
+            loaded = {"dtype": summary.dtype} if summary.dtype and summary.dtype != "auto" else {}
+            settings = settings.model_copy(update=loaded | {"host_heap": heap.current()})
+        if against is not None:
+            recovery.refuse_different(against, settings)
         with status(f"lm-eval ({settings.backend}) on {identity.label}: {', '.join(cfg.tasks)}"):
             try:
                 out = simple_evaluate(model=lm, tasks=tasks, num_fewshot=cfg.num_fewshot, limit=cfg.limit,
@@ -249,7 +253,8 @@ def run_eval(cfg: EvalConfig, llm=None) -> EvalResult:
                              base_ckpt[1], base_plan[0], base_plan[1], load_tasks(tm, cfg.tasks), tm)
         if cfg.write:
             baseline.write_to(cfg.output_dir)
-    result = _evaluate(cfg, path, identity, settings, args, tasks, tm, llm)
+    result = _evaluate(cfg, path, identity, settings, args, tasks, tm, llm,
+                       against=baseline.settings if baseline is not None else None)
     result.dequantized_from = dequantized_from
     if baseline is not None:
         result.baseline = baseline.path or baseline.identity.checkpoint

@@ -4,7 +4,7 @@ Two kinds of method:
 - **vLLM** (``none`` included): a vLLM ``kv_cache_dtype``. ``fp8`` uses the checkpoint's llmcompressor-
   calibrated scales (``compress --kv-cache fp8``), ``fp8-uncalibrated`` vLLM's default scales of 1.0 on a
   plain checkpoint. They run where vLLM supports an fp8 KV cache (GPUs, AVX-512/AMX CPUs) and are refused
-  with the reason elsewhere (``support.kv_cache_support``).
+  with the reason elsewhere (as the probe measured it on this machine, ``probe.Rules.kv``).
 - **quality only** (``vLLM cannot serve this``): measured through transformers (``kvcache.cache``): KIVI-style
   2/4-bit, KVQuant-style dense-and-sparse, plain 8-bit, FORGE-style low rank, and transformers' own
   ``QuantizedCache``.

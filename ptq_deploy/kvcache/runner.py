@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from ptq_deploy import probe
 from ptq_deploy.errors import NotRunnableHere, UsageError
 from ptq_deploy.eval.runner import resolve_checkpoint
 from ptq_deploy.hardware import HardwareInfo, detect
@@ -19,17 +20,17 @@ from ptq_deploy.kvcache.config import KVConfig, KVSettings
 from ptq_deploy.kvcache.methods import KVMethod
 from ptq_deploy.kvcache.result import KVResult, Samples
 from ptq_deploy.provenance import collect
-from ptq_deploy.support import kv_cache_support
 from ptq_deploy.timeutil import timestamp
 
 
 def check_methods(names: list[str], hw: HardwareInfo) -> list[KVMethod]:
-    """The methods to measure here, baseline first; vLLM KV dtypes are refused with the reason."""
+    """The methods to measure here, baseline first; vLLM KV dtypes are refused with the reason (the probe's
+    measurement on ``hw``, this machine; the static rules without one)."""
     ms = [methods.get(n) for n in names]
     for m in ms:
         if m.baseline or m.quality_only:
             continue
-        sup = kv_cache_support(m.vllm_dtype, hw)
+        sup = probe.rules(hw).kv(m.vllm_dtype)
         if not sup.runnable:
             raise NotRunnableHere(f"KV cache {m.name}: not runnable here: {sup.reason}")
         raise UsageError(f"KV cache {m.name} is served by vLLM: measure it with `ptq-deploy eval CKPT --kv-cache-dtype "
