@@ -92,6 +92,18 @@ def _evals(root: Path) -> dict[str, EvalResult]:
             for r in layout.records(root) if r.step == "eval" and r.status == "ok" and r.result}
 
 
+def _same_limit(full: EvalResult, fast: EvalResult) -> EvalResult:
+    """``full`` with ``fast``'s eval limit when the limit chose the same documents of every shared task (a
+    limit at or above a task's size: the paired comparison is then one of like with like); else unchanged,
+    and ``compare`` refuses the different settings."""
+    shared = set(full.tasks) & set(fast.tasks)
+    docs = [(full.tasks[t].per_sample, fast.tasks[t].per_sample) for t in shared]
+    if full.settings.limit != fast.settings.limit and docs and all(
+            a is not None and b is not None and a.doc_ids == b.doc_ids for a, b in docs):
+        return full.model_copy(update={"settings": full.settings.model_copy(update={"limit": fast.settings.limit})})
+    return full
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("fast", type=Path)
@@ -111,7 +123,7 @@ def main() -> None:
     ea, eb = _evals(a.fast), _evals(a.full)
     ckpts = []
     for cell in sorted(set(ea) & set(eb)):
-        for rec in compare(eb[cell], ea[cell]):  # the full run's checkpoint as the reference
+        for rec in compare(_same_limit(eb[cell], ea[cell]), ea[cell]):  # the full run's checkpoint as the reference
             ckpts.append(RunVsRun(scheme=cell, task=rec.task, metric=rec.metric, values=(rec.quantized, rec.baseline),
                                   delta_ci95=list(rec.ci95) if rec.ci95 else None, n_paired=rec.n_paired or 0,
                                   verdict=rec.verdict))
