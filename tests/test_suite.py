@@ -214,3 +214,25 @@ def test_the_shipped_experiment_loads_and_plans():
     steps = plan(exp, RunOptions(results_dir=Path("/nonexistent"), dry_run=True))
     assert {s.cell for s in steps} == set(exp.schemes) and steps[0].cell == exp.baseline
     assert all(s.state in ("pending", "not_runnable") for s in steps)
+
+
+def test_a_schemes_own_calibration_reaches_its_compress_step_only(tiny_model, tmp_path):
+    """``compress: schemes: {NAME: ...}`` changes that scheme's calibration (and compress key), no other's."""
+    from ptq_deploy import checkpoint
+    from ptq_deploy.errors import UsageError
+
+    spec = dict(name="calib", models=[{"name": "tiny", "source": str(tiny_model)}], schemes=["BF16", "INT8-W8A8"],
+                steps=["compress"])
+    plain = Experiment(**spec, compress={"num_samples": 4, "max_seq_len": 32})
+    own = Experiment(**spec, compress={"num_samples": 4, "max_seq_len": 32, "schemes": {"INT8-W8A8": {"num_samples": 6}}})
+
+    def keys(exp):
+        return {s.cell: s.key for s in plan(exp, RunOptions(results_dir=tmp_path, dry_run=True)) if s.step == "compress"}
+
+    assert keys(own)["BF16"] == keys(plain)["BF16"] and keys(own)["INT8-W8A8"] != keys(plain)["INT8-W8A8"]
+    summary = run(own, RunOptions(results_dir=tmp_path))
+    assert not summary.failed, [(s.step, s.reason) for s in summary.failed]
+    calib = checkpoint.read(layout.checkpoint_dir(tmp_path, "tiny", "INT8-W8A8")).metadata.calibration
+    assert (calib.num_samples, calib.max_seq_len) == (6, 32)  # the texts the compress worker calibrated on
+    with pytest.raises(UsageError, match="compress.schemes: INT4-W4A16 is not one of the experiment's schemes"):
+        Experiment(**spec, compress={"schemes": {"INT4-W4A16": {"num_samples": 8}}})

@@ -45,6 +45,27 @@ class ExperimentEval(EvalOptions):
     fallback: Literal["dequantized", "hf"] | None = "dequantized"
 
 
+class CalibrationOverride(BaseModel):
+    """What one scheme's calibration changes of the experiment's (``compress: schemes: {NAME: ...}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str | None = None
+    num_samples: int | None = Field(None, ge=1)
+    max_seq_len: int | None = Field(None, ge=8)
+
+
+class ExperimentCompress(CalibrationSettings):
+    schemes: dict[str, CalibrationOverride] = Field(
+        {}, description="per-scheme calibration, what differs from the settings above (e.g. INT8-W8A16: "
+                        "{num_samples: 64, max_seq_len: 512}: a cheap GPTQ at full size while AWQ stays small)")
+
+    def for_scheme(self, scheme: str) -> CalibrationSettings:
+        """The calibration one scheme's compress step gets."""
+        over = self.schemes[scheme].model_dump(exclude_none=True) if scheme in self.schemes else {}
+        return CalibrationSettings(**(self.model_dump(exclude={"schemes"}) | over))
+
+
 class ExperimentKV(KVSettings):
     # the quality-only KV methods of ``kv_cache`` run as one ``kv`` step per scheme listed here
     schemes: list[str] | None = Field(None, description="schemes whose checkpoints the quality-only KV-cache "
@@ -60,7 +81,7 @@ class Experiment(BaseModel):
     kv_cache: list[str] = Field(["none"], description="KV-cache methods (`ptq-deploy kv --list`): vLLM dtypes "
                                                       "become cells, quality-only methods one kv step per scheme")
     baseline: str = "BF16"
-    compress: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    compress: ExperimentCompress = Field(default_factory=ExperimentCompress)
     perf: PerfSettings = Field(default_factory=PerfSettings)
     eval: ExperimentEval = Field(default_factory=ExperimentEval)
     kv: ExperimentKV = Field(default_factory=ExperimentKV, description="the long-context KV-cache measurements")
@@ -88,6 +109,10 @@ class Experiment(BaseModel):
                 raise UsageError(f"compress.modifier_args: no scheme of this experiment has a {name}"
                                  + (f" (did you mean {close[0]}?)" if close else f" (its recipes have: "
                                                                                 f"{', '.join(sorted(used))})"))
+        for s in self.compress.schemes:
+            if s not in self.schemes:
+                raise UsageError(f"compress.schemes: {s} is not one of the experiment's schemes "
+                                 f"({', '.join(self.schemes)})")
         for kv in self.kv_cache:
             try:
                 kv_methods.get(kv)

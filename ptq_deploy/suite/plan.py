@@ -120,7 +120,7 @@ def _runnable(scheme: str, kv: str, rules: probe.Rules) -> tuple[bool, str | Non
 
 def _compress_key(exp: Experiment, m: ModelSpec, scheme: str, kv: str) -> str:
     s = schemes.get(scheme)
-    calib = exp.compress.model_dump(exclude={"modifier_args"})
+    calib = exp.compress.for_scheme(scheme).model_dump(exclude={"modifier_args"})
     if args := {k: v for k, v in exp.compress.modifier_args.items() if k in s.modifier_names}:
         calib["modifier_args"] = args  # only what reaches this scheme's recipe
     return _hash({"source": m.source, "trust": m.trust_remote_code, "scheme": s.model_dump(exclude={"source"}),
