@@ -109,10 +109,7 @@ class Experiment(BaseModel):
                 raise UsageError(f"compress.modifier_args: no scheme of this experiment has a {name}"
                                  + (f" (did you mean {close[0]}?)" if close else f" (its recipes have: "
                                                                                 f"{', '.join(sorted(used))})"))
-        for s in self.compress.schemes:
-            if s not in self.schemes:
-                raise UsageError(f"compress.schemes: {s} is not one of the experiment's schemes "
-                                 f"({', '.join(self.schemes)})")
+        self._among_schemes("compress.schemes", self.compress.schemes)
         for kv in self.kv_cache:
             try:
                 kv_methods.get(kv)
@@ -120,9 +117,7 @@ class Experiment(BaseModel):
                 raise UsageError(f"kv_cache: {e}") from None
         if self.kv_quality_only and "none" not in self.kv_cache:
             self.kv_cache = ["none", *self.kv_cache]  # the kv step measures against the unquantized cache
-        for s in self.kv.schemes or []:
-            if s not in self.schemes:
-                raise UsageError(f"kv.schemes: {s} is not one of the experiment's schemes ({', '.join(self.schemes)})")
+        self._among_schemes("kv.schemes", self.kv.schemes or [])
         if self.baseline not in self.schemes:
             raise UsageError(f"baseline: {self.baseline} must be one of the experiment's schemes "
                              f"({', '.join(self.schemes)})")
@@ -130,6 +125,11 @@ class Experiment(BaseModel):
         if len(set(names)) != len(names):
             raise UsageError("models: model names in an experiment must be unique")
         return self
+
+    def _among_schemes(self, key: str, names) -> None:
+        for s in names:
+            if s not in self.schemes:
+                raise UsageError(f"{key}: {s} is not one of the experiment's schemes ({', '.join(self.schemes)})")
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
