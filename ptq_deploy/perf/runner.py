@@ -11,12 +11,12 @@ import os
 import time
 from pathlib import Path
 
-from ptq_deploy import checkpoint, engine, nvml
+from ptq_deploy import checkpoint, engine
 from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import HardwareInfo, detect
 from ptq_deploy.perf import offline, roofline, serving, workload
 from ptq_deploy.perf.config import PerfConfig
-from ptq_deploy.perf.memory import MemoryStats, PeakSampler, capacity_note, concurrent_sequences, tree_rss
+from ptq_deploy.perf.memory import MemoryStats, PeakSampler, capacity_note, concurrent_sequences
 from ptq_deploy.perf.result import LoadStats, PerfResult
 from ptq_deploy.provenance import collect
 from ptq_deploy.stats import Summary
@@ -59,11 +59,11 @@ def run_perf(cfg: PerfConfig, llm=None, info: engine.EngineInfo | None = None, h
             llm, info = engine.load(ckpt, cfg.engine, hw)
         quant = info.quantization
         try:
-            rss0, gpu0 = tree_rss(), nvml.memory_used() if hw.gpus else None
             blocks, bsize, max_conc = offline.kv_capacity(llm)
             kv_tok = roofline.kv_bytes_per_token(ckpt, resolved.kv_cache_dtype, info.dtype)
             w = roofline.weight_bytes(ckpt, info.dtype)
-            with PeakSampler(gpu=bool(hw.gpus)) as mem:
+            with PeakSampler(gpu=bool(hw.gpus)) as mem:  # its first sample is the memory after load
+                rss0, gpu0 = mem.first_rss, mem.first_gpu
                 until = f", or until the mean is known within ±{cfg.latency_ci:.0%}" if cfg.latency_ci else ""
                 say(f"latency: {cfg.n_latency_prompts} prompts at batch 1 and a batch of {len(reqs)}, "
                     f"{cfg.iterations} iterations{until}, after {cfg.warmup} warm-up "
