@@ -50,12 +50,15 @@ def _guard_awq_without_accelerator() -> None:
 
 
 class _PeakRSS:
-    """Samples this process's RSS (and GPU memory, when present) in the background."""
+    """This process's peak RSS during the block: sampled in the background, and the kernel's high-water mark
+    where it rose during the block (it covers the whole process life, so a peak reached earlier, by an
+    in-process run before this one, is not this run's)."""
 
     def __init__(self, interval: float = 0.2):
         import psutil
 
         self._proc, self._interval, self.peak = psutil.Process(), interval, 0
+        self._maxrss0 = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._loop, daemon=True)
 
@@ -65,13 +68,16 @@ class _PeakRSS:
             self._stop.wait(self._interval)
 
     def __enter__(self):
+        self._maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self._t.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if maxrss > self._maxrss0:  # the high-water mark was set during the block
+            self.peak = max(self.peak, maxrss * 1024)
 
 
 def _dtype(job: WorkerJob):
@@ -179,6 +185,8 @@ def run(job: WorkerJob) -> WorkerResult:
     import torch
 
     try:
+        if torch.cuda.is_available():  # the peak of this run, not of what ran before it in this process
+            torch.cuda.reset_peak_memory_stats()
         with _PeakRSS() as peak:
             res = _compress(job)
         res.peak_rss_bytes = peak.peak

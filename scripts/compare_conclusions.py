@@ -1,6 +1,7 @@
 """Do two runs of an experiment reach the same conclusions? (The ready experiment against a full-size run.)
 
     python scripts/compare_conclusions.py FAST_RESULTS_DIR FULL_RESULTS_DIR [--out perf_results/]
+    python scripts/compare_conclusions.py GPU_CHECK_RECORD.json FULL_RESULTS_DIR   (another host's checkpoints)
 
 Reads each dir's ``report/report.json`` (``ptq-deploy report`` writes it) and compares, scheme by
 scheme and task by task, the verdict against the baseline (regressed / improved / not
@@ -11,6 +12,11 @@ the same cell, the paired difference between the two runs' checkpoints on the sh
 scored is listed with its verdicts: dropping it keeps the conclusions when it tells no scheme apart
 from the baseline, and per scheme the record says whether each run finds it distinguishable from the
 baseline on any task. Writes the JSON record.
+
+Either side may instead be a ``scripts/gpu_check.py`` record: its checkpoints, compressed and scored on
+another host, are then judged as ``report`` judges a results dir (each task's primary metric, its
+recovery interval, the default constraint), and no checkpoint is compared across the two (they stay on
+that host).
 """
 
 from __future__ import annotations
@@ -23,8 +29,12 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ptq_deploy.eval.recovery import compare
-from ptq_deploy.eval.result import EvalResult
+from ptq_deploy.eval.result import EvalResult, Recovery, TaskResult
 from ptq_deploy.provenance import Provenance, collect
+from ptq_deploy.report.noninferiority import outcome
+from ptq_deploy.report.quality import recovery_interval
+from ptq_deploy.report.row import TaskScore, sig
+from ptq_deploy.report.settings import ReportSettings
 from ptq_deploy.results import atomic_write_json
 from ptq_deploy.suite import layout
 from ptq_deploy.timeutil import file_stamp
@@ -81,13 +91,39 @@ class Record(BaseModel):
     provenance: Provenance
 
 
+def _gpu_check_rows(record: dict) -> dict[tuple[str, str], dict]:
+    """A ``gpu_check`` record's schemes as report rows: each task's primary metric, judged as ``report`` does."""
+    settings, rows = ReportSettings(), {}
+    for scheme, row in record["schemes"].items():
+        ev = row.get("eval") or {}
+        recs = [Recovery.model_validate(x) for x in ev.get("recovery") or []]
+        for task, t in (ev.get("tasks") or {}).items():
+            tr = TaskResult.model_validate(t)
+            metric = tr.primary_metric()
+            rec = next((x for x in recs if x.task == task and x.metric == metric), None)
+            if rec is None:  # the baseline
+                rows[(scheme, task)] = {"verdict": "baseline", "outcome": "baseline", "recovery_low_pct": 100.0,
+                                        "recovery_high_pct": 100.0,
+                                        "n": len(tr.per_sample.doc_ids) if tr.per_sample else None}
+                continue
+            lo, hi = recovery_interval(rec)
+            ts = TaskScore(metric=metric, value=rec.quantized, n=rec.n_paired, recovery_pct=sig(rec.recovery * 100),
+                           recovery_low_pct=lo, recovery_high_pct=hi, verdict=rec.verdict)
+            rows[(scheme, task)] = {**ts.model_dump(), "outcome": outcome(ts, settings.threshold_pct(task))}
+    return rows
+
+
 def _rows(root: Path) -> dict[tuple[str, str], dict]:
+    if root.is_file():
+        return _gpu_check_rows(json.loads(root.read_text()))
     rep = json.loads((root / "report" / "report.json").read_text())
     return {(r["scheme"], task): t for lb in rep["leaderboards"] for r in lb["rows"]
             for task, t in (r.get("tasks") or {}).items()}
 
 
 def _evals(root: Path) -> dict[str, EvalResult]:
+    if root.is_file():  # a gpu_check record: its checkpoints stayed on its host
+        return {}
     return {r.cell: EvalResult.model_validate_json((root / r.result).read_text())
             for r in layout.records(root) if r.step == "eval" and r.status == "ok" and r.result}
 

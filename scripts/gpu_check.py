@@ -1,6 +1,7 @@
 """GPU check of the product where vLLM is absent: the hardware and NVML readings, the memory bandwidth (NVML's
 spec and a measured copy), then each scheme compressed through the product path and scored with lm-eval's HF
 backend against the BF16 baseline (paired recovery, as `ptq-deploy eval --backend hf --baseline` gives).
+``scripts/compare_conclusions.py RECORD RESULTS_DIR`` then compares its conclusions with a run's elsewhere.
 
     python scripts/gpu_check.py [--model default|tiny|PATH] [--schemes A,B] [--tasks austen_ppl]
                                 [--num-samples 64] [--max-seq-len 512] [--out DIR]
@@ -25,6 +26,7 @@ from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
 from ptq_deploy.eval import EvalConfig
 from ptq_deploy.eval.runner import run_eval
 from ptq_deploy.hardware import detect
+from ptq_deploy.models import resolve
 from ptq_deploy.perf.roofline import peaks
 from ptq_deploy.provenance import collect
 from ptq_deploy.support import kv_cache_support, scheme_support
@@ -75,6 +77,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ptq-gpu-check-") as tmp:
         work = Path(tmp)
         model = str(build_tiny_llama(work / "tiny")) if args.model == "tiny" else args.model
+        resolve(model)  # a GGUF is converted here, once, outside every timed (and energy-metered) compression
         tasks = [t for t in args.tasks.split(",") if t]
         baseline_json: str | None = None
         for name in [BASELINE, *[s for s in args.schemes.split(",") if s and s != BASELINE]]:

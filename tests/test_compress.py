@@ -1,13 +1,14 @@
 """Integration: the real llmcompressor (compress env, subprocess) and the real vLLM engine (this env)."""
 
 import json
+import subprocess
 
 import pytest
 import yaml
 from safetensors import safe_open
 
 from conftest import no_temp_siblings
-from ptq_deploy import checkpoint, engine
+from ptq_deploy import checkpoint, engine, envs
 from ptq_deploy.checkpoint import RECIPE_FILE
 from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
 from ptq_deploy.errors import NotRunnableHere, PtqError
@@ -111,3 +112,26 @@ def test_unsupported_scheme_is_refused_before_loading(not_runnable_here):
     with pytest.raises(NotRunnableHere, match="cannot run in vLLM here") as e:
         engine.load(ckpt, engine.EngineConfig())
     assert why in str(e.value)
+
+
+def test_an_in_process_compression_reports_its_own_peak_not_the_process_one(tiny_model, tmp_path):
+    """Where the compress environment is the caller's own (no managed one: a GPU host's single environment),
+    the worker runs in-process; its peak RSS is this run's, not a high-water mark set earlier in the process."""
+    script = """
+import json, resource, sys
+from pathlib import Path
+import numpy as np
+from ptq_deploy.compress import CompressConfig, compress
+big = np.ones(3 * 2**30 // 8)  # 3 GiB touched, then freed: the process's high-water mark
+del big
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+r = compress(CompressConfig(model=sys.argv[1], scheme="FP8-W8A8", output=Path(sys.argv[2])))
+print(json.dumps({"before": before, "peak": r.peak_rss_bytes}))
+"""
+    env = {**envs.subprocess_env(), "PTQ_DEPLOY_HOME": str(tmp_path / "home")}  # no managed env: in-process
+    proc = subprocess.run([envs.resolve_python("compress"), "-c", script, str(tiny_model), str(tmp_path / "ck")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 100 * 2**20 < got["peak"] < got["before"] - 2 * 2**30, got
+    assert (tmp_path / "ck" / "config.json").is_file()
