@@ -14,7 +14,6 @@ run cut short keeps what it measured; a step that fails is recorded with its err
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import tempfile
 import time
@@ -29,8 +28,10 @@ from ptq_deploy.hardware import detect
 from ptq_deploy.models import resolve
 from ptq_deploy.perf.roofline import peaks
 from ptq_deploy.provenance import collect
+from ptq_deploy.results.io import atomic_write_text
 from ptq_deploy.support import kv_cache_support, scheme_support
 from ptq_deploy.tiny import build_tiny_llama
+from ptq_deploy.timeutil import file_stamp
 
 BASELINE = "BF16"
 DEFAULT_SCHEMES = "FP8-W8A8,INT8-W8A8,INT8-W8A16,INT8-W8A16-RTN,INT4-W4A16,INT4-W4A16-AWQ,INT4-W4A16-RTN"
@@ -52,9 +53,7 @@ def main() -> None:
     args = ap.parse_args()
 
     hw = detect()
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    args.out.mkdir(parents=True, exist_ok=True)
-    record_path = args.out / f"gpu_check_{Path(args.model).stem}_{stamp}.json"
+    record_path = args.out / f"gpu_check_{Path(args.model).stem}_{file_stamp()}.json"
     calib = CalibrationSettings(num_samples=args.num_samples, max_seq_len=args.max_seq_len)
     record: dict = {"kind": "gpu-check", "schema_version": 1, "model": args.model,
                     "settings": {k: str(v) for k, v in vars(args).items()}, "calibration": calib.model_dump(),
@@ -63,10 +62,8 @@ def main() -> None:
                     "kv_fp8": kv_cache_support("fp8", hw).model_dump(), "schemes": {},
                     "provenance": collect(hw).model_dump(mode="json")}
 
-    def save(msg: str) -> None:
-        tmp = record_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        tmp.replace(record_path)
+    def save(msg: str) -> None:  # the record so far, replaced whole (a reader never sees half of it)
+        atomic_write_text(record_path, json.dumps(record, indent=2, default=str) + "\n", force=True)
         print(f"[gpu-check] {msg}", flush=True)
 
     spec, measured = peaks(hw)
