@@ -77,6 +77,18 @@ def _reference_lines(ax, lb: Leaderboard) -> str:
     return f" (worst: {', '.join(worst)})" if worst else ""
 
 
+def _worst_panel(ax, lb: Leaderboard, pts: list[Row], *, what: str, title: str, xlabel: str, legend: str) -> None:
+    """A worst-recovery scatter's reference lines, legend (or the no-data text), title and axes."""
+    worst = _reference_lines(ax, lb) if pts else ""
+    if pts:
+        ax.legend(fontsize=7, loc=legend)
+    else:
+        _no_data(ax, what)
+    ax.set(title=f"{lb.model}: {title}{worst}", xlabel=xlabel,
+           ylabel=f"worst recovery across tasks vs {lb.baseline} (%, 95% CI)")
+    ax.grid(alpha=0.3)
+
+
 def quality_vs_throughput(rep: Report) -> bytes:
     fig, axes = _figure(len(rep.leaderboards))
     for ax, lb in zip(axes[0], rep.leaderboards):
@@ -85,14 +97,8 @@ def quality_vs_throughput(rep: Report) -> bytes:
         if len(front) > 1:
             ax.step([r.throughput_tok_s for r in front], [r.worst_recovery_pct for r in front], where="pre",
                     ls="--", color="black", lw=1, label="Pareto front")
-        worst = _reference_lines(ax, lb) if pts else ""
-        if pts:
-            ax.legend(fontsize=7, loc="lower left")
-        else:
-            _no_data(ax, "recovery and throughput")
-        ax.set(title=f"{lb.model}: quality loss vs throughput{worst}", xlabel="output tokens/s (offline)",
-               ylabel=f"worst recovery across tasks vs {lb.baseline} (%, 95% CI)")
-        ax.grid(alpha=0.3)
+        _worst_panel(ax, lb, pts, what="recovery and throughput", title="quality loss vs throughput",
+                     xlabel="output tokens/s (offline)", legend="lower left")
     return _png(fig)
 
 
@@ -100,14 +106,8 @@ def quality_vs_size(rep: Report) -> bytes:
     fig, axes = _figure(len(rep.leaderboards))
     for ax, lb in zip(axes[0], rep.leaderboards):
         pts = worst_scatter(ax, lb, lambda r: r.weights_gb, lambda r: None)
-        worst = _reference_lines(ax, lb) if pts else ""
-        if pts:
-            ax.legend(fontsize=7, loc="lower right")
-        else:
-            _no_data(ax, "weights and recovery")
-        ax.set(title=f"{lb.model}: quality loss vs weight size{worst}", xlabel="weights (GB)",
-               ylabel=f"worst recovery across tasks vs {lb.baseline} (%, 95% CI)")
-        ax.grid(alpha=0.3)
+        _worst_panel(ax, lb, pts, what="weights and recovery", title="quality loss vs weight size",
+                     xlabel="weights (GB)", legend="lower right")
     return _png(fig)
 
 
