@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import pydantic
 import typer
 from rich.markup import escape
@@ -14,7 +13,7 @@ from rich.markup import escape
 from ptq_deploy import __version__
 from ptq_deploy.compress import CalibrationSettings, CompressConfig
 from ptq_deploy.engine import EngineConfig
-from ptq_deploy.errors import PtqError, UsageError
+from ptq_deploy.errors import PtqError, UsageError, validation_line
 from ptq_deploy.eval.config import EvalConfig, EvalOptions
 from ptq_deploy.inspection.report import InspectConfig
 from ptq_deploy.perf.config import PerfConfig, PerfSettings
@@ -420,12 +419,13 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         sys.exit(130)
-    except click.ClickException as e:
-        e.show()
+    except typer.TyperException as e:  # typer's own click: a bad option, a missing argument, an unknown command
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx else ""
+        console.print(f"[red]error:[/red] {escape(e.format_message())}{hint}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except pydantic.ValidationError as e:
-        err = e.errors()[0]
-        console.print(f"[red]error:[/red] invalid {'.'.join(map(str, err['loc']))}: {err['msg']}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] invalid {escape(validation_line(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

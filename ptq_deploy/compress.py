@@ -21,7 +21,7 @@ from ptq_deploy.checkpoint import CheckpointMetadata, model_name_of_source
 from ptq_deploy.data import DEFAULT_DATASET, CalibrationInfo
 from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.fakequant import FakeQuant, FakeQuantSpec
-from ptq_deploy.models import DEFAULT_MODEL, ModelSource, resolve, shipped_config
+from ptq_deploy.models import DEFAULT_MODEL, ModelSource, hub_unavailable, resolve, shipped_config
 from ptq_deploy.provenance import Provenance
 from ptq_deploy.results import Identity, ResultEnvelope, check_output_dir, replace_dir, temp_sibling
 from ptq_deploy.results.envelope import v1_identity
@@ -149,11 +149,14 @@ def linear_input_sizes(source: ModelSource, trust_remote_code: bool = False) -> 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    shipped = shipped_config(source.spec) if source.kind == "hub" else None
+    offline = source.kind == "hub" and hub_unavailable(source.spec, source.revision or "main")
+    if offline and shipped is None:
+        raise UsageError(f"cannot read model config of {source.spec}: {offline}")
     try:
-        config = AutoConfig.from_pretrained(source.path, revision=source.revision,
-                                            trust_remote_code=trust_remote_code)
+        config = (AutoConfig.for_model(**shipped) if offline else
+                  AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=trust_remote_code))
     except Exception as e:
-        shipped = shipped_config(source.spec) if source.kind == "hub" else None
         if shipped is None:
             raise UsageError(f"cannot read model config of {source.spec}: {str(e).splitlines()[0]}") from None
         config = AutoConfig.for_model(**shipped)
@@ -165,12 +168,14 @@ def linear_input_sizes(source: ModelSource, trust_remote_code: bool = False) -> 
 def plan(cfg: CompressConfig) -> Plan:
     """Validate everything cheap before any minutes are spent: scheme, output, model, group size."""
     scheme = _scheme_for(cfg)
-    resolved = scheme.resolve(group_size=cfg.group_size, kv_cache=cfg.kv_cache,
-                              modifier_args=cfg.calibration.modifier_args)
     if not cfg.dry_run:
         check_output_dir(cfg.output, cfg.force)
     source = resolve(cfg.model, revision=cfg.revision)
     sizes = linear_input_sizes(source, cfg.trust_remote_code)
+    if cfg.group_size is not None and scheme.group_size is not None:  # the sizes that fit, before resolving
+        schemes.check_group_size(sizes, scheme.resolve(kv_cache=cfg.kv_cache).ignore, cfg.group_size)
+    resolved = scheme.resolve(group_size=cfg.group_size, kv_cache=cfg.kv_cache,
+                              modifier_args=cfg.calibration.modifier_args)
     if resolved.recipe is not None or resolved.fake_quant is not None:
         schemes.check_group_size(sizes, resolved.ignore, resolved.group_size)
     return Plan(config=cfg, scheme=scheme, resolved=resolved, source=source, linear_layers=len(sizes))

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 from ptq_deploy.compress import WorkerJob, WorkerResult
@@ -162,7 +163,10 @@ def _compress(job: WorkerJob) -> WorkerResult:
         t_cal = time.perf_counter() - t1
         if model.dtype != torch.bfloat16 and load_dtype == torch.float32 and job.calibration_dtype == "auto":
             model.to(torch.bfloat16)  # calibrated in fp32 for CPU speed; ship the usual bf16 checkpoint
-    with status(f"saving to {job.work_dir}"):
+    with status(f"saving to {job.work_dir}"), warnings.catch_warnings():
+        # llmcompressor's dispatch maps the whole model to "cpu", which transformers reads as offloaded and
+        # warns about a 50 GB shard on every save; the model is in this process's memory, nothing is offloaded
+        warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
         job.work_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(job.work_dir, save_compressed=True)
         tokenizer.save_pretrained(job.work_dir)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pydantic
+
 
 class PtqError(Exception):
     """A mistake or condition the user can act on. The CLI prints ``error: <message>``."""
@@ -35,6 +41,22 @@ class BundleError(PtqError):
     """An offline bundle that cannot be built, is incomplete or altered, or was made for another host."""
 
     exit_code = 4
+
+
+# the parts of a pydantic error location that name a union member's type, not a key the user wrote
+_TYPE_TAG = re.compile(r"^(int|float|str|bool|none|bytes|list|dict|tuple|set|literal|constrained-\w+|"
+                       r"function-\w+|is-instance|json-or-python)(\[.*\])?$")
+
+
+def validation_line(e: "pydantic.ValidationError") -> str:
+    """``key.path: message`` for a pydantic error: an unknown key first (it is often the cause of a "Field
+    required" beside it), the location without pydantic's union-member tags (``limit``, not ``limit.int``)."""
+    errs = e.errors()
+    err = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
+    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and _TYPE_TAG.match(p))]
+    key = ".".join(loc)
+    msg = err["msg"] if err["type"] != "extra_forbidden" else "unknown key"
+    return f"{key}: {msg}" if key else msg
 
 
 def one_line(e: BaseException, limit: int = 400) -> str:

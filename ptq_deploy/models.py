@@ -12,6 +12,8 @@ import hashlib
 import importlib.util
 import json
 import re
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import Literal
 
@@ -64,8 +66,12 @@ def embedded_gguf() -> Path:
     return path
 
 
-def resolve(spec: str, revision: str | None = None, cache_dir: Path | None = None) -> ModelSource:
-    """Turn what the user typed into a loadable HF model (converting a GGUF when needed)."""
+def resolve(spec: str, revision: str | None = None, cache_dir: Path | None = None,
+            check_hub: bool = True) -> ModelSource:
+    """Turn what the user typed into a loadable HF model (converting a GGUF when needed).
+
+    Local or hub is decided before any network call; a hub id is checked at once (``hub_unavailable``)
+    unless ``check_hub`` is off (an offline plan that reads a shipped config)."""
     if spec in DEFAULT_ALIASES:
         src = gguf_to_hf(embedded_gguf(), cache_dir)
         return src.model_copy(update={"spec": spec, "kind": "embedded", "origin": EMBEDDED["model"] +
@@ -83,8 +89,33 @@ def resolve(spec: str, revision: str | None = None, cache_dir: Path | None = Non
     if p.exists():
         raise UsageError(f"{spec} is a file, not a model directory or .gguf file")
     if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
-        return ModelSource(spec=spec, kind="hub", path=spec, revision=revision or "main")
+        src = ModelSource(spec=spec, kind="hub", path=spec, revision=revision or "main")
+        if check_hub:
+            why = hub_unavailable(spec, src.revision)
+            if why:
+                raise UsageError(f"model not found: {spec}: no such directory; as a hub id: {why}")
+        return src
     raise UsageError(f"model not found: {spec} (not a local directory, a .gguf file or a hub id)")
+
+
+def hub_unavailable(repo_id: str, revision: str = "main", timeout_s: float = 3.0) -> str | None:
+    """Why ``repo_id`` cannot be loaded from the hub now, decided without retries; None when it can.
+
+    A copy in the local hub cache always counts. Otherwise offline mode (``HF_HUB_OFFLINE``) or an endpoint
+    that does not answer a TCP connect within ``timeout_s`` is the reason."""
+    from huggingface_hub import constants, try_to_load_from_cache  # heavy-ish; only for hub ids
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "not in the local hub cache and offline mode is on (HF_HUB_OFFLINE)"
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout_s).close()
+    except OSError as e:
+        return f"the hub ({constants.ENDPOINT}) is not reachable ({e.strerror or type(e).__name__})"
+    return None
 
 
 def shipped_config(hub_id: str) -> dict | None:

@@ -154,7 +154,9 @@ def get(name: str) -> Scheme:
     folded = {k.lower(): v for k, v in reg.items()}
     if name.lower() in folded:
         return folded[name.lower()]
-    close = difflib.get_close_matches(name, list(reg), n=2, cutoff=0.5)
+    # a name that extends a scheme's (INT4-W4A16-GPTQ: the GPTQ scheme is INT4-W4A16) first, then look-alikes
+    longest = max((k for k in reg if name.lower().startswith(k.lower() + "-")), key=len, default=None)
+    close = list(dict.fromkeys(([longest] if longest else []) + difflib.get_close_matches(name, list(reg), n=2, cutoff=0.5)))
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
     raise UsageError(f"unknown scheme {name!r}{hint}; Available: {', '.join(reg)}")
 
@@ -196,8 +198,8 @@ def resolve_recipe(scheme: Scheme, group_size: int | None = None, kv_cache: str 
     effective_group = scheme.group_size
     ignore: list[str] = []
     if group_size is not None:
-        if group_size <= 0 or group_size & (group_size - 1):
-            raise UsageError(f"--group-size must be a positive power of two, not {group_size}")
+        if not is_power_of_two(group_size):
+            raise UsageError(f"group size {group_size} is not a positive power of two")
         if scheme.group_size is None:
             raise UsageError(f"scheme {scheme.name} is not group-quantized; --group-size does not apply")
         effective_group = group_size
@@ -249,19 +251,32 @@ def linear_targets(named_linears: dict[str, int], ignore: list[str]) -> dict[str
     return out
 
 
-def check_group_size(named_linears: dict[str, int], ignore: list[str], group_size: int | None) -> None:
-    """Stop before calibrating when a quantized layer's input size is not a multiple of the group."""
+def is_power_of_two(n: int) -> bool:
+    return n > 0 and not n & (n - 1)
+
+
+def group_sizes_that_fit(named_linears: dict[str, int], ignore: list[str]) -> str:
+    """The usual group sizes that divide every quantized layer's input size, as a phrase for an error."""
+    sizes = set(linear_targets(named_linears, ignore).values())
+    fits = [g for g in (256, 128, 64, 32, 16) if all(s % g == 0 for s in sizes)]
+    return f"group sizes that fit this model: {', '.join(map(str, fits)) or 'none (use a per-channel scheme)'}"
+
+
+def check_group_size(named_linears: dict[str, int], ignore: list[str], group_size: int | None,
+                     option: str = "--group-size") -> None:
+    """Stop before calibrating when the group is not a power of two or a quantized layer's input size is not
+    a multiple of it. ``option``: how the user set it (the CLI flag, or an experiment file's key)."""
     if not group_size:
         return
+    if not is_power_of_two(group_size):
+        raise UsageError(f"{option} {group_size} is not a positive power of two; "
+                         f"{group_sizes_that_fit(named_linears, ignore)}")
     targets = linear_targets(named_linears, ignore)
     bad = {n: k for n, k in targets.items() if k % group_size}
     if not bad:
         return
     name, k = next(iter(bad.items()))
-    sizes = sorted(set(targets.values()))
-    fits = [g for g in (256, 128, 64, 32, 16) if all(s % g == 0 for s in sizes)]
     raise UsageError(
-        f"group size {group_size} does not divide input size {k} of layer {name} "
-        f"({len(bad)} layers affected); group sizes that fit this model: "
-        f"{', '.join(map(str, fits)) or 'none (use a per-channel scheme)'} (--group-size)"
+        f"{option} {group_size} does not divide input size {k} of layer {name} "
+        f"({len(bad)} layers affected); {group_sizes_that_fit(named_linears, ignore)}"
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ["PTQ_DEPLOY_PROBE_DIR"] = tempfile.mkdtemp(prefix="ptq-test-probe-")
 # every test compresses for itself; test_suite's reuse test turns checkpoint reuse on in its own store
 os.environ["PTQ_DEPLOY_CHECKPOINT_CACHE"] = "off"
+
+
+# fixtures that compress, load a vLLM engine or measure the probe: a test using one (directly or through another
+# fixture) is an integration test, so `pytest -m "not integration"` is the fast tier without a hand-kept list
+HEAVY_FIXTURES = {"compressed", "probe", "runs_here", "fake_probe", "not_runnable_here", "engines",
+                  "embedded_model", "embedded_compressed"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -153,10 +164,14 @@ def engines():
     e.close()
 
 
+CONSOLE_SCRIPT = Path(sys.executable).with_name("ptq-deploy")  # installed by `make setup` (editable)
+USER_DIR = Path(tempfile.mkdtemp(prefix="ptq-test-user-"))  # where a user would type it: outside the checkout
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run the CLI of this checkout (``python -m ptq_deploy.cli`` from the repo root) in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "ptq_deploy.cli", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=REPO)
+    """Run ``ptq-deploy ARGS`` as a user types it: the installed console script, from outside the checkout."""
+    return subprocess.run([str(CONSOLE_SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=USER_DIR)
 
 
 @pytest.fixture
@@ -166,9 +181,6 @@ def cli():
 
 def no_temp_siblings(out: Path) -> bool:
     return not list(out.parent.glob(f".ptq-tmp-{out.name}-*"))
-
-
-__all__ = ["run_cli", "no_temp_siblings", "shutil"]
 
 
 _EMBEDDED: dict[str, Path] = {}

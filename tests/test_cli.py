@@ -46,7 +46,7 @@ def test_existing_output_is_not_overwritten_without_force(cli, tiny_model, tmp_p
 def test_group_size_mismatch_stops_before_calibrating(cli, tiny_model, tmp_path):
     out = tmp_path / "w4"
     err = _one_clear_line(cli("compress", str(tiny_model), "-s", "INT4-W4A16", "-o", str(out)))
-    assert "group size 128 does not divide input size 192" in err and "64" in err
+    assert "--group-size 128 does not divide input size 192" in err and "fit this model: 64" in err
     assert not out.exists() and no_temp_siblings(out)
 
 
@@ -111,3 +111,50 @@ def test_perf_on_a_checkpoint_without_tokenizer_files_is_one_line(cli, tiny_mode
             (bare / f.name).write_bytes(f.read_bytes())
     err = _one_clear_line(cli("perf", str(bare), "--no-serving", "--num-prompts", "2", "--iterations", "1"))
     assert "tokenizer" in err
+
+
+# ---------------------------------------------------------------- local or hub: decided before any network call
+UNREACHABLE_HUB = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on port 9
+
+
+def test_a_mistyped_local_path_is_not_sent_to_the_hub(cli, tmp_path):
+    err = _one_clear_line(cli("compress", "ckpt/tiny-int4", "-s", "FP8-W8A8", "-o", str(tmp_path / "o")))
+    assert "model not found: ckpt/tiny-int4: no such directory; as a hub id: not in the local hub cache and " \
+           "offline mode is on (HF_HUB_OFFLINE)" in err
+    for cmd in (("eval", "ckpt/tiny-int4"), ("model", "Qwen/Qwen2.5-0.5B")):
+        err = _one_clear_line(cli(*cmd, env=UNREACHABLE_HUB))
+        assert f"{cmd[1]}: no such directory; as a hub id: the hub (http://127.0.0.1:9) is not reachable" in err
+
+
+def test_a_matrix_checks_every_model_source_before_it_starts(cli, tiny_model, tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"name: x\nmodels: [{{name: here, source: {tiny_model}}}, {{name: gone, source: ckpt/gone}}]\n"
+                   "schemes: [BF16]\n")
+    err = _one_clear_line(cli("run", str(exp), "-o", str(tmp_path / "r"), env=UNREACHABLE_HUB))
+    assert "models: gone: model not found: ckpt/gone: no such directory; as a hub id: the hub" in err
+    assert not (tmp_path / "r" / "steps").exists()
+    plan = cli("run", "qwen2.5-7b", "--dry-run", "-o", str(tmp_path / "q"), env=UNREACHABLE_HUB)  # an offline plan
+    assert plan.returncode == 0 and "qwen2.5-7b" in plan.stdout and not (tmp_path / "q").exists()
+
+
+# ---------------------------------------------------------------- what a mistake says
+def test_experiment_mistakes_name_the_key_the_user_wrote(cli, tiny_model, tmp_path):
+    exp = tmp_path / "exp.yaml"
+    model = f"models: [{{name: m, source: {tiny_model}}}]\n"
+    exp.write_text("name: x\n" + model + "scheme: [BF16]\n")
+    assert "scheme: unknown key (did you mean schemes?)" in _one_clear_line(cli("run", str(exp), "--dry-run"))
+    exp.write_text("name: x\n" + model + "schemes: [BF16]\neval: {limit: eight}\n")
+    err = _one_clear_line(cli("run", str(exp), "--dry-run"))
+    assert "eval.limit: Input should be" in err and "limit.int" not in err
+    exp.write_text(f"name: x\nmodels: [{{name: m, source: {tiny_model}, group_size: 96}}]\nschemes: [INT4-W4A16-RTN]\n")
+    err = _one_clear_line(cli("run", str(exp), "--dry-run"))
+    assert "group_size 96 is not a positive power of two; group sizes that fit this model: 64, 32, 16" in err
+    assert "--group-size" not in err
+
+
+def test_scheme_and_group_size_mistakes_point_at_what_fits(cli, tiny_model, tmp_path):
+    err = _one_clear_line(cli("compress", str(tiny_model), "-s", "INT4-W4A16-GPTQ", "-o", str(tmp_path / "o")))
+    assert "unknown scheme 'INT4-W4A16-GPTQ' (did you mean INT4-W4A16 or" in err
+    err = _one_clear_line(cli("compress", str(tiny_model), "-s", "INT4-W4A16", "--group-size", "96",
+                              "-o", str(tmp_path / "o")))
+    assert "--group-size 96 is not a positive power of two; group sizes that fit this model: 64, 32, 16" in err

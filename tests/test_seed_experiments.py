@@ -33,7 +33,7 @@ def test_seed_experiment_plans_offline_from_its_shipped_config(name, hub, tmp_pa
 def test_a_group_size_that_does_not_divide_is_refused_before_any_step(tmp_path):
     exp = load("qwen2.5-7b")
     bad = exp.model_copy(update={"models": [exp.models[0].model_copy(update={"group_size": 1024})]})
-    with pytest.raises(UsageError, match=r"qwen2.5-7b \(Qwen/Qwen2.5-7B\), \S+: group size 1024 does not divide "
+    with pytest.raises(UsageError, match=r"qwen2.5-7b \(Qwen/Qwen2.5-7B\), \S+: group_size 1024 does not divide "
                                          r"input size 3584 .*group sizes that fit this model: 256, 128"):
         plan(bad, RunOptions(results_dir=tmp_path, dry_run=True))
     unknown = exp.model_copy(update={"models": [exp.models[0].model_copy(update={"source": "nobody/unshipped"})]})

@@ -121,7 +121,10 @@ def environment(r: ResolvedEngine, in_process: bool) -> dict[str, str]:
 
 def apply_environment(r: ResolvedEngine) -> None:
     """Set the in-process engine's variables (what the user already set wins); before ``import vllm``."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # the console gets vLLM's errors, on stderr (stdout carries results, --json); its INFO and WARNING lines go
+    # to a log file (``load.keep_vllm_log``)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     for k, v in environment(r, in_process=True).items():
         os.environ.setdefault(k, v)
 

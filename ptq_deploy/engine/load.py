@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 from ptq_deploy import checkpoint, probe
 from ptq_deploy.engine import args, heap, memory
 from ptq_deploy.engine.config import EngineConfig, EngineInfo, ResolvedEngine
+from ptq_deploy.envs import home
 from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError, one_line
 from ptq_deploy.hardware import HardwareInfo, detect
 
@@ -75,13 +77,7 @@ class _LoadLog(logging.Handler):
             pass
 
     def __enter__(self) -> "_LoadLog":
-        try:  # vLLM applies its logging dictConfig once per process, resetting child loggers: do it first
-            from vllm.config.logging import LoggingConfig
-            from vllm.logger import configure_logging_if_needed
-
-            configure_logging_if_needed(LoggingConfig())
-        except ImportError:
-            pass
+        _configure_vllm_logging()
         for name in _LOAD_LOGGERS:
             lg = logging.getLogger(name)
             self._saved.append((lg, lg.level))
@@ -101,9 +97,41 @@ class _LoadLog(logging.Handler):
 class LoadFailed(PtqError):
     """vLLM raised while building the engine (``error``: the exception, on one line)."""
 
-    def __init__(self, model: str | Path, error: str):
-        super().__init__(f"vLLM failed to load {model}: {error}")
+    def __init__(self, model: str | Path, error: str, log: Path | None = None):
+        super().__init__(f"vLLM failed to load {model}: {error}" + (f" (vLLM's log: {log})" if log else ""))
         self.error = error
+
+
+_VLLM_LOG: Path | None = None
+
+
+def keep_vllm_log() -> Path:
+    """vLLM's INFO and WARNING lines of this process, kept in ``$PTQ_DEPLOY_HOME/logs/vllm-<time>-<pid>.log``
+    while its console handler shows only what ``VLLM_LOGGING_LEVEL`` asks for (errors, by default)."""
+    global _VLLM_LOG
+    if _VLLM_LOG is None:
+        _configure_vllm_logging()
+        _VLLM_LOG = home() / "logs" / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        _VLLM_LOG.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(_VLLM_LOG)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s"))
+        handler.setLevel(logging.INFO)
+        root = logging.getLogger("vllm")
+        if root.getEffectiveLevel() > logging.INFO:  # its console handler keeps its own level
+            root.setLevel(logging.INFO)
+        root.addHandler(handler)
+    return _VLLM_LOG
+
+
+def _configure_vllm_logging() -> None:
+    """vLLM applies its logging dictConfig once per process, resetting child loggers: have it done first."""
+    try:
+        from vllm.config.logging import LoggingConfig
+        from vllm.logger import configure_logging_if_needed
+
+        configure_logging_if_needed(LoggingConfig())
+    except ImportError:
+        pass
 
 
 def load(model: str | Path, cfg: EngineConfig, hw: HardwareInfo | None = None, check: bool = True):
@@ -116,6 +144,7 @@ def load(model: str | Path, cfg: EngineConfig, hw: HardwareInfo | None = None, c
     args.apply_environment(resolved)
     from vllm import LLM  # heavy: imported once the environment is set
 
+    log_file = keep_vllm_log()
     base = memory.baseline(bool(hw.gpus))
     host_heap = heap.engine_heap(bool(hw.gpus))
     t0 = time.perf_counter()
@@ -124,7 +153,7 @@ def load(model: str | Path, cfg: EngineConfig, hw: HardwareInfo | None = None, c
             llm = LLM(**args.llm_kwargs(resolved))
     except Exception as e:  # engine crash / OOM / unsupported: one line, details in vLLM's log above
         heap.release()
-        raise LoadFailed(model, one_line(e, limit=1000)) from None
+        raise LoadFailed(model, one_line(e, limit=1000), log_file) from None
     info = engine_info(llm, resolved, time.perf_counter() - t0, log.parsed, hw)
     info.memory = memory.measure(base, bool(hw.gpus), log.text)
     info.host_heap = host_heap

@@ -19,6 +19,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from ptq_deploy import checkpoint
 from ptq_deploy.engine import heap, vllm_version_shim
@@ -28,7 +29,7 @@ from ptq_deploy.eval.config import BUNDLED_TASKS, EvalConfig
 from ptq_deploy.eval.result import EvalResult, EvalSettings, MetricValue, PerSample, TaskResult
 from ptq_deploy.hardware import detect
 from ptq_deploy.models import _HUB_ID, DEFAULT_ALIASES, resolve
-from ptq_deploy.provenance import collect
+from ptq_deploy.provenance import collect, git_revision
 from ptq_deploy.results import Identity
 from ptq_deploy.timeutil import timestamp
 from ptq_deploy.ui import status
@@ -188,7 +189,8 @@ def task_results(out: dict[str, Any], cfg: EvalConfig) -> dict[str, TaskResult]:
 def _evaluate(cfg: EvalConfig, model_path: str, identity: Identity, settings: EvalSettings,
               args: dict[str, Any], tasks: list[Any], tm, llm=None, against: EvalSettings | None = None) -> EvalResult:
     """Load, check the loaded settings against the baseline's (``against``), score."""
-    from lm_eval import simple_evaluate  # heavy
+    import lm_eval.evaluator  # heavy
+    from lm_eval import simple_evaluate
 
     started, t0 = timestamp(), time.perf_counter()
     shim = vllm_version_shim(lm_eval=True) if settings.backend == "vllm" else nullcontext()
@@ -198,7 +200,10 @@ def _evaluate(cfg: EvalConfig, model_path: str, identity: Identity, settings: Ev
             settings = settings.model_copy(update=loaded | {"host_heap": heap.current()})
         if against is not None:
             recovery.refuse_different(against, settings)
-        with status(f"lm-eval ({settings.backend}) on {identity.label}: {', '.join(cfg.tasks)}"):
+        # lm-eval records `git describe` of the working directory, letting git print "fatal: not a git
+        # repository" outside a checkout; it records this project's revision instead (provenance's, quiet)
+        with status(f"lm-eval ({settings.backend}) on {identity.label}: {', '.join(cfg.tasks)}"), \
+                mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", git_revision):
             try:
                 out = simple_evaluate(model=lm, tasks=tasks, num_fewshot=cfg.num_fewshot, limit=cfg.limit,
                                       log_samples=True, apply_chat_template=cfg.apply_chat_template,

@@ -94,9 +94,12 @@ def run_kv(cfg: KVConfig, progress: Callable[[str], None] | None = None) -> KVRe
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, settings.dtype)).eval()
     max_pos = getattr(model.config, "max_position_embeddings", None)
-    longest = max([*settings.passkey.lengths, 4096 if docs else 0])
-    if max_pos and longest > max_pos:
-        raise UsageError(f"passkey lengths / chapters up to {longest} tokens exceed the model's {max_pos} positions")
+    if max_pos and max(settings.passkey.lengths) > max_pos:
+        raise UsageError(f"passkey length {max(settings.passkey.lengths)} exceeds the model's {max_pos} positions "
+                         "(--lengths)")
+    if max_pos and docs and max_pos < 4096:
+        raise UsageError(f"long-document perplexity reads whole chapters of up to 4096 tokens, beyond the model's "
+                         f"{max_pos} positions (--documents 0 leaves it out)")
     items = longctx.passkey_samples(tok, settings.passkey)
     got = measure_all(model, tok, ms, settings, docs, items, progress or (lambda _m: None))
     res = KVResult(identity=identity, started_at=started, wall_time_s=time.perf_counter() - t0,

@@ -16,7 +16,7 @@ def _s(s: Summary | None, scale: float = 1.0, fmt: str = ".3g") -> str:
 
 def summary_tables(r: PerfResult) -> list[Table]:
     tables = []
-    t = Table(title=f"perf {r.model} {r.scheme} (vLLM quantization: {r.vllm_quantization or 'none'}; "
+    t = Table(title=f"perf {r.identity.label} (vLLM quantization: {r.vllm_quantization or 'none'}; "
                     f"{r.workload.num_prompts} prompts x {r.workload.input_len} in / {r.workload.output_len} out, "
                     f"{r.workload.dataset})")
     t.add_column("measure")

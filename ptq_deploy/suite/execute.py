@@ -17,17 +17,18 @@ from ptq_deploy.hardware import detect
 from ptq_deploy.suite import distributed, lanes, layout
 from ptq_deploy.suite.events import SuiteListener, SuiteSummary
 from ptq_deploy.suite.experiment import Experiment
-from ptq_deploy.suite.plan import RunOptions, plan
+from ptq_deploy.suite.plan import RunOptions, check_sources, plan
 from ptq_deploy.suite.steps import BLOCKED, StepRunner, blocks_cell
 
 
 def run(exp: Experiment, opts: RunOptions, listener: SuiteListener | None = None) -> SuiteSummary:
-    if opts.executor == "ray" and not opts.dry_run:
-        return distributed.run_ray(exp, opts, listener)
     hw = detect()
     steps = plan(exp, opts, hw)
     if opts.dry_run:
         return SuiteSummary(experiment=exp.name, results_dir=str(opts.results_dir), steps=steps, wall_time_s=0.0)
+    check_sources(exp, steps)
+    if opts.executor == "ray":
+        return distributed.run_ray(exp, opts, listener)
     if opts.lanes > 1:
         lanes.cpu_sets(opts.lanes)  # more lanes than CPUs: one line before anything runs
     listener = listener or SuiteListener()

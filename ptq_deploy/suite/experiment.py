@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ptq_deploy import schemes
 from ptq_deploy.compress import CalibrationSettings
 from ptq_deploy.engine import EngineConfig
-from ptq_deploy.errors import UsageError
+from ptq_deploy.errors import UsageError, validation_line
 from ptq_deploy.eval.config import EvalOptions
 from ptq_deploy.kvcache import methods as kv_methods
 from ptq_deploy.kvcache.config import KVSettings
@@ -135,7 +135,7 @@ class Experiment(BaseModel):
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     """The field names valid at ``loc`` (for a did-you-mean on a misspelt key)."""
     for part in loc[:-1]:
-        if isinstance(part, int):
+        if isinstance(part, int) or str(part).isdigit():
             continue
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None)
@@ -147,13 +147,13 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _one_line(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = tuple(err["loc"])
-    key = ".".join(map(str, loc))
-    if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(loc[-1]), _known_keys(Experiment, loc), n=1)
+    line = validation_line(e)
+    key, _, msg = line.partition(": ")
+    if msg == "unknown key":
+        loc = tuple(key.split("."))
+        close = difflib.get_close_matches(loc[-1], _known_keys(Experiment, loc), n=1)
         return f"{key}: unknown key" + (f" (did you mean {close[0]}?)" if close else "")
-    return f"{key}: {err['msg']}"
+    return line
 
 
 def resolve_path(path: Path | str) -> Path:

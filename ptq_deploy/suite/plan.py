@@ -192,18 +192,31 @@ def check_group_sizes(models: list[ModelSpec], names: list[str]) -> None:
     """Stop before any step runs when a model's group size does not divide the input size of a layer a
     grouped scheme quantizes. A model whose config cannot be read here is left to its compress step."""
     for m in models:
-        grouped = [schemes.get(n).resolve(group_size=m.group_size) for n in names if schemes.get(n).group_size]
+        grouped = [schemes.get(n) for n in names if schemes.get(n).group_size]
         if not grouped:
             continue
         try:
-            sizes = linear_input_sizes(resolve(m.source), m.trust_remote_code)
+            sizes = linear_input_sizes(resolve(m.source, check_hub=False), m.trust_remote_code)
         except UsageError:
             continue
-        for r in grouped:
+        for s in grouped:
             try:
-                schemes.check_group_size(sizes, r.ignore, r.group_size)
+                schemes.check_group_size(sizes, s.resolve().ignore, m.group_size or s.group_size,
+                                         option="group_size" if m.group_size else "the scheme's group size")
             except UsageError as e:
-                raise UsageError(f"models: {m.name} ({m.source}), {r.scheme}: {e}") from None
+                raise UsageError(f"models: {m.name} ({m.source}), {s.name}: {e}") from None
+
+
+def check_sources(exp: Experiment, steps: list[PlannedStep]) -> None:
+    """Every model with work left is found before the matrix starts (a local dir, a GGUF, a reachable or
+    cached hub id): one line for the first that is not, instead of a failure at each cell's compress."""
+    pending = {ps.model for ps in steps if ps.state == "pending"}
+    for m in exp.models:
+        if m.name in pending:
+            try:
+                resolve(m.source)
+            except UsageError as e:
+                raise UsageError(f"models: {m.name}: {e}") from None
 
 
 def plan(exp: Experiment, opts: RunOptions, hw: HardwareInfo | None = None) -> list[PlannedStep]:

@@ -73,4 +73,6 @@ class MatrixView(SuiteListener):
         if self.live is not None:
             self.live.update(matrix_table(self.steps, self.title, elapsed_s))
             self.live.stop()
+            if not self.console.is_terminal:  # rich ends the last frame with a newline only on a terminal
+                self.console.line()
         self._term.close()
