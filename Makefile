@@ -1,11 +1,11 @@
 # ptq-deploy: two commands for a newcomer (see README).
 PYTHON ?= python3
-RUNTIME_PY = $(shell $(PYTHON) -m ptq_deploy.envs python runtime)
+RUNTIME_PY = $(shell $(PYTHON) -m ptq_deploy.environments python runtime)
 LANES ?= $(shell [ $$(nproc) -ge 2 ] && echo 2 || echo 1)  # cells compressed/scored at once (perf runs alone)
 
 .PHONY: setup demo test
 setup:  ## create/update the two pinned environments, then measure what their vLLM runs here (both idempotent)
-	$(PYTHON) -m ptq_deploy.envs setup
+	$(PYTHON) -m ptq_deploy.environments setup
 	$(RUNTIME_PY) -m ptq_deploy.probe.run
 
 demo: setup  ## the main job: every scheme of the embedded SmolLM2-135M, compressed, measured, ranked

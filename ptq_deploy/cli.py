@@ -16,11 +16,13 @@ from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import PtqError, UsageError, validation_line
 from ptq_deploy.eval.config import EvalConfig, EvalOptions
 from ptq_deploy.inspection.report import InspectConfig
+from ptq_deploy.kvcache.command import kv_cmd
 from ptq_deploy.perf.config import PerfConfig, PerfSettings
 from ptq_deploy.report.settings import ReportSettings, parse_min_recovery
 from ptq_deploy.suite.plan import RayOptions, RunOptions
-from ptq_deploy.kvcache.command import kv_cmd
-from ptq_deploy.ui import console, option_default as _d, option_help as _h, out
+from ptq_deploy.ui import console, out
+from ptq_deploy.ui import option_default as _d
+from ptq_deploy.ui import option_help as _h
 
 app = typer.Typer(
     name="ptq-deploy",
@@ -81,7 +83,7 @@ def schemes_list(ctx: typer.Context):
     """List the schemes (one YAML file each in ptq_deploy/data/schemes/)."""
     if ctx.invoked_subcommand:
         return
-    from ptq_deploy import schemes
+    from ptq_deploy.compress import schemes
 
     out.print(schemes.table())
 
@@ -93,7 +95,7 @@ def schemes_show(
     kv_cache: str = typer.Option("none", help="none | fp8"),
 ):
     """Print a scheme's resolved llmcompressor recipe (YAML)."""
-    from ptq_deploy import schemes
+    from ptq_deploy.compress import schemes
 
     s = schemes.get(name)
     r = s.resolve(group_size=group_size, kv_cache=kv_cache)
@@ -138,7 +140,8 @@ def compress(
     compress_python: Optional[str] = COMPRESS_PY,
 ):
     """Compress MODEL with a scheme into a vLLM-loadable compressed-tensors checkpoint."""
-    from ptq_deploy.compress import Plan, compress as run
+    from ptq_deploy.compress import Plan
+    from ptq_deploy.compress import compress as run
 
     cfg = CompressConfig(model=model, scheme=scheme, recipe_file=recipe, output=output, group_size=group_size,
                          kv_cache=kv_cache, calibration=CalibrationSettings(dataset=dataset, num_samples=num_samples,

@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ptq_deploy import DATA_DIR
 from ptq_deploy.errors import UsageError
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
 BUNDLED = {
     "austen": DATA_DIR / "calibration" / "austen_calibration.jsonl",
 }

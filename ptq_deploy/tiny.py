@@ -12,9 +12,8 @@ def build_tiny(out: Path, arch: Arch = "llama") -> Path:
     """A 2-layer model (hidden 192, head_dim 64, 3 query heads on 1 KV head) with a BPE tokenizer trained on
     the bundled corpus. ``qwen2``: Qwen2's architecture (biased q/k/v projections) at the same size."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
-    from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
-                              Qwen2ForCausalLM)
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     from ptq_deploy.data import BUNDLED, _read_file
 

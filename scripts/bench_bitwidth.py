@@ -6,7 +6,7 @@ Runs the bundled ``bitwidth-smollm2`` experiment through the suite (a rerun skip
 report (``RESULTS_DIR/report``, the bit-width curve among the plots) and records per scheme: method, bits,
 effective bits per weight, word perplexity with its 95% interval (± 1.96 bootstrap standard errors), cloze
 accuracy ± its standard error, effective and stored size, compression time and the eval backend. Then it asks
-vLLM itself (bypassing ``ptq_deploy.support``) to load each W3A16 / W2A16 checkpoint and records what it says,
+vLLM itself (bypassing ``ptq_deploy.hardware.support``) to load each W3A16 / W2A16 checkpoint and records what it says,
 and inspects a tampered copy of each POT / APOT checkpoint (one weight moved off its grid), which must fail.
 """
 
@@ -20,20 +20,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from ptq_deploy import schemes
-from ptq_deploy.engine import EngineConfig, args as engine_args
+from ptq_deploy.compress import schemes
+from ptq_deploy.engine import EngineConfig
+from ptq_deploy.engine import args as engine_args
 from ptq_deploy.hardware import detect
 from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
 from ptq_deploy.provenance import collect
 from ptq_deploy.report import build_report, write_report
 from ptq_deploy.report.cells import load_cells
+from ptq_deploy.stats import Z95
 from ptq_deploy.suite import experiment, layout
 from ptq_deploy.suite.execute import run
 from ptq_deploy.suite.plan import RunOptions
 
 EXPERIMENT = "bitwidth-smollm2"
-Z95 = 1.96
-
 
 def _row(r) -> dict:
     cloze, ppl = r.tasks.get("austen_cloze"), r.tasks.get("austen_ppl")

@@ -16,8 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ptq_deploy import schemes
-from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
+from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress, schemes
 from ptq_deploy.provenance import collect
 
 

@@ -37,8 +37,9 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 from pydantic import BaseModel  # noqa: E402
 
 from ptq_deploy import engine  # noqa: E402
+from ptq_deploy.engine import vllm_cli  # noqa: E402
 from ptq_deploy.hardware import detect  # noqa: E402
-from ptq_deploy.perf import offline, vllm_cli, workload  # noqa: E402
+from ptq_deploy.perf import offline, workload  # noqa: E402
 from ptq_deploy.provenance import Provenance, collect  # noqa: E402
 from ptq_deploy.results import SCHEMA_VERSION, atomic_write_json  # noqa: E402
 from ptq_deploy.stats import Summary  # noqa: E402

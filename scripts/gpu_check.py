@@ -20,18 +20,17 @@ import time
 import traceback
 from pathlib import Path
 
-from ptq_deploy import nvml, schemes
-from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
+from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress, schemes
 from ptq_deploy.eval import EvalConfig
 from ptq_deploy.eval.runner import run_eval
-from ptq_deploy.hardware import detect
+from ptq_deploy.hardware import detect, nvml
+from ptq_deploy.hardware.support import kv_cache_support, scheme_support
 from ptq_deploy.models import resolve
 from ptq_deploy.perf.roofline import peaks
 from ptq_deploy.provenance import collect
 from ptq_deploy.results.io import atomic_write_text
-from ptq_deploy.support import kv_cache_support, scheme_support
-from ptq_deploy.tiny import build_tiny_llama
 from ptq_deploy.timeutil import file_stamp
+from ptq_deploy.tiny import build_tiny_llama
 
 BASELINE = "BF16"
 DEFAULT_SCHEMES = "FP8-W8A8,INT8-W8A8,INT8-W8A16,INT8-W8A16-RTN,INT4-W4A16,INT4-W4A16-AWQ,INT4-W4A16-RTN"

@@ -85,7 +85,8 @@ def probe(compressed):
 @pytest.fixture(scope="session")
 def runs_here(probe):
     """``runs_here(scheme)`` / ``runs_here(kv_cache_dtype=...)``: the probe's answer (measured on this machine)."""
-    from ptq_deploy import probe as probe_mod, schemes
+    from ptq_deploy import probe as probe_mod
+    from ptq_deploy.compress import schemes
     from ptq_deploy.hardware import detect
 
     rules = probe_mod.rules(detect())
@@ -204,8 +205,7 @@ def embedded_compressed(embedded_model, ckpt_dir):
     calibration to keep CI fast: 16 samples x 128 tokens for the schemes whose generations are compared with
     BF16 (test_compress_schemes), 4 x 64 for the rest, whose tests check only the format (AWQ's grid search
     and GPTQ's layer-by-layer passes scale with the calibration tokens)."""
-    from ptq_deploy import schemes
-    from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
+    from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress, schemes
 
     def make(scheme: str, **opts) -> Path:
         key = scheme + repr(sorted(opts.items()))

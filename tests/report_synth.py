@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ptq_deploy import stats
 from ptq_deploy.eval import recovery
 from ptq_deploy.eval.config import EvalConfig
 from ptq_deploy.eval.result import EvalResult, EvalSettings, MetricValue, PerSample, TaskResult
@@ -19,8 +20,7 @@ from ptq_deploy.perf.offline import ThroughputStats, TokenCheck
 from ptq_deploy.perf.result import PerfResult
 from ptq_deploy.perf.workload import WorkloadInfo
 from ptq_deploy.provenance import Provenance
-from ptq_deploy.results import Identity
-from ptq_deploy.results import atomic_write_json
+from ptq_deploy.results import Identity, atomic_write_json
 from ptq_deploy.stats import Summary
 from ptq_deploy.suite.layout import StepRecord, result_file, step_file
 
@@ -93,7 +93,7 @@ def cloze_task(acc: list[float], stderr: bool = True) -> TaskResult:
 def ppl_task(docs: list[list[float]], per_sample: bool = True) -> TaskResult:
     agg = recovery.aggregation_for("word_perplexity")
     value = agg([tuple(d) for d in docs])
-    se = recovery.bootstrap_stderr([tuple(d) for d in docs], agg, iters=200) if per_sample else None
+    se = stats.bootstrap_stderr([tuple(d) for d in docs], agg, iters=200) if per_sample else None
     return TaskResult(task="austen_ppl", n_samples={"effective": len(docs)},
                       metrics={"word_perplexity": MetricValue(value=value, stderr=se, higher_is_better=False,
                                                               stderr_source="bootstrap" if se else None)},

@@ -3,7 +3,9 @@
 import json
 
 from conftest import no_temp_siblings
-from ptq_deploy import probe, schemes
+
+from ptq_deploy import probe
+from ptq_deploy.compress import schemes
 from ptq_deploy.hardware import detect
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import CONSOLE_SCRIPT, REPO
-from ptq_deploy import schemes
+
 from ptq_deploy.checkpoint import metadata
+from ptq_deploy.compress import schemes
 from ptq_deploy.eval.result import EvalResult
 from ptq_deploy.inspection.report import InspectReport
 from ptq_deploy.kvcache.result import KVResult

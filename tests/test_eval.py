@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from ptq_deploy import engine
+from ptq_deploy import engine, stats
 from ptq_deploy.engine import EngineConfig
-from ptq_deploy.hardware import detect
 from ptq_deploy.errors import NotRunnableHere, UsageError
-from ptq_deploy.eval import EvalConfig, EvalResult, run_eval
-from ptq_deploy.eval import recovery
+from ptq_deploy.eval import EvalConfig, EvalResult, recovery, run_eval
 from ptq_deploy.eval.result import EvalSettings, MetricValue, PerSample, TaskResult
+from ptq_deploy.hardware import detect
 from ptq_deploy.results import Identity
 
 LIMIT = 4
@@ -235,9 +234,9 @@ def test_paired_bootstrap_deterministic_and_paired():
     agg = recovery.aggregation_for("acc")
     b = _acc(200, 0.7, 1)
     q = [x if i % 20 else 1 - x for i, x in enumerate(b)]  # flips 10 of 200 answers
-    one = recovery.paired_bootstrap(b, q, agg, iters=500, seed=3)
-    assert one == recovery.paired_bootstrap(b, q, agg, iters=500, seed=3)
-    assert one != recovery.paired_bootstrap(b, q, agg, iters=500, seed=4)
+    one = stats.paired_bootstrap(b, q, agg, iters=500, seed=3)
+    assert one == stats.paired_bootstrap(b, q, agg, iters=500, seed=3)
+    assert one != stats.paired_bootstrap(b, q, agg, iters=500, seed=4)
     # pairing removes the shared between-document variance: far tighter than the unpaired stderr
     unpaired = math.sqrt(2) * np.std(b, ddof=1) / math.sqrt(len(b))
     assert one[0] < 0.5 * unpaired

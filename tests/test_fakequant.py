@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ptq_deploy import fakequant, schemes
-from ptq_deploy.errors import UsageError
 from ptq_deploy.checkpoint import ct_compat
+from ptq_deploy.checkpoint import grid
+from ptq_deploy.compress import fakequant, schemes
+from ptq_deploy.errors import UsageError
 from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
 
 GRIDS = [("pot", 4, 1), ("pot", 3, 1), ("pot", 2, 1), ("apot", 4, 2), ("apot", 3, 2), ("apot", 5, 2), ("apot", 4, 3)]
@@ -29,7 +30,7 @@ def _powers(x: float, top: float) -> int:
 
 @pytest.mark.parametrize("method,bits,k", GRIDS)
 def test_grids_are_powers_of_two_and_fit_their_bits(method, bits, k):
-    levels = fakequant.magnitudes(method, bits, k)
+    levels = grid.magnitudes(method, bits, k)
     assert levels == sorted(set(levels)) and levels[0] == 0 and levels[-1] == 1
     assert 2 * len(levels) - 1 <= 2 ** bits  # +/- levels, one zero
     if method == "pot":
@@ -38,12 +39,12 @@ def test_grids_are_powers_of_two_and_fit_their_bits(method, bits, k):
     else:  # before normalization by the largest sum (one of each term: 2^0 + 2^-1 + ...), at most k powers of two
         top = sum(2.0 ** -i for i in range(k))
         assert max(_powers(x, top) for x in levels[1:]) == k
-        assert fakequant.magnitudes("apot", bits, 1) == fakequant.magnitudes("pot", bits)  # one term: POT
+        assert grid.magnitudes("apot", bits, 1) == grid.magnitudes("pot", bits)  # one term: POT
 
 
 def test_apot_levels_are_sums_of_k_powers_of_two():
     # 4 bits, 2 terms: term 0 in {0, 1, 1/4, 1/16}, term 1 in {0, 1/2}; normalized by the largest sum 3/2
-    assert fakequant.magnitudes("apot", 4, 2) == pytest.approx(sorted(
+    assert grid.magnitudes("apot", 4, 2) == pytest.approx(sorted(
         {(a + b) / 1.5 for a in (0, 1, 0.25, 0.0625) for b in (0, 0.5)}))
 
 
@@ -52,24 +53,24 @@ def test_scale_search_and_level_check_on_a_weight():
     w = torch.randn(96, 256) * 0.02
     errors = {}
     for method, bits, k in [("pot", 4, 1), ("apot", 4, 2), ("pot", 3, 1), ("apot", 3, 2)]:
-        spec = fakequant.FakeQuantSpec(method=method, bits=bits, group_size=GROUP, k_terms=k)
-        levels = fakequant.magnitudes(method, bits, k)
+        spec = grid.FakeQuantSpec(method=method, bits=bits, group_size=GROUP, k_terms=k)
+        levels = grid.magnitudes(method, bits, k)
         q = fakequant.quantize_weight(w, spec, levels).to(torch.bfloat16)
-        fq = fakequant.FakeQuant(**spec.model_dump(), levels=levels, layers=1, params=w.numel(), code_bytes=0,
+        fq = grid.FakeQuant(**spec.model_dump(), levels=levels, layers=1, params=w.numel(), code_bytes=0,
                                  scale_bytes=0, stored_bytes=0, weight_rel_error=0.0)
-        check = fakequant.check_levels(q, fq)
+        check = grid.check_levels(q, fq)
         assert check.problems == [] and check.groups == w.numel() // GROUP and check.max_distinct <= 2 ** bits
         errors[(method, bits)] = float((q.float() - w).norm() / w.norm())
         # the search beats the plain max-magnitude scale (clipping ratio 1) on the squared error
         x = w.reshape(-1, GROUP)
         scale = x.abs().amax(1, keepdim=True).to(torch.bfloat16).float()
-        plain = fakequant._snap(x / scale, fakequant.signed_grid(levels)) * scale
+        plain = grid.snap(x / scale, grid.signed_grid(levels)) * scale
         assert float((q.float().reshape(-1, GROUP) - x).norm()) < float((plain - x).norm())
         bad = q.clone()
         bad[5, 7] = bad[5, 7] * 0.9 + bad[5, :GROUP].abs().max() * 0.03  # one value off the grid
-        assert fakequant.check_levels(bad, fq).off_grid == 1
+        assert grid.check_levels(bad, fq).off_grid == 1
         noisy = (q.float() + torch.randn_like(w) * 1e-4).to(torch.bfloat16)  # every group: many distinct values
-        assert fakequant.check_levels(noisy, fq).too_many > 0
+        assert grid.check_levels(noisy, fq).too_many > 0
     assert errors[("pot", 4)] < errors[("pot", 3)] and errors[("apot", 4)] < errors[("apot", 3)]
     assert errors[("apot", 4)] < errors[("pot", 4)]  # APOT's levels sit closer to a bell-shaped weight
 
@@ -146,7 +147,7 @@ def test_the_level_check_fails_on_tampered_copies(compressed, tiny_model, tmp_pa
     wrong = tmp_path / "declares-3-bits"  # 4-bit weights declared as a 3-bit grid
     shutil.copytree(ck, wrong)
     meta = json.loads((wrong / "ptq_deploy.json").read_text())
-    meta["fake_quant"].update(bits=3, levels=fakequant.magnitudes("pot", 3))
+    meta["fake_quant"].update(bits=3, levels=grid.magnitudes("pot", 3))
     (wrong / "ptq_deploy.json").write_text(json.dumps(meta))
     rep = inspect_checkpoint(InspectConfig(checkpoint=wrong))
     assert {"claimed-scheme-not-in-tensors", "provenance-mismatch"} <= {f.code for f in rep.errors}

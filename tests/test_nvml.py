@@ -10,8 +10,9 @@ import types
 
 import pytest
 
-from ptq_deploy import devices, hardware, nvml
+from ptq_deploy import hardware
 from ptq_deploy.engine import memory as engine_memory
+from ptq_deploy.hardware import devices, nvml
 from ptq_deploy.perf import energy
 
 # (NVML name, max memory clock MHz, bus width bits) as nvidia-smi -q reports them ("Max Clocks: Memory",

@@ -3,7 +3,6 @@ sweep, refusals before loading, and no orphan processes after a crashed server o
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,11 +18,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 
-from ptq_deploy import nvml  # noqa: E402
 from ptq_deploy.engine import EngineConfig  # noqa: E402
 from ptq_deploy.engine import memory as engine_memory  # noqa: E402
 from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError  # noqa: E402
-from ptq_deploy.hardware import detect  # noqa: E402
+from ptq_deploy.hardware import (
+    detect,  # noqa: E402
+    nvml,
+)
 from ptq_deploy.perf import PerfConfig, PerfResult, run_perf  # noqa: E402
 from ptq_deploy.stats import Summary  # noqa: E402
 
@@ -226,8 +227,8 @@ def _alive(seen: dict[int, float]) -> list[int]:
 
 def test_crashed_server_leaves_no_orphans(tiny_model):
     from ptq_deploy import engine
+    from ptq_deploy.engine.server import Server
     from ptq_deploy.hardware import detect
-    from ptq_deploy.perf.server import Server
 
     cfg = engine.resolve(tiny_model, EngineConfig(max_model_len=512), detect())
     srv = Server(cfg, timeout_s=300)

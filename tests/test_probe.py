@@ -11,14 +11,16 @@ import textwrap
 
 import pytest
 
-from ptq_deploy import engine, probe as probe_mod, schemes, support
+from ptq_deploy import engine
+from ptq_deploy import probe as probe_mod
+from ptq_deploy.compress import schemes
+from ptq_deploy.engine.kernels import main_kernel, vllm_linear_kernels
 from ptq_deploy.errors import NotRunnableHere, one_line
-from ptq_deploy.hardware import detect
-from ptq_deploy.inspection.runtime import main_kernel, vllm_linear_kernels
+from ptq_deploy.hardware import detect, support
 from ptq_deploy.probe import CASES, CaseResult, ProbeResult, cache_path, family_key
 from ptq_deploy.probe.run import run_jobs
 from ptq_deploy.probe.worker import ERROR_CHARS, Job
-from ptq_deploy.results.kinds import read_result
+from ptq_deploy.report.kinds import read_result
 
 pytestmark = pytest.mark.integration
 

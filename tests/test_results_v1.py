@@ -7,7 +7,7 @@ import pytest
 
 from ptq_deploy.report import build_report
 from ptq_deploy.results import SCHEMA_VERSION
-from ptq_deploy.results.kinds import read_result
+from ptq_deploy.report.kinds import read_result
 
 V1 = Path(__file__).parent / "data" / "results-v1"
 

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from ptq_deploy import schemes
+from ptq_deploy.compress import schemes
 from ptq_deploy.errors import UsageError
 
 EXPECTED = ["BF16", "FP8-W8A8", "INT8-W8A8", "INT8-W8A16", "INT8-W8A16-RTN", "INT4-W4A16",
@@ -21,7 +21,7 @@ def test_scheme_files_are_real_recipes(name):
     if name == "BF16":
         assert s.recipe is None and not s.calibration
         return
-    if name in FAKE_QUANT:  # no library ships these: ptq_deploy.fakequant, quality only, run by vLLM as dense
+    if name in FAKE_QUANT:  # no library ships these: ptq_deploy.compress.fakequant, quality only, run by vLLM as dense
         r = s.resolve(group_size=64)
         assert s.recipe is None and s.quality_only and s.kind == "dense" and r.recipe is None
         assert (r.fake_quant.method, r.fake_quant.bits, r.fake_quant.group_size) == (s.method, s.weight_bits, 64)

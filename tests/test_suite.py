@@ -2,19 +2,19 @@
 
 import json
 import os
-from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
-from ptq_deploy import schemes
+from ptq_deploy.compress import schemes
 from ptq_deploy.suite import layout
-from ptq_deploy.suite.experiment import Experiment
 from ptq_deploy.suite.execute import run
+from ptq_deploy.suite.experiment import Experiment
 from ptq_deploy.suite.plan import RunOptions, plan
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,7 @@ def test_plan_marks_what_cannot_run_here(tiny_model, tmp_path, runs_here):
 
 
 def test_step_keys_do_not_depend_on_the_checkout_path(tiny_model, tmp_path, monkeypatch):
-    from ptq_deploy import schemes
+    from ptq_deploy.compress import schemes
 
     before = {(s.cell, s.step): s.key for s in plan(_exp(tiny_model), RunOptions(results_dir=tmp_path))}
     get = schemes.get

@@ -1,9 +1,9 @@
 import pytest
 
-from ptq_deploy import devices, schemes
+from ptq_deploy.compress import schemes
 from ptq_deploy.errors import UsageError
-from ptq_deploy.hardware import CPUInfo, GPUInfo, HardwareInfo
-from ptq_deploy.support import hardware_for, kv_cache_support, scheme_support
+from ptq_deploy.hardware import CPUInfo, GPUInfo, HardwareInfo, devices
+from ptq_deploy.hardware.support import hardware_for, kv_cache_support, scheme_support
 
 AVX2 = HardwareInfo(cpu=CPUInfo(model="EPYC", arch="x86_64", cores=2, flags=["avx", "avx2", "fma"]),
                     memory_total_bytes=24 * 2**30)

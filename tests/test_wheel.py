@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ptq_deploy import schemes
+from ptq_deploy.compress import schemes
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,7 +19,7 @@ def test_installed_wheel_has_the_registry(tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(whl)],
                    check=True, cwd=tmp_path)
-    code = ("import ptq_deploy, ptq_deploy.schemes as s, ptq_deploy.suite.experiment as e; "
+    code = ("import ptq_deploy, ptq_deploy.compress.schemes as s, ptq_deploy.suite.experiment as e; "
             "import ptq_deploy.models as m; print(ptq_deploy.__file__); print(','.join(s.names())); "
             "print(e.load('smollm2-135m').name); print(m.shipped_config('facebook/opt-1.3b')['ffn_dim'])")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,

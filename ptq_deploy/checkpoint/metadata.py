@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from ptq_deploy.checkpoint.grid import FakeQuant
 from ptq_deploy.checkpoint.quant import from_recipe, modifiers
 from ptq_deploy.data import CalibrationInfo
-from ptq_deploy.fakequant import FakeQuant
 from ptq_deploy.models import ModelSource
 from ptq_deploy.provenance import Provenance
 from ptq_deploy.results.io import atomic_write_text

@@ -4,8 +4,16 @@
 vLLM's arguments; ``load`` builds an in-process ``vllm.LLM`` after a ``preflight`` check.
 """
 
-from ptq_deploy.engine.args import (apply_environment, check_parallel, lm_eval_model_args, lm_eval_server_args,
-                                    llm_kwargs, resolve, serve_flags, vllm_version_shim)
+from ptq_deploy.engine.args import (
+                                    apply_environment,
+                                    check_parallel,
+                                    llm_kwargs,
+                                    lm_eval_model_args,
+                                    lm_eval_server_args,
+                                    resolve,
+                                    serve_flags,
+                                    vllm_version_shim,
+)
 from ptq_deploy.engine.config import EngineConfig, EngineInfo, ResolvedEngine
 from ptq_deploy.engine.load import Generation, LoadFailed, generate, load, parse_load_log, preflight, shutdown
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ptq_deploy.engine.config import MAX_MODEL_LEN_CAP, EngineConfig, ResolvedEngine
-from ptq_deploy.envs import home
+from ptq_deploy.environments import home
 from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import HardwareInfo
 

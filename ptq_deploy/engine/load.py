@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from ptq_deploy import checkpoint, probe
 from ptq_deploy.engine import args, heap, memory
 from ptq_deploy.engine.config import EngineConfig, EngineInfo, ResolvedEngine
-from ptq_deploy.envs import home
+from ptq_deploy.environments import home
 from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError, one_line
 from ptq_deploy.hardware import HardwareInfo, detect
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+import resource
+import threading
 
 from pydantic import BaseModel
 
-from ptq_deploy import nvml
+from ptq_deploy.hardware import nvml
 
 GIB = 2**30
 RSS_DELTA = "engine's own: RSS delta over the process before loading"
@@ -91,3 +93,52 @@ def measure(base: Baseline, gpus: bool, log_text: str = "") -> EngineMemory:
             own, source = max(used - base.gpu_used_bytes, 0), GPU_DELTA
     return EngineMemory(source=source, own_bytes=own, rss_before_load_bytes=base.rss_bytes,
                         rss_after_load_bytes=after, gpu_process_bytes=gpu, **parse_memory_log(log_text))
+
+
+class PeakSampler:
+    """Samples the process-tree RSS (and GPU memory) in a thread; ``.peak_rss``/``.peak_gpu``, ``.n``, and the
+    first sample (taken on entering) as ``.first_rss``/``.first_gpu``, so a peak always spans its starting point
+    (RSS can fall between two separate readings: freed pages go back to the OS).
+
+    ``high_water_mark`` (this process only): also the kernel's peak RSS where it rose during the block, which
+    catches a spike between samples; it covers the whole process life, so a peak reached earlier (an
+    in-process run before this one) is not counted."""
+
+    def __init__(self, pid: int | None = None, interval_s: float = 0.05, gpu: bool = False,
+                 high_water_mark: bool = False):
+        self.pid, self.interval, self.gpu, self.high_water_mark = pid, interval_s, gpu, high_water_mark
+        self._maxrss0 = 0
+        self.peak_rss, self.peak_gpu, self.n = 0, None, 0
+        self.first_rss, self.first_gpu = 0, None
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self):
+        rss = tree_rss(self.pid)
+        g = nvml.memory_used() if self.gpu else None
+        if self.n == 0:
+            self.first_rss, self.first_gpu = rss, g
+        self.peak_rss = max(self.peak_rss, rss)
+        if g is not None:
+            self.peak_gpu = max(self.peak_gpu or 0, g)
+        self.n += 1
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        if self.high_water_mark:
+            self._maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self._sample()
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(timeout=5)
+        self._sample()
+        if self.high_water_mark and (maxrss := resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) > self._maxrss0:
+            self.peak_rss = max(self.peak_rss, maxrss * 1024)  # KiB on Linux
+        return False

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from ptq_deploy import engine
-from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError, one_line
 from ptq_deploy.checkpoint import ct_compat
+from ptq_deploy.engine.server import Server
+from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError, one_line
 from ptq_deploy.eval.config import EvalConfig
 from ptq_deploy.eval.result import EngineSummary, EvalSettings
 from ptq_deploy.hardware import HardwareInfo, detect
-from ptq_deploy.perf.server import Server
 
 SERVER = "server"  # model_args key of a data-parallel vllm backend: the ResolvedEngine a `vllm serve` runs
 SERVE_FROM_DATA_PARALLEL = 2  # data_parallel_size from which the vllm backend scores a `vllm serve`

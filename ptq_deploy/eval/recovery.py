@@ -20,8 +20,7 @@ from typing import Any
 
 from ptq_deploy.errors import UsageError
 from ptq_deploy.eval.result import EvalResult, EvalSettings, Recovery, TaskResult
-
-Z95 = 1.959963984540054
+from ptq_deploy.stats import Z95, paired_bootstrap
 
 
 def aggregation_for(metric: str, name: str | None = None) -> Callable[[Sequence[Any]], float] | None:
@@ -34,33 +33,6 @@ def aggregation_for(metric: str, name: str | None = None) -> Callable[[Sequence[
         return registry.get_metric_aggregation(metric)
     except Exception:
         return None
-
-
-def paired_bootstrap(base: Sequence[Any], quant: Sequence[Any], agg: Callable[[Sequence[Any]], float],
-                     iters: int = 1000, seed: int = 0) -> tuple[float, tuple[float, float]]:
-    """Bootstrap of ``agg(quant) - agg(base)`` resampling the same documents on both sides.
-
-    Returns ``(stderr, (ci95_low, ci95_high))``; deterministic for a given seed.
-    """
-    import numpy as np
-
-    if len(base) != len(quant) or len(base) < 2:
-        raise ValueError("paired bootstrap needs two equally long per-sample lists (n >= 2)")
-    n = len(base)
-    idx = np.random.default_rng(seed).integers(0, n, size=(iters, n))
-    deltas = np.array([agg([quant[i] for i in row]) - agg([base[i] for i in row]) for row in idx.tolist()])
-    lo, hi = np.percentile(deltas, [2.5, 97.5])
-    return float(deltas.std(ddof=1)), (float(lo), float(hi))
-
-
-def bootstrap_stderr(values: Sequence[Any], agg: Callable[[Sequence[Any]], float], iters: int = 1000,
-                     seed: int = 0) -> float:
-    """Bootstrap stderr of ``agg(values)`` over documents (for aggregates lm-eval gives no stderr for,
-    e.g. weighted perplexity); deterministic for a given seed."""
-    import numpy as np
-
-    idx = np.random.default_rng(seed).integers(0, len(values), size=(iters, len(values)))
-    return float(np.std([agg([values[i] for i in row]) for row in idx.tolist()], ddof=1))
 
 
 def check_settings(baseline: EvalResult, settings: EvalSettings) -> None:

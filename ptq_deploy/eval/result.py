@@ -7,8 +7,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from ptq_deploy.eval.config import EvalConfig
 from ptq_deploy.engine.config import nest_v1_fields
+from ptq_deploy.eval.config import EvalConfig
 from ptq_deploy.results import ResultEnvelope
 from ptq_deploy.results.envelope import v1_identity
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from ptq_deploy import checkpoint
+from ptq_deploy import checkpoint, stats
 from ptq_deploy.engine import heap, vllm_version_shim
 from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.eval import backend, recovery
@@ -176,7 +176,7 @@ def task_results(out: dict[str, Any], cfg: EvalConfig) -> dict[str, TaskResult]:
             for name, mv in metrics.items():
                 agg = recovery.aggregation_for(name.partition(",")[0], mv.aggregation)
                 if mv.stderr is None and agg and len(per.values.get(name, [])) >= 2:
-                    mv.stderr = recovery.bootstrap_stderr(per.values[name], agg, cfg.bootstrap_iters, cfg.engine.seed)
+                    mv.stderr = stats.bootstrap_stderr(per.values[name], agg, cfg.bootstrap_iters, cfg.engine.seed)
                     mv.stderr_source = "bootstrap"
         tasks[task] = TaskResult(
             task=task, metrics=metrics, n_shot=out.get("n-shot", {}).get(task), n_samples=out.get("n-samples", {}).get(task, {}),

@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from ptq_deploy import checkpoint, schemes
+from ptq_deploy import checkpoint
 from ptq_deploy.checkpoint import TensorEntry
+from ptq_deploy.compress import schemes
 from ptq_deploy.errors import PtqError
 from ptq_deploy.inspection import findings as checks
 from ptq_deploy.inspection.aggregate import aggregate, bits_per_weight

@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ptq_deploy import probe, schemes
+from ptq_deploy import probe
 from ptq_deploy.checkpoint import CheckpointMetadata, Quantization, SafetensorsFile, TensorEntry
+from ptq_deploy.checkpoint.grid import FakeQuant
+from ptq_deploy.compress import schemes
 from ptq_deploy.errors import PtqError
-from ptq_deploy.fakequant import FakeQuant
 from ptq_deploy.hardware import detect
+from ptq_deploy.hardware.support import hardware_for, kv_cache_support, scheme_support
 from ptq_deploy.inspection.architecture import Module
 from ptq_deploy.inspection.report import HardwareFit, LinearLayer
-from ptq_deploy.support import hardware_for, kv_cache_support, scheme_support
 
 
 def summarise_proof(q: Quantization, linears: list[LinearLayer], find, fake: FakeQuant | None = None) -> None:

@@ -1,7 +1,7 @@
 """The verifier of a fake-quantized (POT / APOT) checkpoint, keyed off ``ptq_deploy.json``'s ``fake_quant``
 (such a checkpoint has no ``quantization_config``): every targeted Linear's weight is read (it is stored
 dense, so the proof is in the values, not the dtypes) and each group must hold at most ``2^bits``
-distinct values, each a declared level times the group's scale (``fakequant.check_levels``).
+distinct values, each a declared level times the group's scale (``checkpoint.grid.check_levels``).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptq_deploy.checkpoint import TensorEntry
-from ptq_deploy.fakequant import check_levels
+from ptq_deploy.checkpoint.grid import check_levels
+from ptq_deploy.compress.schemes import linear_targets
 from ptq_deploy.inspection.architecture import Module
-from ptq_deploy.schemes import linear_targets
 
 FLOAT16 = {"BF16", "F16", "F32"}
 

@@ -8,10 +8,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ptq_deploy.checkpoint import CheckpointMetadata, Quantization, SafetensorsFile, TensorEntry
+from ptq_deploy.hardware.support import Support
 from ptq_deploy.models import DEFAULT_ALIASES, DEFAULT_MODEL
 from ptq_deploy.results import ResultEnvelope
 from ptq_deploy.results.envelope import v1_identity
-from ptq_deploy.support import Support
 
 Severity = Literal["error", "warning", "info"]
 

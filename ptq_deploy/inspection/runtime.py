@@ -8,46 +8,10 @@ from pathlib import Path
 
 from ptq_deploy import engine, probe
 from ptq_deploy.checkpoint import Quantization
+from ptq_deploy.engine.kernels import vllm_linear_kernels
 from ptq_deploy.errors import NotRunnableHere, PtqError
 from ptq_deploy.hardware import detect
 from ptq_deploy.inspection.report import RuntimeInfo
-
-
-def vllm_linear_kernels(model) -> dict[str, int]:
-    """Runs inside a vLLM worker: ``"method / scheme / kernel" -> count`` over the Linear modules."""
-    from vllm.model_executor.layers.linear import LinearBase  # runs where vLLM is loaded
-
-    found: Counter = Counter()
-    for _, mod in model.named_modules():
-        if not isinstance(mod, LinearBase):
-            continue
-        qm = getattr(mod, "quant_method", None)
-        parts = [type(qm).__name__ if qm is not None else "none"]
-        sch = getattr(mod, "scheme", None) or getattr(qm, "scheme", None)
-        if sch is not None:
-            parts.append(type(sch).__name__)
-        kernels = [type(v).__name__ for obj in (sch, qm) if obj is not None for v in vars(obj).values()
-                   if "Kernel" in type(v).__name__]
-        parts += sorted(set(kernels)) or []
-        found[" / ".join(parts)] += 1
-    return dict(found)
-
-
-def vllm_attention_backends(model) -> dict[str, int]:
-    """Runs inside a vLLM worker: attention backend class -> count over the attention layers."""
-    found: Counter = Counter()
-    for _, mod in model.named_modules():
-        backend = getattr(mod, "attn_backend", None)
-        if backend is not None and hasattr(mod, "kv_cache_dtype"):
-            found[getattr(backend, "__name__", type(backend).__name__)] += 1
-    return dict(found)
-
-
-def main_kernel(kernels: dict[str, int]) -> str | None:
-    """The kernel most quantized Linear layers use (the last part of ``vllm_linear_kernels``' key)."""
-    quantized = {k: n for k, n in kernels.items() if not k.startswith("UnquantizedLinearMethod")}
-    pick = quantized or kernels
-    return max(pick, key=pick.get).split(" / ")[-1] if pick else None
 
 
 def runtime(path: Path, q: Quantization, max_position: int | None, find) -> RuntimeInfo:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ptq_deploy.checkpoint import Quantization, TensorEntry
-from ptq_deploy.fakequant import FakeQuant
+from ptq_deploy.checkpoint.grid import FakeQuant
 from ptq_deploy.inspection.architecture import Module
 from ptq_deploy.inspection.levels import verify_fake_quant
 from ptq_deploy.inspection.report import LinearLayer

@@ -7,11 +7,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from ptq_deploy.eval.recovery import paired_bootstrap
 from ptq_deploy.kvcache.longctx import PasskeySample
 from ptq_deploy.kvcache.methods import KVMethod
 from ptq_deploy.kvcache.result import Delta, KVFinding, MethodResult, PasskeyCell, Samples
-from ptq_deploy.stats import Summary
+from ptq_deploy.stats import Summary, paired_bootstrap
 
 
 def mean(values: Sequence[float]) -> float:

@@ -13,13 +13,13 @@ import hashlib
 import json
 import random
 from functools import lru_cache
-from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from ptq_deploy import DATA_DIR
 from ptq_deploy.errors import UsageError
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "longctx"
+DATA = DATA_DIR / "longctx"
 SOURCE = "Debian r-cran-janeaustenr 1.0.0-1 (MIT; text public domain), see scripts/build_kv_data.py"
 HEAD = ("There is an important piece of information hidden inside a lot of irrelevant text. "
         "Find it and memorize it. I will quiz you about it.\n\n")

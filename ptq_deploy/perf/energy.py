@@ -11,7 +11,7 @@ import contextlib
 
 from pydantic import BaseModel
 
-from ptq_deploy import nvml
+from ptq_deploy.hardware import nvml
 from ptq_deploy.stats import Summary
 
 SOURCE = "NVML total energy counter (nvmlDeviceGetTotalEnergyConsumption), GPUs {gpus}"

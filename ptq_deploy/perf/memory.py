@@ -3,54 +3,12 @@ the GPUs (NVML), and the KV-cache capacity vLLM allocated, as tokens and as sequ
 
 from __future__ import annotations
 
-import threading
-
 from pydantic import BaseModel
 
-from ptq_deploy import nvml
-from ptq_deploy.engine.memory import EngineMemory, tree_rss
+from ptq_deploy.engine.memory import EngineMemory
 
 # contexts the capacity is reported at (what deployment questions start from)
 CAPACITY_CONTEXTS = (4096, 32768)
-
-
-class PeakSampler:
-    """Samples the process-tree RSS (and GPU memory) in a thread; ``.peak_rss``/``.peak_gpu``, ``.n``, and the
-    first sample (taken on entering) as ``.first_rss``/``.first_gpu``, so a peak always spans its starting point
-    (RSS can fall between two separate readings: freed pages go back to the OS)."""
-
-    def __init__(self, pid: int | None = None, interval_s: float = 0.05, gpu: bool = False):
-        self.pid, self.interval, self.gpu = pid, interval_s, gpu
-        self.peak_rss, self.peak_gpu, self.n = 0, None, 0
-        self.first_rss, self.first_gpu = 0, None
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self):
-        rss = tree_rss(self.pid)
-        g = nvml.memory_used() if self.gpu else None
-        if self.n == 0:
-            self.first_rss, self.first_gpu = rss, g
-        self.peak_rss = max(self.peak_rss, rss)
-        if g is not None:
-            self.peak_gpu = max(self.peak_gpu or 0, g)
-        self.n += 1
-
-    def _run(self):
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._sample()
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join(timeout=5)
-        self._sample()
-        return False
 
 
 class MemoryStats(BaseModel):

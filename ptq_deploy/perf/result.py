@@ -18,6 +18,7 @@ from ptq_deploy.results import ResultEnvelope
 from ptq_deploy.results.envelope import v1_identity
 from ptq_deploy.stats import Summary
 
+
 class LoadStats(BaseModel):
     engine_init_s: Summary | None  # in-process LLM(...) construction (also when another step loaded the engine)
     weights_load_s: float | None = None  # vLLM's "Loading weights took", in-process engine

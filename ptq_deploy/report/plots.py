@@ -21,10 +21,10 @@ from collections.abc import Callable
 from ptq_deploy.report.fmt import num
 from ptq_deploy.report.leaderboard import Leaderboard, Report
 from ptq_deploy.report.row import Row
+from ptq_deploy.stats import Z95
 
 PLOTS = ("quality_vs_throughput", "recovery_by_task", "quality_vs_size", "latency_percentiles")
 OPTIONAL = ("bitwidth_curve",)  # drawn when the results hold what it needs (``has_curve``)
-Z95 = 1.96
 COLOURS = {"baseline": "black", "meets": "tab:green", "fails": "tab:red", "inconclusive": "tab:orange",
            "unmeasured": "grey", None: "grey"}
 

@@ -14,8 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ptq_deploy import schemes
-from ptq_deploy.compress import CalibrationSettings
+from ptq_deploy import DATA_DIR
+from ptq_deploy.compress import CalibrationSettings, schemes
 from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import UsageError, validation_line
 from ptq_deploy.eval.config import EvalOptions
@@ -24,7 +24,7 @@ from ptq_deploy.kvcache.config import KVSettings
 from ptq_deploy.perf.config import PerfSettings
 from ptq_deploy.report.settings import ReportSettings
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "data" / "experiments"
+EXPERIMENTS_DIR = DATA_DIR / "experiments"
 STEPS = ("compress", "inspect", "perf", "eval", "kv")
 
 

@@ -18,7 +18,7 @@ import queue
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 
-from ptq_deploy import schemes
+from ptq_deploy.compress import schemes
 from ptq_deploy.errors import UsageError, one_line
 from ptq_deploy.hardware import detect
 from ptq_deploy.suite.events import SuiteListener

@@ -18,13 +18,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ptq_deploy import probe, schemes
-from ptq_deploy.compress import linear_input_sizes
+from ptq_deploy import probe
+from ptq_deploy.compress import linear_input_sizes, schemes
 from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import HardwareInfo, detect
-from ptq_deploy.models import resolve
 from ptq_deploy.kvcache import methods as kv_methods
+from ptq_deploy.models import resolve
 from ptq_deploy.suite import layout
 from ptq_deploy.suite.experiment import Experiment, ModelSpec
 

@@ -20,7 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ptq_deploy import envs
+from ptq_deploy import environments
 from ptq_deploy.compress import CompressResult
 from ptq_deploy.models import ModelSource
 from ptq_deploy.results import Identity, atomic_write_json, replace_dir, temp_sibling
@@ -33,7 +33,7 @@ def store_dir() -> Path | None:
     env = os.environ.get("PTQ_DEPLOY_CHECKPOINT_CACHE", "")
     if env.lower() in ("off", "0", "false", "no"):
         return None
-    return Path(env) if env else envs.home() / "checkpoints"
+    return Path(env) if env else environments.home() / "checkpoints"
 
 
 def fingerprint(src: ModelSource) -> str:

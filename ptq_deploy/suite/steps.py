@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from ptq_deploy import engine, schemes
+from ptq_deploy import engine
 from ptq_deploy.checkpoint.dequantize import dequantize
-from ptq_deploy.compress import CompressConfig, compress
+from ptq_deploy.compress import CompressConfig, compress, schemes
 from ptq_deploy.errors import PtqError
 from ptq_deploy.eval import EvalConfig, backend, run_eval
 from ptq_deploy.hardware import HardwareInfo

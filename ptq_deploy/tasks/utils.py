@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parent.parent / "data"  # lm-eval loads this file by path
 EVAL_DATA = DATA / "eval"
 
 

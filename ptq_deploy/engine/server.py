@@ -22,10 +22,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ptq_deploy.engine import ResolvedEngine, serve_flags
+from ptq_deploy.engine import ResolvedEngine, serve_flags, vllm_cli
 from ptq_deploy.engine.args import environment
 from ptq_deploy.errors import PtqError
-from ptq_deploy.perf import vllm_cli
 
 
 def free_port() -> int:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from ptq_deploy import devices
-from ptq_deploy.hardware import HardwareInfo
 from ptq_deploy.checkpoint.quant import Quantization, from_recipe
-from ptq_deploy.schemes import Scheme
+from ptq_deploy.compress.schemes import Scheme
+from ptq_deploy.hardware import HardwareInfo, devices
 
 SchemeLike = Scheme | Quantization
 STATIC = "static rules"
@@ -125,7 +124,7 @@ KV_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 
 
 def hardware_for(device: str | None, detected: HardwareInfo) -> HardwareInfo:
-    """``--device h100-sxm`` etc. for what-if questions (``ptq_deploy.devices``); ``None``/``local``: this machine."""
+    """``--device h100-sxm`` etc. for what-if questions (``ptq_deploy.hardware.devices``); ``None``/``local``: this machine."""
     if device in (None, "local"):
         return detected
     if device == "cpu":

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from ptq_deploy.bundle import version_tuple
+from ptq_deploy.environments.bundle import version_tuple
 from ptq_deploy.errors import BundleError
 
 MAX_SDIST_BUILDS = 10

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import difflib
 from functools import lru_cache
-from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from ptq_deploy import DATA_DIR
 from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import GPUInfo
 
-DEVICES_FILE = Path(__file__).resolve().parent / "data" / "devices.yaml"
+DEVICES_FILE = DATA_DIR / "devices.yaml"
 # the other values ``--device`` accepts
 LOCAL_CHOICES = ("local", "cpu")
 

@@ -1,7 +1,7 @@
 """Every result kind, read back through one discriminated union on ``kind``.
 
-Kept apart from ``ptq_deploy.results`` (which each result module imports for its envelope):
-``read_result`` needs every result module.
+In the report layer, above every job (``ptq_deploy.results`` holds only the envelope each result module
+imports): ``read_result`` needs every result module.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ interpreter as a subprocess; a user never has to name it. Point at your own inte
 ``--compress-python`` / ``--runtime-python`` or ``PTQ_DEPLOY_COMPRESS_PYTHON`` /
 ``PTQ_DEPLOY_RUNTIME_PYTHON``.
 
-This module is stdlib-only: ``python3 -m ptq_deploy.envs setup`` bootstraps everything from a bare
+This module is stdlib-only: ``python3 -m ptq_deploy.environments setup`` bootstraps everything from a bare
 interpreter (that is what ``make setup`` runs). For a host with no index, ``bundle`` gathers both
 environments' wheels here and ``setup --from-bundle DIR`` installs them there (``bundle``,
 ``bundle_build``, ``bundle_resolve``).
@@ -33,7 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-from ptq_deploy import bundle, bundle_build, bundle_resolve
+from ptq_deploy.environments import build as bundle_build
+from ptq_deploy.environments import bundle
+from ptq_deploy.environments import resolve as bundle_resolve
 from ptq_deploy.errors import BundleError, PtqError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -155,7 +157,25 @@ def setup(role: str, acc: str | None = None, quiet: bool = False) -> Path:
           str(REPO_ROOT)], log)
     stamp_path.write_text(json.dumps(_stamp(role, acc), indent=2))
     print(f"[ptq-deploy] {role} environment ready in {time.time() - t0:.0f} s", flush=True)
+    if role == "runtime":
+        link_cli(py)
     return py
+
+
+def cli_dir() -> Path:
+    """``$PTQ_DEPLOY_HOME/bin``: where ``setup`` links the runtime environment's ``ptq-deploy`` (put it on PATH)."""
+    return home() / "bin"
+
+
+def link_cli(runtime_python: Path) -> Path:
+    """Link the runtime environment's console script into ``cli_dir()``, replacing an older link."""
+    link = cli_dir() / "ptq-deploy"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".ptq-deploy.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(runtime_python).parent / "ptq-deploy")
+    os.replace(tmp, link)
+    return link
 
 
 def setup_from_bundle(directory: Path, roles: tuple[str, ...] | None = None) -> dict[str, Path]:
@@ -176,7 +196,7 @@ def setup_from_bundle(directory: Path, roles: tuple[str, ...] | None = None) -> 
         print(f"[ptq-deploy] installing {role} environment from bundle {directory} -> {target} (no index; "
               f"log: {log})", flush=True)
         py = bundle.install_role(directory, manifest, role, target, log)
-        found = probe(str(py))
+        found = interpreter_info(str(py))
         if "error" in found:
             raise BundleError(f"{role} environment from the bundle does not start: {found['error']}")
         if manifest["target"].get("torch_present") and "torch" not in found["packages"]:
@@ -185,6 +205,8 @@ def setup_from_bundle(directory: Path, roles: tuple[str, ...] | None = None) -> 
         (target / STAMP).write_text(json.dumps(bundle.stamp(directory), indent=2))
         print(f"[ptq-deploy] {role} environment ready ({len(manifest['roles'][role]['wheels'])} wheels): "
               + ", ".join(f"{k} {v}" for k, v in found["packages"].items()), flush=True)
+        if role == "runtime":
+            link_cli(py)
         pythons[role] = py
     return pythons
 
@@ -245,10 +267,10 @@ def info() -> dict:
     return {"python": sys.version.split()[0], "executable": sys.executable, "packages": package_versions()}
 
 
-def probe(python: str, timeout: float = 60) -> dict:
+def interpreter_info(python: str, timeout: float = 60) -> dict:
     """Run :func:`info` in another interpreter; ``{"error": ...}`` when it cannot start."""
     try:
-        proc = subprocess.run([python, "-m", "ptq_deploy.envs", "info"], capture_output=True, text=True,
+        proc = subprocess.run([python, "-m", "ptq_deploy.environments", "info"], capture_output=True, text=True,
                               timeout=timeout, env=subprocess_env())
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"error": str(e)}
@@ -263,7 +285,7 @@ def _target(args: argparse.Namespace) -> bundle_resolve.Target:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m ptq_deploy.envs", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m ptq_deploy.environments", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("setup", help="create/update the managed environments (idempotent)")
     s.add_argument("--role", choices=[*ROLES, "all"], default="all")
@@ -324,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             target = _target(args)
             out = bundle_build.make_lock(args.output, args.role, target, args.requirements,
                                          bundle_resolve.resolver_python(target.python, args.resolver_python),
-                                         REPO_ROOT, home() / SDIST_WHEELS, "python3 -m ptq_deploy.envs "
+                                         REPO_ROOT, home() / SDIST_WHEELS, "python3 -m ptq_deploy.environments "
                                          + shlex.join(argv), args.project, tuple(args.unresolved))
             print(f"[ptq-deploy] wrote {out}")
         elif args.cmd == "bundle":
@@ -348,7 +370,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

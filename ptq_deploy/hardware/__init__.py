@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ptq_deploy import nvml
+from ptq_deploy.hardware import nvml
 
 
 class GPUInfo(nvml.DeviceReading):

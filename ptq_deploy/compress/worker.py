@@ -1,7 +1,7 @@
 """The compress-environment side of ``compress``: llmcompressor ``oneshot`` (or ``fakequant`` for POT /
 APOT) on a resolved job.
 
-Run as ``python -m ptq_deploy.compress_worker JOB.json RESULT.json`` by the CLI, or in-process via
+Run as ``python -m ptq_deploy.compress.worker JOB.json RESULT.json`` by the CLI, or in-process via
 :func:`run` when llmcompressor is importable. Writes the checkpoint into ``job.work_dir``; the
 caller renames it into place.
 """
@@ -9,16 +9,15 @@ caller renames it into place.
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import warnings
 from pathlib import Path
 
-from ptq_deploy.compress import WorkerJob, WorkerResult
+from ptq_deploy.compress.config import WorkerJob, WorkerResult
+from ptq_deploy.engine.memory import PeakSampler
 from ptq_deploy.errors import PtqError
 
 
@@ -48,37 +47,6 @@ def _guard_awq_without_accelerator() -> None:
     from llmcompressor.pipelines.cache import IntermediatesCache
 
     IntermediatesCache.pin_memory = lambda self, *a, **k: None
-
-
-class _PeakRSS:
-    """This process's peak RSS during the block: sampled in the background, and the kernel's high-water mark
-    where it rose during the block (it covers the whole process life, so a peak reached earlier, by an
-    in-process run before this one, is not this run's)."""
-
-    def __init__(self, interval: float = 0.2):
-        import psutil
-
-        self._proc, self._interval, self.peak = psutil.Process(), interval, 0
-        self._maxrss0 = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(self._interval)
-
-    def __enter__(self):
-        self._maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        if maxrss > self._maxrss0:  # the high-water mark was set during the block
-            self.peak = max(self.peak, maxrss * 1024)
 
 
 def _dtype(job: WorkerJob):
@@ -119,7 +87,7 @@ def _compress(job: WorkerJob) -> WorkerResult:
                   f"params, {model.dtype}) in {time.perf_counter() - t0:.1f} s")
     calib_info, t_cal, fake = None, 0.0, None
     if job.fake_quant is not None:
-        from ptq_deploy.fakequant import quantize_model
+        from ptq_deploy.compress.fakequant import quantize_model
 
         t1 = time.perf_counter()
         with status(f"{job.scheme}: snapping weights to the {job.fake_quant.method.upper()} grid"):
@@ -177,7 +145,7 @@ def _compress(job: WorkerJob) -> WorkerResult:
 
 
 def _log_path() -> Path:
-    from ptq_deploy.envs import home
+    from ptq_deploy.environments import home
 
     d = home() / "logs"
     d.mkdir(parents=True, exist_ok=True)
@@ -191,9 +159,9 @@ def run(job: WorkerJob) -> WorkerResult:
     try:
         if torch.cuda.is_available():  # the peak of this run, not of what ran before it in this process
             torch.cuda.reset_peak_memory_stats()
-        with _PeakRSS() as peak:
+        with PeakSampler(interval_s=0.2, high_water_mark=True) as peak:
             res = _compress(job)
-        res.peak_rss_bytes = peak.peak
+        res.peak_rss_bytes = peak.peak_rss
         return res
     except PtqError as e:
         return WorkerResult(ok=False, error=str(e), exit_code=e.exit_code)
@@ -215,7 +183,7 @@ def run(job: WorkerJob) -> WorkerResult:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m ptq_deploy.compress_worker JOB.json RESULT.json", file=sys.stderr)
+        print("usage: python -m ptq_deploy.compress.worker JOB.json RESULT.json", file=sys.stderr)
         return 2
     job = WorkerJob.model_validate_json(Path(argv[0]).read_text())
     res = run(job)

@@ -1,7 +1,7 @@
 """Scheme registry: one YAML file per scheme in ``ptq_deploy/data/schemes/`` (adding a scheme = adding a file).
 
 Each file holds the scheme's metadata and a real llmcompressor recipe under ``recipe:``, or, for the
-research methods no library ships (``method: pot | apot``, ``ptq_deploy.fakequant``), their bits and
+research methods no library ships (``method: pot | apot``, ``ptq_deploy.compress.fakequant``), their bits and
 terms: those are ``quality_only`` (weights on the grid, stored dense; measured for quality, never
 deployed). The files are package data, so an installed wheel has the same registry as a checkout.
 """
@@ -19,12 +19,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.table import Table
 
+from ptq_deploy import DATA_DIR
+from ptq_deploy.checkpoint.grid import IGNORE as FAKE_QUANT_IGNORE
+from ptq_deploy.checkpoint.grid import FakeQuantSpec, magnitudes
 from ptq_deploy.checkpoint.quant import QUANT_MODIFIERS, from_recipe, modifiers
 from ptq_deploy.errors import UsageError
-from ptq_deploy.fakequant import IGNORE as FAKE_QUANT_IGNORE, FakeQuantSpec, magnitudes
 from ptq_deploy.kvcache import methods as kv_methods
 
-SCHEMES_DIR = Path(__file__).resolve().parent / "data" / "schemes"
+SCHEMES_DIR = DATA_DIR / "schemes"
 INT_BITS = {"bf16": 16, "fp8": 8, "int8": 8, "int4": 4, "int3": 3, "int2": 2}
 WeightKind = Literal["bf16", "fp8", "int8", "int4", "int3", "int2", "pot", "apot"]
 
@@ -103,7 +105,7 @@ class ResolvedRecipe(BaseModel):
     kv_cache: str
     needs_calibration: bool
     ignore: list[str]
-    fake_quant: FakeQuantSpec | None = None  # pot / apot: done by ptq_deploy.fakequant, not llmcompressor
+    fake_quant: FakeQuantSpec | None = None  # pot / apot: done by ptq_deploy.compress.fakequant, not llmcompressor
 
     def to_yaml(self) -> str:
         if self.fake_quant is not None:

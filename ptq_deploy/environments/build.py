@@ -17,8 +17,18 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ptq_deploy.bundle import FORMAT, WHEELS, sha256, write_manifest
-from ptq_deploy.bundle_resolve import Pkg, Target, check_pip, left_out, norm, pip_version, resolve, run_pip, wheel_fits
+from ptq_deploy.environments.bundle import FORMAT, WHEELS, sha256, write_manifest
+from ptq_deploy.environments.resolve import (
+    Pkg,
+    Target,
+    check_pip,
+    left_out,
+    norm,
+    pip_version,
+    resolve,
+    run_pip,
+    wheel_fits,
+)
 from ptq_deploy.errors import BundleError
 
 PROJECT = "ptq-deploy"
