@@ -140,7 +140,7 @@ def compress(
     compress_python: Optional[str] = COMPRESS_PY,
 ):
     """Compress MODEL with a scheme into a vLLM-loadable compressed-tensors checkpoint."""
-    from ptq_deploy.compress import Plan
+    from ptq_deploy.compress import CompressPlan
     from ptq_deploy.compress import compress as run
 
     cfg = CompressConfig(model=model, scheme=scheme, recipe_file=recipe, output=output, group_size=group_size,
@@ -151,7 +151,7 @@ def compress(
                          sequential_targets=sequential_targets or None, threads=threads, force=force,
                          dry_run=dry_run, compress_python=compress_python)
     res = run(cfg)
-    if isinstance(res, Plan):
+    if isinstance(res, CompressPlan):
         out.print(res.describe())
         out.print(res.resolved.to_yaml() or "# no recipe: plain bf16 copy", markup=False)
         return
@@ -345,7 +345,7 @@ def perf(
     res = run_perf(cfg, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     for t in summary_tables(res):
         out.print(t)
-    out.print(f"[green]wrote[/green] {res.output_path}")
+    out.print(f"[green]wrote[/green] {res.path}")
 
 
 # ---------------------------------------------------------------- inspect

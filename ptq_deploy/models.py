@@ -8,7 +8,6 @@ llmcompressor all load it like any HF model.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import json
 import re
@@ -21,6 +20,7 @@ from pydantic import BaseModel
 
 from ptq_deploy import DATA_DIR
 from ptq_deploy.environments import home
+from ptq_deploy.environments.bundle import sha256
 from ptq_deploy.errors import UsageError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -47,14 +47,6 @@ class ModelSource(BaseModel):
     gguf_sha256: str | None = None
     origin: str | None = None
     license: str | None = None
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def embedded_gguf() -> Path:
@@ -130,7 +122,7 @@ def gguf_to_hf(gguf: Path, cache_dir: Path | None = None) -> ModelSource:
     from ptq_deploy.results import atomic_dir
 
     gguf = gguf.resolve()
-    digest = sha256_file(gguf)
+    digest = sha256(gguf)
     out = (cache_dir or home() / "models") / f"{gguf.stem}-{digest[:12]}"
     src = ModelSource(spec=str(gguf), kind="gguf", path=str(out), gguf_file=str(gguf), gguf_sha256=digest)
     if (out / "config.json").is_file():

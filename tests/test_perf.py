@@ -110,7 +110,7 @@ def check_serving(r: PerfResult, cfg: PerfConfig):
 
 
 def reload(r: PerfResult) -> PerfResult:
-    p = Path(r.output_path)
+    p = Path(r.path)
     assert p.is_file() and not list(p.parent.glob(f".{p.name}.*.tmp"))
     assert p.name.startswith(f"{r.identity.model}_{r.identity.scheme}_") and p.suffix == ".json"
     return PerfResult.read(p)

@@ -51,7 +51,7 @@ class CompressResult(ResultEnvelope):
         return v1_identity(data, name, data.get("scheme"), data.get("output"), data.get("kv_cache"))
 
 
-class Plan(BaseModel):
+class CompressPlan(BaseModel):
     config: CompressConfig
     scheme: schemes.Scheme
     resolved: schemes.ResolvedRecipe
@@ -95,7 +95,7 @@ def linear_input_sizes(source: ModelSource, trust_remote_code: bool = False) -> 
     return {n: m.in_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
-def plan(cfg: CompressConfig) -> Plan:
+def plan(cfg: CompressConfig) -> CompressPlan:
     """Validate everything cheap before any minutes are spent: scheme, output, model, group size."""
     scheme = _scheme_for(cfg)
     if not cfg.dry_run:
@@ -108,15 +108,15 @@ def plan(cfg: CompressConfig) -> Plan:
                               modifier_args=cfg.calibration.modifier_args)
     if resolved.recipe is not None or resolved.fake_quant is not None:
         schemes.check_group_size(sizes, resolved.ignore, resolved.group_size)
-    return Plan(config=cfg, scheme=scheme, resolved=resolved, source=source, linear_layers=len(sizes))
+    return CompressPlan(config=cfg, scheme=scheme, resolved=resolved, source=source, linear_layers=len(sizes))
 
 
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def compress(cfg: CompressConfig, the_plan: Plan | None = None) -> CompressResult | Plan:
-    """Run a compression. Returns the :class:`Plan` alone for ``dry_run``."""
+def compress(cfg: CompressConfig, the_plan: CompressPlan | None = None) -> CompressResult | CompressPlan:
+    """Run a compression. Returns the :class:`CompressPlan` alone for ``dry_run``."""
     p = the_plan or plan(cfg)
     if cfg.dry_run:
         return p

@@ -34,11 +34,9 @@ CHUNK = 4 * MIB
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    """The file's SHA-256, hex (every file hash in the project)."""
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from ptq_deploy.engine.config import nest_v1_fields
 from ptq_deploy.eval.config import EvalConfig
@@ -106,19 +105,9 @@ class EvalResult(ResultEnvelope):
     baseline: str | None = None
     recovery: list[Recovery] | None = None
     dequantized_from: str | None = None  # scored on a dense copy of this quantized checkpoint
-    path: str | None = Field(None, exclude=True)  # where it was read from / written to
 
     @classmethod
     def _upgrade_v1(cls, data: dict[str, Any]) -> dict[str, Any]:
         data["config"] = nest_v1_fields(data.get("config") or {})
         data.pop("path", None)
         return v1_identity(data, data.get("model_name"), data.get("scheme"), data.get("checkpoint"))
-
-    @classmethod
-    def read(cls, path: Path) -> "EvalResult":
-        return super().read(path).model_copy(update={"path": str(path)})
-
-    def write_to(self, out_dir: Path) -> Path:
-        path = self.write_new(out_dir)
-        self.path = str(path)
-        return path

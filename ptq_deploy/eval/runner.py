@@ -257,7 +257,7 @@ def run_eval(cfg: EvalConfig, llm=None) -> EvalResult:
         baseline = _evaluate(cfg.model_copy(update={"checkpoint": cfg.baseline, "baseline": None}), base_ckpt[0],
                              base_ckpt[1], base_plan[0], base_plan[1], load_tasks(tm, cfg.tasks), tm)
         if cfg.write:
-            baseline.write_to(cfg.output_dir)
+            baseline.write_new(cfg.output_dir)
     result = _evaluate(cfg, path, identity, settings, args, tasks, tm, llm,
                        against=baseline.settings if baseline is not None else None)
     result.dequantized_from = dequantized_from
@@ -265,5 +265,5 @@ def run_eval(cfg: EvalConfig, llm=None) -> EvalResult:
         result.baseline = baseline.path or baseline.identity.checkpoint
         result.recovery = recovery.compare(baseline, result, iters=cfg.bootstrap_iters, seed=cfg.engine.seed)
     if cfg.write:
-        result.write_to(cfg.output_dir)
+        result.write_new(cfg.output_dir)
     return result

@@ -16,7 +16,7 @@ from typing import Any
 from ptq_deploy.checkpoint import Quantization, TensorEntry
 from ptq_deploy.checkpoint.grid import FakeQuant
 from ptq_deploy.inspection.architecture import Module
-from ptq_deploy.inspection.levels import verify_fake_quant
+from ptq_deploy.inspection.grid_check import verify_fake_quant
 from ptq_deploy.inspection.report import LinearLayer
 
 FLOAT16 = {"BF16", "F16", "F32", "F64"}

@@ -10,10 +10,9 @@ finding and goes to ``rejected``, never to ``methods``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from ptq_deploy.kvcache.config import KVSettings
 from ptq_deploy.results import ResultEnvelope
@@ -99,21 +98,11 @@ class KVResult(ResultEnvelope):
     findings: list[KVFinding] = []
     data: dict[str, Any] = {}  # provenance of the samples: source, hashes, tokenizer, seed
     prefill_s: float = 0.0  # full-precision prefills, shared by every method
-    path: str | None = Field(None, exclude=True)  # where it was read from / written to
 
     def file_name(self) -> str:
         """``<model>_<scheme>_kv_<time>.json`` (beside eval results, told apart by name)."""
         stem = super().file_name()
         return stem.replace(f"_{stem.rsplit('_', 1)[-1]}", f"_kv_{stem.rsplit('_', 1)[-1]}")
-
-    def write_to(self, out_dir: Path) -> Path:
-        path = self.write_new(out_dir)
-        self.path = str(path)
-        return path
-
-    @classmethod
-    def read(cls, path: Path) -> "KVResult":
-        return super().read(path).model_copy(update={"path": str(path)})
 
     @property
     def ok(self) -> bool:

@@ -107,5 +107,5 @@ def run_kv(cfg: KVConfig, progress: Callable[[str], None] | None = None) -> KVRe
                    methods=got.rows, rejected=got.rejected, findings=got.findings, prefill_s=got.prefill_s,
                    data=longctx.provenance(str(path), settings.passkey, docs))
     if cfg.write:
-        res.write_to(cfg.output_dir)
+        res.write_new(cfg.output_dir)
     return res

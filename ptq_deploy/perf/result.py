@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from ptq_deploy.engine import EngineInfo
 from ptq_deploy.engine.config import nest_v1_fields
@@ -41,7 +41,6 @@ class PerfResult(ResultEnvelope):
     roofline: Roofline | None
     serving: ServingStats | None
     threads: dict[str, str | int | None] = {}  # torch threads / OMP_NUM_THREADS of the in-process engine
-    output_path: str | None = Field(None, exclude=True)  # where ``run_perf`` wrote it
 
     @classmethod
     def _upgrade_v1(cls, data: dict[str, Any]) -> dict[str, Any]:

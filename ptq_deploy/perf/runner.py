@@ -110,7 +110,7 @@ def run_perf(cfg: PerfConfig, llm=None, info: engine.EngineInfo | None = None, h
                      workload=winfo, load=load, memory=memory, latency=latency, throughput=throughput,
                      roofline=roof, serving=serve)
     if cfg.write:
-        res.output_path = str(res.write_new(cfg.output_dir))
+        res.write_new(cfg.output_dir)
     return res
 
 

@@ -1,7 +1,7 @@
 """``collect(results_dir)``: one typed ``Row`` per model x cell of a suite results dir.
 
 Reading is ``cells``' job, quality figures (scores, recoveries with their 95% intervals, verdicts)
-``quality``'s, speed and size figures ``figures``'; every figure is measured against the model's
+``quality``'s, speed and size figures ``measures``'; every figure is measured against the model's
 baseline cell (``experiment.yaml``'s ``baseline``, default BF16) and rounded once (``row.sig``).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ptq_deploy.report import figures, quality
+from ptq_deploy.report import measures, quality
 from ptq_deploy.report.cells import baseline_scheme, load_cells
 from ptq_deploy.report.row import Row
 
@@ -35,6 +35,6 @@ def collect(root: Path, baseline: str | None = None, iters: int = 1000, seed: in
                   status=status, reasons=reasons, status_text=text, notes=list(c.problems))
         base = bases.get(c.model)
         quality.fill(row, c, base, iters, seed)
-        figures.fill(row, c, base)
+        measures.fill(row, c, base)
         rows.append(row)
     return rows

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ptq_deploy.errors import UsageError
 from ptq_deploy.provenance import Provenance
@@ -48,6 +48,7 @@ class ResultEnvelope(BaseModel):
     started_at: str
     wall_time_s: float = 0.0
     provenance: Provenance | None = None
+    path: str | None = Field(None, exclude=True)  # the file it was read from or written to (not stored)
 
     UPGRADES_V1: ClassVar[bool] = True
 
@@ -72,17 +73,21 @@ class ResultEnvelope(BaseModel):
         return atomic_write_json(Path(path), self, force=force)
 
     def write_new(self, out_dir: Path) -> Path:
-        """Write into ``out_dir`` under a fresh name (``-2``, ``-3``... when the time-stamped one exists)."""
+        """Write into ``out_dir`` under a fresh name (``-2``, ``-3``... when the time-stamped one exists); ``path``
+        is then that file."""
         base = Path(out_dir) / self.file_name()
         path, i = base, 1
         while path.exists():
             i += 1
             path = base.with_name(f"{base.stem}-{i}.json")
-        return self.write(path)
+        self.path = str(self.write(path))
+        return Path(self.path)
 
     @classmethod
     def read(cls, path: Path):
-        return read_json(path, cls.model_validate_json, f"ptq-deploy {cls.__name__}")
+        res = read_json(path, cls.model_validate_json, f"ptq-deploy {cls.__name__}")
+        res.path = str(path)
+        return res
 
 
 def read_json(path: Path, validate: Callable[[str], Any], what: str):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,7 +25,8 @@ from ptq_deploy.perf.config import PerfSettings
 from ptq_deploy.report.settings import ReportSettings
 
 EXPERIMENTS_DIR = DATA_DIR / "experiments"
-STEPS = ("compress", "inspect", "perf", "eval", "kv")
+Step = Literal["compress", "inspect", "perf", "eval", "kv"]
+STEPS: tuple[str, ...] = get_args(Step)
 
 
 class ModelSpec(BaseModel):
@@ -85,7 +86,7 @@ class Experiment(BaseModel):
     perf: PerfSettings = Field(default_factory=PerfSettings)
     eval: ExperimentEval = Field(default_factory=ExperimentEval)
     kv: ExperimentKV = Field(default_factory=ExperimentKV, description="the long-context KV-cache measurements")
-    steps: list[Literal["compress", "inspect", "perf", "eval", "kv"]] = list(STEPS)
+    steps: list[Step] = list(STEPS)
     report: ReportSettings = Field(default_factory=ReportSettings, description="the recommendation's constraints")
 
     @property

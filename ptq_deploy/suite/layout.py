@@ -28,7 +28,6 @@ from ptq_deploy import __version__
 from ptq_deploy.results import Identity, ResultEnvelope, atomic_write_text
 from ptq_deploy.timeutil import timestamp
 
-STEPS = ("compress", "inspect", "perf", "eval", "eval-hf", "kv")
 Status = Literal["ok", "failed", "not_runnable", "not_applicable"]
 
 

@@ -1,0 +1,1 @@
+"""``ptq-deploy run``: the models x schemes x KV-cache matrix, planned, run step by step, resumable."""
