@@ -3,8 +3,6 @@ for this vLLM build and hardware when one exists, the static rules otherwise; ``
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
@@ -12,23 +10,11 @@ from rich.table import Table
 
 from ptq_deploy import environments, probe
 from ptq_deploy.compress import schemes
+from ptq_deploy.engine.kernels import brief_reason
 from ptq_deploy.hardware import HardwareInfo, detect
 from ptq_deploy.hardware.support import KV_DTYPES, STATIC, Support
 from ptq_deploy.probe import ProbeResult
 from ptq_deploy.results import SCHEMA_VERSION
-
-# vLLM's "Failed to find a kernel ... Reasons: A cannot implement due to: X B cannot implement due to: Y"
-_KERNEL_REASON = re.compile(r"(\w+?)(?:LinearKernel|Kernel)? cannot implement due to: (.*?)(?=\s+\w+ cannot implement due to:|$)")
-
-
-def brief(reason: str) -> str:
-    """A support note in a table cell: a kernel-selection failure as ``kernel: why`` per kernel vLLM tried,
-    anything else as it is (the probe table below has the whole error)."""
-    pairs = _KERNEL_REASON.findall(reason)
-    if not pairs:
-        return reason
-    head = reason.split("Reasons:")[0].split(":")[-1].strip(" .") if "Reasons:" in reason else ""
-    return (head + ": " if head else "no kernel: ") + "; ".join(f"{k}: {why.rstrip('. ')}" for k, why in pairs)
 
 
 class EnvReport(BaseModel):
@@ -100,7 +86,7 @@ def render(rep: DoctorReport, console: Console) -> None:
     for c in ("scheme / kv-cache", "runs", "kernel", "from", "fast path (static rules)", "note"):
         t.add_column(c, overflow="fold")
     for name, s in [*rep.schemes.items(), *((f"kv {k}", v) for k, v in rep.kv_cache.items())]:
-        note = brief(s.reason)
+        note = brief_reason(s.reason)
         t.add_row(name, "[green]yes[/green]" if s.runnable else "[red]no[/red]", escape(s.kernel),
                   "static" if s.source.startswith(STATIC) else "probe", "yes" if s.fast_path else "no", escape(note))
     console.print(t)

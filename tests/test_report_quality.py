@@ -104,6 +104,19 @@ def test_ready_experiment_97pct_perplexity(ready_report):
     assert "austen_ppl ≥ 97%" in ready_report.constraints.describe()
 
 
+def test_an_interval_the_whole_task_cannot_narrow_enough_says_so(tmp_path):
+    whole = {"effective": CLOZE_N, "original": CLOZE_N}  # every document of the task scored
+    cand = cloze_task(answers(CLOZE_N, CLOZE_OK, gains=3, losses=4)).model_copy(update={"n_samples": whole})
+    root = tmp_path / "results"
+    _baseline(root, cloze_task(answers(CLOZE_N, CLOZE_OK)).model_copy(update={"n_samples": whole}))
+    _cell(root, "CAND", cand, ppl_task(documents(BASE_PPL, 0.1, 0.05)), 500.0)
+    r = _rows(build_report(root))["CAND"]
+    ts = r.tasks["austen_cloze"]
+    assert ts.outcome == "inconclusive" and ts.task_docs == CLOZE_N and ts.n + ts.more_docs > CLOZE_N
+    assert (f"this task cannot resolve it (~{ts.n + ts.more_docs} documents needed, it holds {CLOZE_N})"
+            in r.quality_note) and "more documents needed" not in r.quality_note
+
+
 def _one_candidate(tmp_path: Path, cloze, ppl, tok_s: float = 500.0):
     root = tmp_path / "results"
     _baseline(root)

@@ -1,13 +1,14 @@
 """Results written before the envelope (schema version 1, a real tiny-model suite run by the previous
 release) read back through the one union and render the same leaderboard numbers."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from ptq_deploy.report import build_report
-from ptq_deploy.results import SCHEMA_VERSION
 from ptq_deploy.report.kinds import read_result
+from ptq_deploy.results import SCHEMA_VERSION
 
 V1 = Path(__file__).parent / "data" / "results-v1"
 
@@ -36,3 +37,14 @@ def test_v1_results_render_the_same_leaderboard_numbers():
         for task, ts in row["tasks"].items():
             common = [f for f in ("value", "stderr", "delta", "delta_stderr") if f in new[cell]["tasks"][task]]
             assert {f: new[cell]["tasks"][task][f] for f in common} == {f: ts[f] for f in common}, (cell, task)
+
+
+def test_report_names_a_result_it_cannot_read(cli, tmp_path):
+    root = tmp_path / "results"
+    shutil.copytree(V1, root)
+    bad = root / "results" / "tiny" / "FP8-W8A8" / "eval.json"
+    bad.write_text("{ cut short")
+    p = cli("report", str(root), "-o", str(tmp_path / "r"), "--format", "md")
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("FP8-W8A8:"))
+    assert f"eval: {bad} is not a ptq-deploy result" in line, line

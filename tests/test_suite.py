@@ -236,3 +236,15 @@ def test_a_schemes_own_calibration_reaches_its_compress_step_only(tiny_model, tm
     assert (calib.num_samples, calib.max_seq_len) == (6, 32)  # the texts the compress worker calibrated on
     with pytest.raises(UsageError, match="compress.schemes: INT4-W4A16 is not one of the experiment's schemes"):
         Experiment(**spec, compress={"schemes": {"INT4-W4A16": {"num_samples": 8}}})
+
+
+def test_a_second_run_on_a_held_results_dir_stops_at_once_naming_the_holder(tmp_path):
+    from ptq_deploy.errors import UsageError
+
+    with layout.hold(tmp_path / "r"):
+        with pytest.raises(UsageError, match=rf"{tmp_path / 'r'} is in use by another `ptq-deploy run` "
+                                             rf"\(pid {os.getpid()} on .*, since .*\)"):
+            with layout.hold(tmp_path / "r"):
+                pass
+    with layout.hold(tmp_path / "r"):  # released: the next run takes it
+        pass

@@ -3,6 +3,7 @@ layer (backend). The functions run inside a vLLM worker (``LLM.apply_model``).""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 
@@ -41,3 +42,17 @@ def main_kernel(kernels: dict[str, int]) -> str | None:
     quantized = {k: n for k, n in kernels.items() if not k.startswith("UnquantizedLinearMethod")}
     pick = quantized or kernels
     return max(pick, key=pick.get).split(" / ")[-1] if pick else None
+
+
+# vLLM's "Failed to find a kernel ... Reasons: A cannot implement due to: X B cannot implement due to: Y"
+_KERNEL_REASON = re.compile(r"(\w+?)(?:LinearKernel|Kernel)? cannot implement due to: (.*?)(?=\s+\w+ cannot implement due to:|$)")
+
+
+def brief_reason(reason: str) -> str:
+    """A "cannot run here" reason for a table cell: vLLM's kernel-selection failure as ``kernel: why`` per
+    kernel it tried, anything else as it is (the probe result keeps the whole error)."""
+    pairs = _KERNEL_REASON.findall(reason)
+    if not pairs:
+        return reason
+    head = reason.split("Reasons:")[0].split(":")[-1].strip(" .") if "Reasons:" in reason else ""
+    return (head + ": " if head else "no kernel: ") + "; ".join(f"{k}: {why.rstrip('. ')}" for k, why in pairs)

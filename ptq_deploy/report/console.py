@@ -4,6 +4,7 @@ recommendation, and what excluded or left undecided every other scheme."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ptq_deploy.report.leaderboard import Leaderboard, Report
@@ -42,6 +43,9 @@ def print_report(rep: Report, out: Console) -> None:
             cols = [c for c in quality_only_columns(lb) if c.header in ("method", "bits/weight", "effective GB")
                     or _shown(c)]
             out.print(_rich(table_frame(lb, cols=cols, rows=lb.quality_only), f"{lb.model}: {QUALITY_ONLY}"))
+        for r in [*lb.rows, *lb.quality_only]:  # a result that could not be read, by its file
+            for n in r.notes:
+                out.print(f"[yellow]{r.cell}:[/yellow] {escape(n)}", highlight=False)
         out.print(f"[bold]recommendation:[/bold] {lb.recommendation.why}", highlight=False)
         for heading, items in decisions(lb.recommendation):
             out.print(f"[bold]{heading.lower()}:[/bold]", highlight=False)

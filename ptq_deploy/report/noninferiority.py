@@ -5,8 +5,8 @@ Per task, with threshold t and the recovery r and its 95% interval [lo, hi] (``q
 - *meets* when lo ≥ t, *fails* when hi < t, *inconclusive* in between, and also when the recovery has
   no interval (a measure without measured uncertainty never passes); *unmeasured* without a recovery;
 - how much more data: the interval's half-width w on the side facing t shrinks as 1/sqrt(n), so it
-  clears t at about n·(w/|r−t|)² documents; "~N more documents" is that minus the n scored. At r = t
-  no amount of data decides.
+  clears t at about n·(w/|r−t|)² documents; "~N more documents" is that minus the n scored, and "this task
+  cannot resolve it" when that is more than the task holds. At r = t no amount of data decides.
 
 Per scheme: *fails* if any task fails, else *inconclusive* if any is, else *unmeasured* if any task has
 no recovery, else *meets*; ``quality_note`` names the deciding tasks. The baseline is "baseline".
@@ -66,6 +66,9 @@ def clause(task: str, ts: TaskScore | None) -> str:
         return f"{head} < {t}%"
     if ts.recovery_pct == ts.min_recovery_pct:
         return f"{head} straddles {t}%: cannot decide, the point estimate is at the threshold"
+    if ts.more_docs and ts.task_docs and ts.n and ts.n + ts.more_docs > ts.task_docs:
+        return (f"{head} straddles {t}%: this task cannot resolve it (~{num(ts.n + ts.more_docs)} documents "
+                f"needed, it holds {num(ts.task_docs)})")
     more = f"~{num(ts.more_docs)} more documents needed" if ts.more_docs else "more documents needed"
     return f"{head} straddles {t}%: {more}"
 

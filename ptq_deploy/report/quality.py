@@ -71,7 +71,8 @@ def _scores(row: Row, ev) -> None:
         m = t.primary_metric()
         mv = t.metrics[m]
         row.tasks[name] = TaskScore(metric=m, value=sig(mv.value), stderr=err(mv.stderr),
-                                    higher_is_better=_is_accuracy(t), n=_n(t))
+                                    higher_is_better=_is_accuracy(t), n=_n(t),
+                                    task_docs=t.n_samples.get("original") if isinstance(t.n_samples, dict) else None)
         if _is_accuracy(t):
             acc_vals.append(mv.value)
             acc_ses.append(mv.stderr)

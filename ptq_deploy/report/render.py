@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ptq_deploy.engine.kernels import brief_reason
 from ptq_deploy.report import kv
 from ptq_deploy.report.fmt import MISSING, num, pm
 from ptq_deploy.report.leaderboard import Leaderboard, Report
@@ -171,7 +172,7 @@ def notes(lb: Leaderboard) -> list[str]:
         for step, st in r.status.items():
             if st != "ok":
                 what = {"not_runnable": "not runnable here", "not_applicable": "not applicable"}.get(st, "failed")
-                why = r.reasons.get(step) or "no reason recorded"
+                why = brief_reason(r.reasons.get(step) or "no reason recorded")
                 out.append(f"{r.cell} {step}: {why if why.startswith(what) else f'{what}: {why}'}")
         out.extend(f"{r.cell}: {n}" for n in r.notes)
     sources = list(dict.fromkeys(r.latency_source for r in lb.rows if r.latency_source))

@@ -53,6 +53,7 @@ class TaskScore(BaseModel):
     min_recovery_pct: float | None = None  # the constraint applied (set by the leaderboard)
     outcome: Outcome | None = None
     more_docs: int | None = None  # inconclusive: about how many more documents would decide it
+    task_docs: int | None = None  # documents the task holds (lm-eval's "original" count), when recorded
 
 
 class Row(BaseModel):

@@ -13,25 +13,31 @@ from __future__ import annotations
 
 import time
 
-from ptq_deploy.hardware import detect
+from ptq_deploy.hardware import HardwareInfo, detect
 from ptq_deploy.suite import distributed, lanes, layout
 from ptq_deploy.suite.events import SuiteListener, SuiteSummary
 from ptq_deploy.suite.experiment import Experiment
-from ptq_deploy.suite.plan import RunOptions, check_sources, plan
+from ptq_deploy.suite.plan import PlannedStep, RunOptions, check_sources, plan
 from ptq_deploy.suite.steps import BLOCKED, StepRunner, blocks_cell
 
 
 def run(exp: Experiment, opts: RunOptions, listener: SuiteListener | None = None) -> SuiteSummary:
     hw = detect()
-    steps = plan(exp, opts, hw)
     if opts.dry_run:
+        steps = plan(exp, opts, hw)
         return SuiteSummary(experiment=exp.name, results_dir=str(opts.results_dir), steps=steps, wall_time_s=0.0)
-    check_sources(exp, steps)
-    if opts.executor == "ray":
-        return distributed.run_ray(exp, opts, listener)
+    with layout.hold(opts.results_dir):  # one run per results dir; planned once it is held
+        steps = plan(exp, opts, hw)
+        check_sources(exp, steps)
+        if opts.executor == "ray":
+            return distributed.run_ray(exp, opts, listener)
+        return _run_here(exp, opts, steps, hw, listener or SuiteListener())
+
+
+def _run_here(exp: Experiment, opts: RunOptions, steps: list[PlannedStep], hw: HardwareInfo,
+              listener: SuiteListener) -> SuiteSummary:
     if opts.lanes > 1:
         lanes.cpu_sets(opts.lanes)  # more lanes than CPUs: one line before anything runs
-    listener = listener or SuiteListener()
     root = opts.results_dir
     layout.write_experiment(root, exp)
     runner = StepRunner(exp, opts, hw)

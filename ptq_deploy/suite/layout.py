@@ -18,6 +18,10 @@ the HF backend when an experiment scores cells vLLM cannot run with ``fallback: 
 
 from __future__ import annotations
 
+import fcntl
+import os
+import socket
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +29,7 @@ import yaml
 from pydantic import BaseModel, model_validator
 
 from ptq_deploy import __version__
+from ptq_deploy.errors import UsageError
 from ptq_deploy.results import Identity, ResultEnvelope, atomic_write_text
 from ptq_deploy.timeutil import timestamp
 
@@ -105,6 +110,35 @@ def write_experiment(root: Path, exp: BaseModel) -> None:
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "experiment.yaml", yaml.safe_dump(
         {**exp.model_dump(mode="json"), "ptq_deploy_version": __version__}, sort_keys=False), force=True)
+
+
+LOCK_FILE = ".run.lock"
+
+
+@contextmanager
+def hold(root: Path):
+    """Hold ``RESULTS_DIR`` for one ``run`` (an advisory ``flock``, released when the process ends however it
+    ends); a second run on the same dir stops at once with one line naming the holder."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UsageError(f"{root} is in use by another `ptq-deploy run` ({holder}); wait for it or use "
+                             "another --results-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {timestamp()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def records(root: Path) -> list[StepRecord]:
