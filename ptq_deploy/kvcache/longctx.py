@@ -14,7 +14,7 @@ import json
 import random
 from functools import lru_cache
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ptq_deploy import DATA_DIR
 from ptq_deploy.errors import UsageError
@@ -29,6 +29,8 @@ DEPTHS = [0.1, 0.25, 0.5, 0.75, 0.9]
 
 
 class PasskeySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     lengths: list[int] = Field(default_factory=lambda: [1024, 2048, 4096], description="context lengths, tokens")
     depths: list[float] = Field(default_factory=lambda: list(DEPTHS), description="needle depth, fraction of the filler")
     samples: int = Field(1, ge=1, description="samples per depth x length")

@@ -32,18 +32,18 @@ STEPS: tuple[str, ...] = get_args(Step)
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[\w.-]+$")
-    source: str = Field(description="local dir, hub id, .gguf file or 'default'")
-    trust_remote_code: bool = False
+    name: str = Field(pattern=r"^[\w.-]+$", description="the model's name in results and reports (letters, digits, . _ -)")
+    source: str = Field(description="local dir, hub id, .gguf file or 'default' (the embedded SmolLM2-135M)")
+    trust_remote_code: bool = Field(False, description="let transformers run the model's own code (hub models)")
     group_size: int | None = Field(None, description="group size for group-quantized schemes on this model")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM settings for perf and eval")
 
 
 class ExperimentEval(EvalOptions):
-    # how a scheme vLLM cannot run here is scored: "dequantized": weight-only schemes in vLLM on a dense
-    # copy of their dequantized weights (same backend as the baseline); "hf": lm-eval's HF backend (the
-    # baseline is then scored by HF too); None: recorded as not runnable
-    fallback: Literal["dequantized", "hf"] | None = "dequantized"
+    fallback: Literal["dequantized", "hf"] | None = Field(
+        "dequantized", description="how a scheme vLLM cannot run here is scored: dequantized (weight-only schemes "
+                                   "in vLLM on a dense copy of their weights), hf (lm-eval's HF backend, the baseline "
+                                   "too), or null (recorded as not runnable)")
 
 
 class CalibrationOverride(BaseModel):
@@ -76,17 +76,17 @@ class ExperimentKV(KVSettings):
 class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[\w.-]+$")
-    models: list[ModelSpec] = Field(min_length=1)
-    schemes: list[str] = Field(min_length=1)
+    name: str = Field(pattern=r"^[\w.-]+$", description="the experiment's name: results go to results/<name>")
+    models: list[ModelSpec] = Field(min_length=1, description="the models to compress and measure")
+    schemes: list[str] = Field(min_length=1, description="scheme names (`ptq-deploy schemes`), the baseline among them")
     kv_cache: list[str] = Field(["none"], description="KV-cache methods (`ptq-deploy kv --list`): vLLM dtypes "
                                                       "become cells, quality-only methods one kv step per scheme")
-    baseline: str = "BF16"
-    compress: ExperimentCompress = Field(default_factory=ExperimentCompress)
-    perf: PerfSettings = Field(default_factory=PerfSettings)
-    eval: ExperimentEval = Field(default_factory=ExperimentEval)
+    baseline: str = Field("BF16", description="the scheme every recovery and speedup is measured against")
+    compress: ExperimentCompress = Field(default_factory=ExperimentCompress, description="the calibration set")
+    perf: PerfSettings = Field(default_factory=PerfSettings, description="the vLLM speed and memory measurements")
+    eval: ExperimentEval = Field(default_factory=ExperimentEval, description="the lm-eval quality measurements")
     kv: ExperimentKV = Field(default_factory=ExperimentKV, description="the long-context KV-cache measurements")
-    steps: list[Step] = list(STEPS)
+    steps: list[Step] = Field(list(STEPS), description="the steps each cell runs")
     report: ReportSettings = Field(default_factory=ReportSettings, description="the recommendation's constraints")
 
     @property
