@@ -104,5 +104,5 @@ def render_probe(p: ProbeResult, console: Console) -> None:
     for c in p.cases.values():
         runs = "[green]yes[/green]" if c.runnable else "[red]no[/red]" if c.runnable is False else "[yellow]?[/yellow]"
         t.add_row(c.key, c.scheme, c.kv_cache_dtype, runs, c.phase, escape(c.kernel or "-"), c.kv_cache_dtype_used or "-",
-                  f"{c.seconds:.1f}", escape(c.error or ""))
+                  f"{c.seconds:.1f}", escape(brief_reason(c.error or "")))
     console.print(t)

