@@ -148,7 +148,8 @@ def test_experiment_mistakes_name_the_key_the_user_wrote(cli, tiny_model, tmp_pa
     exp.write_text("name: x\n" + model + "schemes: [BF16]\neval: {limit: eight}\n")
     err = _one_clear_line(cli("run", str(exp), "--dry-run"))
     assert "eval.limit: Input should be" in err and "limit.int" not in err
-    exp.write_text(f"name: x\nmodels: [{{name: m, source: {tiny_model}, group_size: 96}}]\nschemes: [INT4-W4A16-RTN]\n")
+    exp.write_text(f"name: x\nmodels: [{{name: m, source: {tiny_model}, group_size: 96}}]\n"
+                   "schemes: [BF16, INT4-W4A16-RTN]\n")
     err = _one_clear_line(cli("run", str(exp), "--dry-run"))
     assert "group_size 96 is not a positive power of two; group sizes that fit this model: 64, 32, 16" in err
     assert "--group-size" not in err

@@ -25,6 +25,7 @@ from ptq_deploy.inspection.report import InspectReport
 from ptq_deploy.kvcache.result import KVResult
 from ptq_deploy.perf.result import PerfResult
 from ptq_deploy.report import build_report
+from ptq_deploy.report.fmt import num
 from ptq_deploy.suite import layout
 from ptq_deploy.tiny import build_tiny
 
@@ -165,5 +166,5 @@ def test_kv_run_report(user):
     board = build_report(root).leaderboards[0]
     for r in board.rows:  # the console leaderboard carries each row's measured throughput
         row = next(ln for ln in out.splitlines() if re.search(rf"│\s*{re.escape(r.scheme)}\b", ln))
-        assert f"{r.throughput_tok_s:.0f}" in row
+        assert f"{num(r.throughput_tok_s)} ± " in row, row
     assert (root / "report" / "leaderboard.md").is_file()

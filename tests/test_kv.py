@@ -90,9 +90,24 @@ def test_codec_holds_fewer_bytes_and_reads_back_close(name):
     keys, _ = cache.layers[0].update(new_k, new_v)
     assert keys.shape == (1, 2, 513, 64)
     ref = torch.cat([fp.layers[0].keys, new_k], dim=-2)
-    err = (keys - ref).abs().mean() / ref.abs().mean()
+    err = float((keys - ref).abs().mean() / ref.abs().mean())
     assert 0 < err < 0.35, err  # lossy, but it read back what it stored
     assert torch.equal(keys[..., -1:, :], new_k)  # the newest token is at full precision
+    ERRORS[name] = err
+
+
+ERRORS: dict[str, float] = {}
+
+
+def test_uniform_codec_error_follows_its_step_size():
+    """A b-bit uniform codec's error scales with its step, range / (2^b - 1): with the same data, every KIVI and
+    KVQuant width has the same error x (2^b - 1) (a codec that ignored its bits, or scaled wrong, would not)."""
+    uniform = [n for n in ERRORS if methods.get(n).family in ("kivi", "kvquant")]
+    if len(uniform) < 3:
+        pytest.skip("runs after test_codec_holds_fewer_bytes_and_reads_back_close")
+    scaled = {n: ERRORS[n] * (2 ** methods.get(n).bits - 1) for n in uniform}
+    ref = scaled["kivi-int2"]
+    assert all(abs(v / ref - 1) < 0.25 for v in scaled.values()), scaled
 
 
 def test_low_rank_pays_only_on_low_rank_data():
@@ -253,9 +268,13 @@ def test_run_kv_on_a_checkpoint_dir(tiny_model):
     from ptq_deploy.kvcache.config import KVConfig
     from ptq_deploy.kvcache.runner import run_kv
 
-    res = run_kv(KVConfig(checkpoint=str(tiny_model), methods=["none", "kivi-int4"], documents=0,
+    res = run_kv(KVConfig(checkpoint=str(tiny_model), methods=["none", "kivi-int4", "kivi-int2"], documents=0,
                           passkey={"lengths": [400], "depths": [0.5]}, bootstrap_iters=100, write=False))
     assert res.identity.model == tiny_model.name and res.model_max_position == 1024
     rows = {m.method: m for m in res.methods}
-    assert set(rows) == {"none", "kivi-int4"} and not res.rejected
-    assert rows["kivi-int4"].bytes_ratio < 1 and rows["kivi-int4"].logit_max_abs_diff.max > 0
+    assert set(rows) == {"none", "kivi-int4", "kivi-int2"} and not res.rejected
+    int4, int2 = rows["kivi-int4"], rows["kivi-int2"]
+    # fewer bits: a smaller cache that moves the logits further from the unquantized cache's, on the same input
+    assert int2.bytes_ratio < int4.bytes_ratio < 1 and rows["none"].bytes_ratio == 1
+    assert int2.logit_mean_abs_diff.mean > int4.logit_mean_abs_diff.mean > 0
+    assert rows["none"].logit_max_abs_diff.max == 0

@@ -75,16 +75,6 @@ def test_probe_agrees_with_vllm_loaded_here(probe, compressed, tiny_model):
         assert kernel == probe.cases[key].kernel and error == probe.cases[key].error  # the same kernel, the same failure
 
 
-@pytest.mark.skipif(detect().gpus or detect().cpu.avx512 or detect().cpu.amx, reason="facts of an AVX2-only CPU")
-def test_probe_on_an_avx2_cpu_finds_what_vllm_cpu_does(probe):
-    c = probe.cases
-    assert c["int8-w8a8"].runnable and c["int8-w8a8"].kernel == "CPUInt8ScaledMMLinearKernel"  # oneDNN
-    assert c["fp8-w8a8"].runnable and "FP8" in c["fp8-w8a8"].kernel
-    assert not c["w4a16"].runnable and c["w4a16"].phase == "generate" and "cpu_gemm_wna16" in c["w4a16"].error
-    assert not c["w8a16"].runnable and c["w8a16"].phase == "load" and "uint8b128" in c["w8a16"].error
-    assert all(not c[k].runnable and "AVX-512" in c[k].error for k in c if k.startswith("kv-"))
-
-
 # ---------------------------------------------------------------- what reads it
 def test_deleting_a_static_rule_changes_nothing_a_fake_probe_changes_the_answer(probe, fake_probe, monkeypatch):
     hw = detect()

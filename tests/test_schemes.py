@@ -4,14 +4,22 @@ import yaml
 from ptq_deploy.compress import schemes
 from ptq_deploy.errors import UsageError
 
-EXPECTED = ["BF16", "FP8-W8A8", "INT8-W8A8", "INT8-W8A16", "INT8-W8A16-RTN", "INT4-W4A16",
-            "INT4-W4A16-AWQ", "INT4-W4A16-RTN", "APOT-W4A16", "POT-W4A16", "INT3-W3A16", "INT3-W3A16-AWQ",
-            "INT3-W3A16-RTN", "APOT-W3A16", "POT-W3A16", "INT2-W2A16", "INT2-W2A16-RTN"]
-FAKE_QUANT = [n for n in EXPECTED if n.startswith(("POT", "APOT"))]
+EXPECTED = schemes.names()
+FAKE_QUANT = [n for n in EXPECTED if schemes.get(n).method in ("pot", "apot")]
 
 
-def test_registry_has_every_scheme_in_order():
-    assert schemes.names() == EXPECTED
+def test_every_scheme_file_is_one_scheme_in_the_registry_order():
+    files = sorted(schemes.SCHEMES_DIR.glob("*.yaml"))
+    assert sorted(schemes.names()) == sorted(f.stem for f in files)  # one scheme per file, named as the file
+    assert all(schemes.get(f.stem).source == str(f) for f in files)
+    order = [schemes.get(n) for n in schemes.names()]
+    assert order[0].name == "BF16"  # the baseline first
+    bits = [s.weight_bits for s in order]
+    assert bits == sorted(bits, reverse=True)  # then from wide to narrow weights
+    for wider, narrower in zip(order, order[1:]):
+        if wider.weight_bits == narrower.weight_bits:  # within a width: W8A8 before weight-only, quality-only last
+            assert (wider.activations == "bf16", wider.quality_only) <= (narrower.activations == "bf16",
+                                                                         narrower.quality_only)
 
 
 @pytest.mark.parametrize("name", EXPECTED)

@@ -14,7 +14,7 @@ import yaml
 from ptq_deploy.compress import schemes
 from ptq_deploy.suite import layout
 from ptq_deploy.suite.execute import run
-from ptq_deploy.suite.experiment import Experiment
+from ptq_deploy.suite.experiment import Experiment, load
 from ptq_deploy.suite.plan import RunOptions, plan
 
 pytestmark = pytest.mark.integration
@@ -101,9 +101,7 @@ def test_suite_runs_every_step_and_records_it(suite_run, runs_here):
 def test_rerun_skips_finished_steps(suite_run):
     exp, root, _ = suite_run
     before = {p: p.stat().st_mtime_ns for p in (root / "steps").rglob("*.json")}
-    t0 = time.perf_counter()
     again = run(exp, RunOptions(results_dir=root))
-    assert time.perf_counter() - t0 < 30
     assert {s.state for s in again.steps} <= {"done", "not_runnable"}
     after = {p: p.stat().st_mtime_ns for p in (root / "steps").rglob("*.json")}
     assert {p: m for p, m in after.items() if "not_runnable" not in p.read_text()} == \
@@ -248,3 +246,18 @@ def test_a_second_run_on_a_held_results_dir_stops_at_once_naming_the_holder(tmp_
                 pass
     with layout.hold(tmp_path / "r"):  # released: the next run takes it
         pass
+
+
+def test_an_experiment_can_score_every_cell_with_the_hf_backend(tiny_model, tmp_path):
+    """What a host without vLLM runs (a GPU check): every eval step on lm-eval's HF backend, the baseline too,
+    and no second baseline eval."""
+    base = {"name": "hf", "models": [{"name": "tiny", "source": str(tiny_model)}],
+            "schemes": ["BF16", "FP8-W8A8", "INT8-W8A16"], "steps": ["compress", "inspect", "eval"]}
+    f = tmp_path / "exp.yaml"
+    f.write_text(yaml.safe_dump({**base, "eval": {"backend": "hf"}}))
+    hf = [s for s in plan(load(f), RunOptions(results_dir=tmp_path / "r", dry_run=True)) if s.step.startswith("eval")]
+    f.write_text(yaml.safe_dump(base))
+    vllm = [s for s in plan(load(f), RunOptions(results_dir=tmp_path / "r", dry_run=True)) if s.step.startswith("eval")]
+    assert [(s.cell, s.step, s.backend) for s in hf] == [(c, "eval", "hf") for c in base["schemes"]]
+    assert {s.cell: s.key for s in hf}.keys() == {s.cell for s in vllm if s.step == "eval"}
+    assert not {s.key for s in hf} & {s.key for s in vllm}  # a result scored by the other backend is not reused

@@ -40,6 +40,9 @@ class ModelSpec(BaseModel):
 
 
 class ExperimentEval(EvalOptions):
+    backend: Literal["vllm", "hf"] = Field(
+        "vllm", description="the backend every cell is scored with: vllm, or hf (lm-eval's HF backend, e.g. on a "
+                            "host without vLLM; the experiment's steps then leave out perf)")
     fallback: Literal["dequantized", "hf"] | None = Field(
         "dequantized", description="how a scheme vLLM cannot run here is scored: dequantized (weight-only schemes "
                                    "in vLLM on a dense copy of their weights), hf (lm-eval's HF backend, the baseline "

@@ -134,7 +134,9 @@ def _cell_steps(exp: Experiment, m: ModelSpec, scheme: str, kv: str, rules: prob
     engine = _engine_key(cell_engine(m, kv))
     keys = {"compress": ckey, "inspect": _hash({"c": ckey, "step": "inspect"}),
             "perf": _hash({"c": ckey, "perf": exp.perf.model_dump(), "engine": engine}),
-            "eval": _hash({"c": ckey, "eval": exp.eval.model_dump(mode="json"), "engine": engine})}
+            "eval": _hash({"c": ckey, "engine": engine,  # the default backend leaves earlier keys as they were
+                           "eval": exp.eval.model_dump(mode="json", exclude={"backend"} if exp.eval.backend == "vllm"
+                                                       else None)})}
     runnable, reason = _runnable(scheme, kv, rules)
     out = []
     for step in (st for st in exp.steps if st != "kv"):
@@ -144,7 +146,9 @@ def _cell_steps(exp: Experiment, m: ModelSpec, scheme: str, kv: str, rules: prob
             ps.state, ps.reason = "not_applicable", QUALITY_ONLY
         elif step == "perf" and not runnable:
             ps.state, ps.reason = "not_runnable", f"not runnable here: {reason}"
-        if step == "eval":
+        if step == "eval" and exp.eval.backend == "hf":
+            ps.backend = "hf"
+        elif step == "eval":
             ps.backend = "vllm" if runnable else _fallback(exp, s, kv)
             if ps.backend is None:
                 ps.state, ps.reason = "not_runnable", f"not runnable here: {reason}"
@@ -181,7 +185,8 @@ def _model_steps(exp: Experiment, m: ModelSpec, names: list[str], rules: probe.R
             steps += _cell_steps(exp, m, scheme, kv, rules)
             if kv == "none" and "kv" in exp.steps and exp.kv_quality_only and scheme in kv_schemes:
                 steps.append(_kv_step(exp, m, scheme))
-    if any(ps.step == "eval" and ps.backend == "hf" for ps in steps):  # the baseline scored by HF too
+    if exp.eval.backend == "vllm" and any(ps.step == "eval" and ps.backend == "hf" for ps in steps):
+        # a fallback cell scored by HF: the baseline scored by HF too
         base = next(p for p in steps if p.cell == exp.baseline and p.step == "eval")
         steps.insert(steps.index(base) + 1, base.model_copy(update={
             "step": "eval-hf", "backend": "hf", "key": _hash({"k": base.key, "backend": "hf"})}))
