@@ -119,8 +119,10 @@ PROMPTS = ["The capital of France is", "It is a truth universally acknowledged t
            "To make a cup of tea, you", "Elizabeth looked at Mr Darcy and"]
 
 
-@pytest.mark.parametrize("scheme,min_first,min_prefix", [("BF16", 1.0, 16), ("FP8-W8A8", 4 / 6, 4),
-                                                         ("INT8-W8A8", 4 / 6, 4)])
+# FP8-W8A8 is left out: vLLM's CPU build emulates it with torch._scaled_mm, which on a CPU without a fast FP8 path
+# costs many times a bf16 matmul (scripts/bench_cpu_matmul.py records how many), too slow for the suite on the
+# embedded model. Its checkpoint format and its vLLM path are tested on the tiny model (test_compress.py).
+@pytest.mark.parametrize("scheme,min_first,min_prefix", [("BF16", 1.0, 16), ("INT8-W8A8", 4 / 6, 4)])
 def test_vllm_greedy_output_stays_close_to_bf16(embedded_compressed, embedded_model, engines, scheme,
                                                 min_first, min_prefix):
     """Agreement with the BF16 source, both run by vLLM with identical settings.
@@ -128,8 +130,7 @@ def test_vllm_greedy_output_stays_close_to_bf16(embedded_compressed, embedded_mo
     Bounds: the BF16 copy must reproduce the source exactly. An 8-bit scheme perturbs logits by
     well under the typical top-1/top-2 gap of this model, so at most two of six first tokens may
     flip and greedy continuations must stay identical for >= 4 tokens on average (a broken
-    checkpoint gives ~0 on both). Measured on this CPU: FP8 5/6 first tokens, 7.2 mean identical
-    prefix; INT8 (SmoothQuant+GPTQ, 16x128 calibration tokens) 6/6 and 7.3.
+    checkpoint gives ~0 on both).
     """
     _, base = _greedy(engines, embedded_model, PROMPTS)
     info, gens = _greedy(engines, embedded_compressed(scheme), PROMPTS)
