@@ -83,12 +83,14 @@ def render(rep: DoctorReport, console: Console) -> None:
         console.print(f"CPU flags: {' '.join(rep.hardware.cpu.flags)}")
     console.print(f"what runs here: [bold]{rep.support_source}[/bold]", highlight=False)
     t = Table(title="what runs here (vLLM)")
-    for c in ("scheme / kv-cache", "runs", "kernel", "from", "fast path (static rules)", "note"):
+    for c in ("scheme / kv-cache", "runs", "kernel", "from", "fast path (static rules)", "time/token vs dense",
+              "note"):
         t.add_column(c, overflow="fold")
     for name, s in [*rep.schemes.items(), *((f"kv {k}", v) for k, v in rep.kv_cache.items())]:
         note = brief_reason(s.reason)
         t.add_row(name, "[green]yes[/green]" if s.runnable else "[red]no[/red]", escape(s.kernel),
-                  "static" if s.source.startswith(STATIC) else "probe", "yes" if s.fast_path else "no", escape(note))
+                  "static" if s.source.startswith(STATIC) else "probe", "yes" if s.fast_path else "no",
+                  "-" if s.slowdown is None else f"{s.slowdown:.1f}x", escape(note))
     console.print(t)
     if rep.probe is not None:
         render_probe(rep.probe, console)
@@ -99,10 +101,12 @@ def render_probe(p: ProbeResult, console: Console) -> None:
                          f"[{p.fingerprint}], measured {p.started_at} in {p.wall_time_s:.0f} s "
                          f"(vLLM import {p.import_s or 0:.0f} s, {p.time_limit_s:.0f} s limit per case)"), highlight=False)
     t = Table(title="probe cases: a tiny model per kernel family and KV-cache dtype, loaded in vLLM")
-    for c in ("case", "scheme", "kv-cache", "runs", "stopped at", "kernel vLLM picked", "kv dtype used", "s", "error"):
+    for c in ("case", "scheme", "kv-cache", "runs", "stopped at", "kernel vLLM picked", "kv dtype used", "s",
+              "ms/token", "error"):
         t.add_column(c, overflow="fold")
     for c in p.cases.values():
         runs = "[green]yes[/green]" if c.runnable else "[red]no[/red]" if c.runnable is False else "[yellow]?[/yellow]"
         t.add_row(c.key, c.scheme, c.kv_cache_dtype, runs, c.phase, escape(c.kernel or "-"), c.kv_cache_dtype_used or "-",
-                  f"{c.seconds:.1f}", escape(brief_reason(c.error or "")))
+                  f"{c.seconds:.1f}", "-" if c.ms_per_token is None else f"{c.ms_per_token:.3g}",
+                  escape(brief_reason(c.error or "")))
     console.print(t)

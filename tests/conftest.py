@@ -100,17 +100,19 @@ def runs_here(probe):
 
 @pytest.fixture
 def fake_probe(probe):
-    """``fake_probe(w8a16=False, ...)``: the measured probe with those cases' answers replaced, written where
-    the real one is cached; the real one is put back after the test."""
+    """``fake_probe(w8a16=False, ..., ms_per_token={"fp8-w8a8": 50.0})``: the measured probe with those cases'
+    answers (or speeds) replaced, written where the real one is cached; the real one is put back after the test."""
     from ptq_deploy.hardware import detect
     from ptq_deploy.probe import cache_path
 
     path = cache_path(probe.vllm_build, detect())
 
-    def write(**runnable: bool):
+    def write(ms_per_token: dict[str, float] | None = None, **runnable: bool):
         cases = {k: c.model_copy(update={"runnable": runnable[k], "phase": "done" if runnable[k] else "load",
                                          "error": None if runnable[k] else "faked", "kernel": "FakeKernel"})
                  if k in runnable else c for k, c in probe.cases.items()}
+        cases = {k: c.model_copy(update={"ms_per_token": (ms_per_token or {})[k]}) if k in (ms_per_token or {}) else c
+                 for k, c in cases.items()}
         fake = probe.model_copy(update={"cases": cases})
         fake.write(path, force=True)
         return fake

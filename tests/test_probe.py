@@ -37,6 +37,7 @@ def test_probe_measured_every_case_and_is_cached(probe):
         assert c.runnable is not None, c  # every case decided within the time limit
         assert (c.phase == "done") == c.runnable and (c.error is None) == c.runnable
         assert 0 < c.seconds < probe.time_limit_s
+        assert (c.ms_per_token is not None and 0 < c.ms_per_token < c.seconds * 1e3) == c.runnable  # timed warm
     dense = probe.cases["dense"]
     assert dense.runnable and dense.kernel == "UnquantizedLinearMethod" and dense.kv_cache_dtype_used == "auto"
     other = hw.model_copy(update={"cpu": hw.cpu.model_copy(update={"flags": [*hw.cpu.flags, "amx_tile"]})})
@@ -117,6 +118,31 @@ def test_a_faked_probe_changes_the_suites_plan_and_preflight(probe, fake_probe, 
                 engine.preflight(compressed("INT8-W8A16-RTN"), engine.EngineConfig(), detect())
         else:
             engine.preflight(compressed("INT8-W8A16-RTN"), engine.EngineConfig(), detect())
+
+
+def test_a_scheme_measured_far_slower_than_dense_gets_no_perf_or_eval(probe, fake_probe, tiny_model, tmp_path):
+    """The probe times every case on the tiny model; a scheme above ``max_slowdown`` x the dense time per token
+    (an emulated kernel) is planned without perf and eval, the measured figure as the reason."""
+    from ptq_deploy.suite.experiment import Experiment
+    from ptq_deploy.suite.plan import RunOptions, plan
+
+    rules = probe_mod.rules(detect())
+    assert rules.scheme(schemes.get("BF16")).slowdown == 1.0
+    dense = probe.cases["dense"].ms_per_token
+    exp = Experiment(name="t", models=[{"name": "tiny", "source": str(tiny_model)}], schemes=["BF16", "FP8-W8A8"],
+                     steps=["compress", "perf", "eval"], max_slowdown=20)
+    state = lambda e: {(s.cell, s.step): s for s in plan(e, RunOptions(results_dir=tmp_path))}  # noqa: E731
+    fake_probe(ms_per_token={"fp8-w8a8": 30 * dense})
+    slow = state(exp)
+    for step in ("perf", "eval"):
+        assert slow[("FP8-W8A8", step)].state == "not_runnable"
+        assert "took 30x the dense model's time per token in the probe" in slow[("FP8-W8A8", step)].reason
+        assert slow[("BF16", step)].state == "pending"
+    assert slow[("FP8-W8A8", "compress")].state == "pending"  # the checkpoint is still made and inspected
+    anyway = state(exp.model_copy(update={"max_slowdown": None}))
+    assert anyway[("FP8-W8A8", "perf")].state == anyway[("FP8-W8A8", "eval")].state == "pending"
+    fake_probe(ms_per_token={"fp8-w8a8": 10 * dense})
+    assert state(exp)[("FP8-W8A8", "eval")].state == "pending"
 
 
 def test_doctor_shows_the_measured_table_with_its_vllm_build(probe, cli):

@@ -1,7 +1,7 @@
 """The compress-environment side of ``compress``: llmcompressor ``oneshot`` (or ``fakequant`` for POT /
 APOT) on a resolved job.
 
-Run as ``python -m ptq_deploy.compress.worker JOB.json RESULT.json`` by the CLI, or in-process via
+Run as ``python -m ptq_deploy.compress JOB.json RESULT.json`` by the CLI, or in-process via
 :func:`run` when llmcompressor is importable. Writes the checkpoint into ``job.work_dir``; the
 caller renames it into place.
 """
@@ -183,14 +183,9 @@ def run(job: WorkerJob) -> WorkerResult:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m ptq_deploy.compress.worker JOB.json RESULT.json", file=sys.stderr)
+        print("usage: python -m ptq_deploy.compress JOB.json RESULT.json", file=sys.stderr)
         return 2
     job = WorkerJob.model_validate_json(Path(argv[0]).read_text())
     res = run(job)
     Path(argv[1]).write_text(res.model_dump_json())
     return 0 if res.ok else res.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

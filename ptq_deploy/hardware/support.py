@@ -26,6 +26,7 @@ class Support(BaseModel):
     kernel: str
     reason: str = ""
     source: str = STATIC  # "static rules" | "probe: <vLLM build> on <hardware>, <date>"
+    slowdown: float | None = None  # probe: its time per token over the dense model's, same tiny model, here
 
 
 def scheme_support(scheme: SchemeLike, hw: HardwareInfo) -> Support:

@@ -57,6 +57,7 @@ class CaseResult(ProbeCase):
     kv_cache_dtype_used: str | None = None  # as vLLM's cache config reports it
     error: str | None = None
     seconds: float = 0.0
+    ms_per_token: float | None = None  # greedy generation on the tiny model, warm (prefill included)
 
 
 class ProbeResult(ResultEnvelope):
@@ -109,8 +110,10 @@ def load(hw: HardwareInfo, build: str | None = None) -> ProbeResult | None:
         result = ProbeResult.read(path)
     except UsageError:  # unreadable (an older schema, a partial copy): measure again
         return None
-    # measured before a kernel family was added to the probe: measure again
-    return result if set(result.cases) == {c.key for c in CASES} else None
+    # measured before a kernel family was added to the probe, or before it timed each case: measure again
+    if set(result.cases) != {c.key for c in CASES}:
+        return None
+    return None if any(c.runnable and c.ms_per_token is None for c in result.cases.values()) else result
 
 
 def family_key(scheme: SchemeLike) -> str:
@@ -139,9 +142,16 @@ class Rules:
         if case.runnable:
             return Support(runnable=True, fast_path=static.fast_path if static.runnable else True,
                            kernel=case.kernel or "?", reason=static.reason if static.runnable else "",
-                           source=self.probe.label)
+                           source=self.probe.label, slowdown=self._slowdown(case))
         return Support(runnable=False, fast_path=False, kernel=case.kernel or "-",
                        reason=f"{case.error} (at {case.phase})", source=self.probe.label)
+
+    def _slowdown(self, case: CaseResult) -> float | None:
+        """The case's time per token over the dense case's, both measured on the tiny model here."""
+        dense = self.probe.cases.get("dense") if self.probe is not None else None
+        if case.ms_per_token is None or dense is None or not dense.ms_per_token:
+            return None
+        return case.ms_per_token / dense.ms_per_token
 
     def scheme(self, scheme: SchemeLike) -> Support:
         return self._measured(family_key(scheme), scheme_support(scheme, self.hw))

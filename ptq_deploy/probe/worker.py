@@ -25,6 +25,8 @@ from ptq_deploy.probe import CaseResult, ProbeCase
 
 PROBE_MAX_MODEL_LEN = 256
 PROBE_KV_BYTES = 256 * 2**20  # GPU: a small KV cache instead of gpu_memory_utilization of the whole device
+PROMPT = "It is a truth universally acknowledged"
+TIMED_TOKENS, TIMED_RUNS = 8, 3  # each case's speed, against the dense case's (``Rules.slowdown``): the best run
 ERROR_CHARS = 1000  # vLLM's kernel-selection errors list every kernel's reason on one long line
 
 
@@ -36,6 +38,13 @@ class Job(BaseModel):
 def emit(out: Path, event: str, **data) -> None:
     with out.open("a") as f:
         f.write(json.dumps({"event": event, **data}) + "\n")
+
+
+def _timed_generation(llm) -> float:
+    """Milliseconds per generated token of one greedy request (its prefill included)."""
+    t0 = time.perf_counter()
+    gen = engine.generate(llm, [PROMPT], max_tokens=TIMED_TOKENS)[0]
+    return (time.perf_counter() - t0) * 1e3 / max(1, len(gen.token_ids))
 
 
 def run_case(job: Job, hw) -> CaseResult:
@@ -56,7 +65,8 @@ def run_case(job: Job, hw) -> CaseResult:
         res.attention = ", ".join(sorted(attention)) or None
         res.kernel = res.attention if job.case.key.startswith("kv-") else main_kernel(res.linear_kernels)
         phase = "generate"
-        engine.generate(llm, ["It is a truth universally acknowledged"], max_tokens=2)
+        engine.generate(llm, [PROMPT], max_tokens=2)  # every shape once: the timed run below is warm
+        res.ms_per_token = min(_timed_generation(llm) for _ in range(TIMED_RUNS))
         res.runnable, res.phase = True, "done"
     except LoadFailed as e:
         res.runnable, res.phase, res.error = False, phase, e.error

@@ -138,6 +138,7 @@ def _cell_steps(exp: Experiment, m: ModelSpec, scheme: str, kv: str, rules: prob
                            "eval": exp.eval.model_dump(mode="json", exclude={"backend"} if exp.eval.backend == "vllm"
                                                        else None)})}
     runnable, reason = _runnable(scheme, kv, rules)
+    slow = _too_slow(exp, s, rules) if runnable else None
     out = []
     for step in (st for st in exp.steps if st != "kv"):
         ps = PlannedStep(model=m.name, cell=cell, scheme=scheme, kv_cache=kv, step=step, key=keys[step],
@@ -146,16 +147,25 @@ def _cell_steps(exp: Experiment, m: ModelSpec, scheme: str, kv: str, rules: prob
             ps.state, ps.reason = "not_applicable", QUALITY_ONLY
         elif step == "perf" and not runnable:
             ps.state, ps.reason = "not_runnable", f"not runnable here: {reason}"
-        if step == "eval" and exp.eval.backend == "hf":
-            ps.backend = "hf"
-        elif step == "eval":
-            ps.backend = "vllm" if runnable else _fallback(exp, s, kv)
+        elif slow and (step == "perf" or step == "eval" and exp.eval.backend == "vllm"):
+            ps.state, ps.reason = "not_runnable", slow
+        if step == "eval" and ps.state == "pending":
+            ps.backend = "hf" if exp.eval.backend == "hf" else "vllm" if runnable else _fallback(exp, s, kv)
             if ps.backend is None:
                 ps.state, ps.reason = "not_runnable", f"not runnable here: {reason}"
-            elif ps.backend != "vllm":
+            elif ps.backend != "vllm" and exp.eval.backend == "vllm":
                 ps.key = _hash({"k": ps.key, "backend": ps.backend})
         out.append(ps)
     return out
+
+
+def _too_slow(exp: Experiment, scheme: schemes.Scheme, rules: probe.Rules) -> str | None:
+    """Why a cell vLLM runs here only at an emulated kernel's cost gets no perf or eval step, or None."""
+    x = rules.scheme(scheme).slowdown
+    if exp.max_slowdown is None or x is None or x <= exp.max_slowdown:
+        return None
+    return (f"not run here: {scheme.name} took {x:.0f}x the dense model's time per token in the probe (an emulated "
+            f"kernel), above max_slowdown {exp.max_slowdown:g}; max_slowdown: null runs it")
 
 
 def _fallback(exp: Experiment, scheme: schemes.Scheme, kv: str) -> str | None:

@@ -1,0 +1,7 @@
+"""``python -m ptq_deploy.compress JOB.json RESULT.json``: the compress worker, in the compress environment."""
+
+import sys
+
+from ptq_deploy.compress.worker import main
+
+sys.exit(main())
