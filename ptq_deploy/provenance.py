@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -35,15 +36,25 @@ def git_revision() -> str | None:
 
 class Provenance(BaseModel):
     ptq_deploy_version: str
-    git_revision: str | None
+    git_revision: str | None  # "-dirty": the checkout had uncommitted changes
     python: str
     platform: str
     packages: dict[str, str]
     hardware: HardwareInfo
     created_at: str
+    load_average: tuple[float, float, float] | None = None  # 1, 5, 15 min, when it was collected
+    compress_packages: dict[str, str] | None = None  # the compress environment's, where asked for (benchmarks)
 
 
-def collect(hardware: HardwareInfo | None = None) -> Provenance:
+def collect(hardware: HardwareInfo | None = None, compress_env: bool = False) -> Provenance:
+    """Where a result comes from; ``compress_env``: also the compress environment's package versions (a
+    subprocess: benchmark records ask for it, results of one step do not)."""
+    compress = None
+    if compress_env:
+        try:
+            compress = environments.interpreter_info(environments.resolve_python("compress")).get("packages")
+        except FileNotFoundError:
+            compress = None
     return Provenance(
         ptq_deploy_version=__version__,
         git_revision=git_revision(),
@@ -52,4 +63,6 @@ def collect(hardware: HardwareInfo | None = None) -> Provenance:
         packages=package_versions(),
         hardware=hardware or detect(),
         created_at=timestamp(),
+        load_average=os.getloadavg(),
+        compress_packages=compress,
     )

@@ -121,7 +121,7 @@ def main() -> None:
                        "step's wall time (process start, load, calibration or grid search, save); RTN/GPTQ/AWQ are "
                        "scored with lm-eval's HF backend (vLLM cannot run them here), BF16, POT and APOT with vLLM"),
               "baseline_word_ppl_by_backend": by_backend, "rows": rows, "vllm_low_bit": low_bit, "level_check": tamper, "steps": steps,
-              "recommendation": lb.recommendation.model_dump(), "provenance": collect().model_dump(mode="json")}
+              "recommendation": lb.recommendation.model_dump(), "provenance": collect(compress_env=True).model_dump(mode="json")}
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / f"bitwidth_{EXPERIMENT}_{dt.datetime.now():%Y%m%dT%H%M%S}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")

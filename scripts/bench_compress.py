@@ -48,7 +48,7 @@ def main() -> None:
     report = {"kind": "compress-benchmark", "schema_version": 1, "model": args.model,
               "settings": {k: str(v) for k, v in vars(args).items()}, "n": 1,
               "note": "one run per scheme: wall time includes process start, load, calibration, save",
-              "results": rows, "provenance": collect().model_dump()}
+              "results": rows, "provenance": collect(compress_env=True).model_dump()}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"compress-bench_{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(report, indent=2))

@@ -66,7 +66,7 @@ def main() -> None:
     by = {(r["dtype"].split()[0], r["rows"]): r["median_ms"] for r in results}
     ratios = {f"fp8_vs_bf16_rows{rows}": round(by[("fp8_e4m3", rows)] / by[("bfloat16", rows)], 1)
               for _, rows in by if ("bfloat16", rows) in by}
-    prov = collect()
+    prov = collect(compress_env=True)
     record = {"kind": "cpu-matmul-benchmark", "schema_version": 1, "question": __doc__.splitlines()[0],
               "settings": {"rows": args.rows, "repeats": args.repeats, "shape": [IN, OUT],
                            "torch_threads": torch.get_num_threads()},

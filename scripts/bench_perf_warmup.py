@@ -71,7 +71,7 @@ def main() -> None:
         finally:
             offline.WARMUP_OUTPUT_TOKENS = short
     path = atomic_write_json(a.out / f"bench_perf_warmup_{file_stamp()}.json",
-                             Record(perf=exp.perf.model_dump(), runs=runs, provenance=collect()))
+                             Record(perf=exp.perf.model_dump(), runs=runs, provenance=collect(compress_env=True)))
     print(f"-> {path}")
 
 

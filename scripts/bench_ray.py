@@ -97,7 +97,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "VLLM_", "PTQ_DEPLOY_"))}
     rec = BenchRecord(experiment=exp, n=a.n, ray_cpus=a.ray_cpus, env=env, runs=runs, wall_s=summary,
                       speedup_median=round(summary["local"]["median"] / summary["ray"]["median"], 2),
-                      provenance=collect())
+                      provenance=collect(compress_env=True))
     path = atomic_write_json(a.out / f"bench_ray_{file_stamp()}.json", rec)
     print(f"local {summary['local']['median']:.0f} s, ray {summary['ray']['median']:.0f} s (median of {a.n}): "
           f"x{rec.speedup_median} -> {path}")

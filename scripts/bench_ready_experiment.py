@@ -108,7 +108,7 @@ def main() -> None:
                       run_wall_s=_round(run_s), run_exit_code=run_rc, report_wall_s=_round(report_s),
                       total_wall_s=round(total_s, 1),
                       steps=steps, seconds_by_step={k: round(v, 1) for k, v in by_step.items()},
-                      provenance=collect())
+                      provenance=collect(compress_env=True))
     path = atomic_write_json(a.out / f"bench_ready_experiment_{exp.name}_{file_stamp()}.json", rec)
     for s in steps:
         print(f"{s.start_s if s.start_s is not None else '':>7} {s.cell:18s} {s.step:9s} {s.status:13s} {s.seconds:8.1f} s")

@@ -173,7 +173,7 @@ def main() -> None:
         dist.append(Distinguishable(scheme=scheme, fast=f, full=g, same=f == g))
     record = Record(dirs=(str(a.fast), str(a.full)), conclusions=out, only_one_run=one, distinguishable=dist,
                     all_same=all(c.same for c in out) and all(d.same for d in dist),
-                    checkpoints=ckpts, provenance=collect())
+                    checkpoints=ckpts, provenance=collect(compress_env=True))
     for c in out:
         print(f"{c.scheme:16s} {c.task:13s} n={c.n[0]}/{c.n[1]} {c.verdict[0]}/{c.verdict[1]} "
               f"{c.outcome[0]}/{c.outcome[1]} {c.recovery_ci_pct[0]} vs {c.recovery_ci_pct[1]}"
