@@ -373,7 +373,8 @@ def inspect_cmd(
 def report_cmd(
     results_dir: Path = typer.Argument(..., help="a suite results dir (`ptq-deploy run`)"),
     results_dir_b: Optional[Path] = typer.Argument(None, help="a second results dir: compare A and B side by side"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="where the report goes (default: RESULTS_DIR/report)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="where the report goes (default: RESULTS_DIR/report; "
+                                          "with B: compare_A_vs_B beside A)"),
     min_recovery: Optional[list[str]] = typer.Option(
         None, "--min-recovery", metavar="[TASK=]FRACTION",
         help="recommend only schemes whose recovery vs the baseline (accuracy: candidate/baseline, perplexity: "
@@ -390,6 +391,7 @@ def report_cmd(
 ):
     """Leaderboard per model (Markdown/JSON/CSV/HTML + plots) and a recommendation, from result files alone."""
     from ptq_deploy.report import build_report, compare_reports, parse_formats, write_comparison, write_report
+    from ptq_deploy.report.compare import conclusions
     from ptq_deploy.report.console import print_report
 
     fmts = parse_formats(formats)
@@ -398,8 +400,11 @@ def report_cmd(
              "min_throughput": min_throughput}
     rep = build_report(results_dir, **given)
     if results_dir_b is not None:
-        paths = write_comparison(compare_reports(rep, build_report(results_dir_b, **given)),
-                                 output or results_dir / "report", fmts)
+        comp = compare_reports(rep, build_report(results_dir_b, **given))
+        for line in conclusions(comp):
+            out.print(line, highlight=False, markup=False)
+        default = results_dir.resolve().parent / f"compare_{results_dir.resolve().name}_vs_{results_dir_b.resolve().name}"
+        paths = write_comparison(comp, output or default, fmts)
     else:
         print_report(rep, out)
         paths = write_report(rep, output or results_dir / "report", fmts)

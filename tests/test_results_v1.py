@@ -1,6 +1,7 @@
 """Results written before the envelope (schema version 1, a real tiny-model suite run by the previous
 release) read back through the one union and render the same leaderboard numbers."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -48,3 +49,32 @@ def test_report_names_a_result_it_cannot_read(cli, tmp_path):
     assert p.returncode == 0, p.stderr
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("FP8-W8A8:"))
     assert f"eval: {bad} is not a ptq-deploy result" in line, line
+
+
+def _renamed(src: Path, dst: Path, model: str) -> Path:
+    """A copy of a results dir with its one model renamed (directories and the records' model fields)."""
+    shutil.copytree(src, dst)
+    for d in sorted(dst.rglob("tiny"), key=lambda p: -len(p.parts)):
+        d.rename(d.with_name(model))
+    for f in dst.rglob("*.json"):
+        f.write_text(f.read_text().replace('"model": "tiny"', f'"model": "{model}"')
+                     .replace("results/tiny/", f"results/{model}/"))
+    return dst
+
+
+def test_report_a_b_compares_conclusions_and_matches_cells_across_models(cli, tmp_path):
+    a = tmp_path / "a"
+    shutil.copytree(V1, a)
+    b = _renamed(V1, tmp_path / "b", "tiny-bigger")
+    assert {r.model for r in build_report(b).rows()} == {"tiny-bigger"}
+    p = cli("report", str(a), str(b), "--format", "md,json")
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "compare_a_vs_b"  # beside A, not inside A's report folder
+    assert sorted(f.name for f in out.iterdir()) == ["compare.json", "compare.md"] and not (a / "report").exists()
+    comp = json.loads((out / "compare.json").read_text())
+    cells = [r for r in build_report(a).rows() if not r.baseline]
+    assert comp["matched_by"] == "cell" and not any(r["only_in"] for r in comp["rows"])
+    assert comp["agreement"] == {"cells": len(cells), "same_verdict": len(cells), "same_quality": len(cells),
+                                 "differ": {}}
+    assert "the models differ (A: tiny, B: tiny-bigger): cells matched by scheme" in p.stdout
+    assert f"conclusions: {len(cells)} of {len(cells)} schemes have the same verdict" in p.stdout
