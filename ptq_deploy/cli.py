@@ -178,19 +178,20 @@ def generate(
     out.print(f"[dim]vLLM quantization={info.quantization} dtype={info.dtype} load {info.load_time_s:.1f} s[/dim]")
 
 
-# ---------------------------------------------------------------- demo
+# ---------------------------------------------------------------- quicklook
 @app.command()
-def demo(
-    workdir: Path = typer.Option(Path("checkpoints"), help="where demo checkpoints go"),
-    schemes_: list[str] = typer.Option(["FP8-W8A8", "INT8-W8A8"], "--scheme", help="schemes to compress"),
+def quicklook(
+    workdir: Path = typer.Option(Path("checkpoints"), help="where its checkpoints go"),
+    schemes_: list[str] = typer.Option(["INT8-W8A8", "INT4-W4A16-RTN"], "--scheme", help="schemes to compress"),
     num_samples: int = typer.Option(_d(CalibrationSettings, "num_samples"), help=_h(CalibrationSettings, "num_samples")),
     max_seq_len: int = typer.Option(_d(CalibrationSettings, "max_seq_len"), help=_h(CalibrationSettings, "max_seq_len")),
     compress_python: Optional[str] = COMPRESS_PY,
 ):
-    """Quick look: compress the embedded model to FP8/INT8 and greedy-generate from each variant in vLLM."""
-    from ptq_deploy.demo import run_demo
+    """Quick look (minutes, not the ready experiment of `make demo`): compress the embedded model and
+    greedy-generate from each variant in vLLM."""
+    from ptq_deploy.quicklook import run_quicklook
 
-    run_demo(workdir, schemes_, num_samples, max_seq_len, compress_python)
+    run_quicklook(workdir, schemes_, num_samples, max_seq_len, compress_python)
 
 
 # ---------------------------------------------------------------- eval

@@ -20,7 +20,7 @@ LAYERS = [
     ["environments", "hardware", "results", "checkpoint", "models", "provenance", "data", "tasks", "tiny"],
     ["engine", "probe"],
     ["compress", "perf", "eval", "kvcache", "inspection"],
-    ["suite", "report", "doctor", "demo"],
+    ["suite", "report", "doctor", "quicklook"],
     ["cli"],
 ]
 

@@ -1,4 +1,4 @@
-"""The README's main job on the embedded default model: prepare, compress, generate in vLLM."""
+"""``ptq-deploy quicklook``: the embedded model prepared, compressed and generated from in vLLM, in minutes."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from rich.table import Table
 
 from ptq_deploy import engine
 from ptq_deploy.checkpoint import METADATA_FILE
-from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
+from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress, schemes
 from ptq_deploy.models import DEFAULT_MODEL, resolve
 from ptq_deploy.ui import console, out
 
+EMBEDDED_GROUP = 64  # the embedded model's hidden size, 576, is not a multiple of 128
 PROMPTS = ["The capital of France is", "Elizabeth Bennet walked into the drawing room and"]
 
 
-def run_demo(workdir: Path, scheme_names: list[str], num_samples: int, max_seq_len: int,
-             compress_python: str | None = None) -> list[dict]:
+def run_quicklook(workdir: Path, scheme_names: list[str], num_samples: int, max_seq_len: int,
+                  compress_python: str | None = None) -> list[dict]:
     src = resolve(DEFAULT_MODEL)
     console.rule(f"[bold]embedded model[/bold]: {src.origin} -> {src.path}")
     variants = [("BF16 (source)", Path(src.path))]
@@ -27,7 +28,8 @@ def run_demo(workdir: Path, scheme_names: list[str], num_samples: int, max_seq_l
             console.print(f"[dim]{name}: reusing {target} (delete it to recompress)[/dim]")
         else:
             console.rule(f"compress {name}")
-            compress(CompressConfig(model=DEFAULT_MODEL, scheme=name, output=target,
+            compress(CompressConfig(model=DEFAULT_MODEL, scheme=name, output=target, group_size=EMBEDDED_GROUP
+                                    if schemes.get(name).group_size else None,
                                     calibration=CalibrationSettings(num_samples=num_samples, max_seq_len=max_seq_len),
                                     compress_python=compress_python))
         variants.append((name, target))
