@@ -30,8 +30,10 @@ def test_resolve_rejects_dirs_without_config_and_plain_files(tmp_path):
 
 
 def test_hub_ids_are_recognised_not_downloaded():
-    src = models.resolve("HuggingFaceTB/SmolLM2-135M-Instruct", revision="abc")
+    src = models.resolve("HuggingFaceTB/SmolLM2-135M-Instruct", revision="abc", check_hub=False)
     assert (src.kind, src.path, src.revision) == ("hub", "HuggingFaceTB/SmolLM2-135M-Instruct", "abc")
+    with pytest.raises(UsageError, match="no such directory; as a hub id: not in the local hub cache and offline"):
+        models.resolve("HuggingFaceTB/SmolLM2-135M-Instruct")  # checked at once (conftest: HF_HUB_OFFLINE)
 
 
 def test_embedded_default_model_converts_from_gguf(tmp_path):
