@@ -27,7 +27,7 @@ os.environ["PTQ_DEPLOY_CHECKPOINT_CACHE"] = "off"
 # fixtures that compress, load a vLLM engine or measure the probe: a test using one (directly or through another
 # fixture) is an integration test, so `pytest -m "not integration"` is the fast tier without a hand-kept list
 HEAVY_FIXTURES = {"compressed", "probe", "runs_here", "fake_probe", "not_runnable_here", "engines",
-                  "embedded_model", "embedded_compressed"}
+                  "embedded_model", "embedded_compressed", "quick_quant"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -119,6 +119,21 @@ def fake_probe(probe):
 
     yield write
     probe.write(path, force=True)
+
+
+# the calibration-free quantized schemes (the same checkpoint wherever it is made), by probe case
+RTN_SCHEMES = {"fp8-w8a8": ("FP8-W8A8", {}), "w4a16": ("INT4-W4A16-RTN", {"group_size": 64}),
+               "w8a16": ("INT8-W8A16-RTN", {})}
+
+
+@pytest.fixture(scope="session")
+def quick_quant(probe) -> tuple[str, dict]:
+    """``(scheme, compress options)``: the calibration-free quantized scheme vLLM runs fastest here, as the probe
+    timed it (an emulated FP8 kernel can cost a hundred times a dense one on some CPUs, none on others)."""
+    runs = sorted((probe.cases[k].ms_per_token, s, tuple(o.items())) for k, (s, o) in RTN_SCHEMES.items()
+                  if probe.cases[k].runnable and probe.cases[k].ms_per_token is not None)
+    assert runs, "no calibration-free quantized scheme runs in vLLM here"
+    return runs[0][1], dict(runs[0][2])
 
 
 # cheap checkpoints of each quantized kernel family: (scheme, compress options)

@@ -81,14 +81,15 @@ def test_data_parallel_road_scores_as_the_in_process_engine(bf16_result, tiny_mo
             assert tr.metrics[name].value == pytest.approx(mv.value, rel=rel), (task, name)
 
 
-def test_fp8_vs_baseline_checkpoint(compressed, tiny_model, tmp_path):
-    ckpt = compressed("FP8-W8A8")
+def test_quantized_vs_baseline_checkpoint(compressed, quick_quant, tiny_model, tmp_path):
+    scheme, opts = quick_quant
+    ckpt = compressed(scheme, **opts)
     res = run_eval(EvalConfig(checkpoint=str(ckpt), limit=LIMIT, engine=EngineConfig(max_model_len=MML), baseline=str(tiny_model),
                               output_dir=tmp_path))
     _sane(res)
     assert res.engine.quantization == "compressed-tensors"
     written = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert len(written) == 2 and any("FP8-W8A8" in n for n in written) and any("BF16" in n for n in written)
+    assert len(written) == 2 and any(scheme in n for n in written) and any("BF16" in n for n in written)
     recs = {(r.task, r.metric): r for r in res.recovery}
     assert ("austen_cloze", "acc_norm") in recs and ("austen_ppl", "word_perplexity") in recs
     (base_file,) = [p for p in tmp_path.glob("*.json") if "BF16" in p.name]

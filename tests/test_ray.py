@@ -23,12 +23,12 @@ from ptq_deploy.suite.plan import RunOptions, plan
 pytestmark = pytest.mark.integration
 ray = pytest.importorskip("ray")
 
-CELLS = ["BF16", "FP8-W8A8"]  # no calibration: the same checkpoints wherever they are made
-
-
-def _exp(tiny_model) -> Experiment:
-    return Experiment(name="tiny-ray", schemes=CELLS, steps=["compress", "inspect", "eval"],
-                      models=[{"name": "tiny", "source": str(tiny_model), "engine": {"max_model_len": 256}}],
+def _exp(tiny_model, quick_quant) -> Experiment:
+    """BF16 and a calibration-free scheme: the same checkpoints wherever they are made."""
+    scheme, opts = quick_quant
+    return Experiment(name="tiny-ray", schemes=["BF16", scheme], steps=["compress", "inspect", "eval"],
+                      models=[{"name": "tiny", "source": str(tiny_model), "engine": {"max_model_len": 256},
+                               "group_size": opts.get("group_size")}],
                       compress={"num_samples": 4, "max_seq_len": 32}, eval={"tasks": ["austen_ppl"], "limit": 4})
 
 
@@ -41,8 +41,8 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def ray_and_local(tiny_model, tmp_path_factory, cluster):
-    exp = _exp(tiny_model)
+def ray_and_local(tiny_model, quick_quant, tmp_path_factory, cluster):
+    exp = _exp(tiny_model, quick_quant)
     root = tmp_path_factory.mktemp("ray-results")
     by_ray = run(exp, RunOptions(results_dir=root / "ray", executor="ray"))
     local = run(exp, RunOptions(results_dir=root / "local"))
@@ -56,6 +56,7 @@ def _span(rec: layout.StepRecord) -> tuple[float, float]:
 
 def test_cells_run_at_once_and_report_as_a_local_run(ray_and_local):
     exp, root, by_ray, local = ray_and_local
+    CELLS = exp.schemes
     assert not by_ray.failed and not local.failed, [(s.cell, s.step, s.reason) for s in by_ray.failed + local.failed]
     recs = {(r.cell, r.step): r for r in layout.records(root / "ray")}
     assert set(recs) == {(c, s) for c in CELLS for s in exp.steps}
@@ -96,29 +97,30 @@ class _KillWhenStarts(SuiteListener):
 
 def test_a_killed_worker_fails_its_step_and_a_rerun_resumes(ray_and_local, tmp_path):
     exp, root, _, _ = ray_and_local
+    quant = exp.schemes[1]
     res = tmp_path / "res"
     shutil.copytree(root / "ray", res)
-    listener = _KillWhenStarts("FP8-W8A8", "eval")
+    listener = _KillWhenStarts(quant, "eval")
     first = run(exp, RunOptions(results_dir=res, executor="ray", force=["eval"]), listener)
     assert listener.killed
     states = {(s.cell, s.step): (s.state, s.reason) for s in first.steps}
     assert states[("BF16", "eval")] == ("ok", None)  # the other cell finished
-    state, reason = states[("FP8-W8A8", "eval")]
+    state, reason = states[(quant, "eval")]
     assert state == "failed" and reason.startswith("worker died: "), reason
-    rec = layout.StepRecord.read(layout.step_file(res, "tiny", "FP8-W8A8", "eval"))
+    rec = layout.StepRecord.read(layout.step_file(res, "tiny", quant, "eval"))
     assert rec.status == "failed" and rec.reason == reason
     bf16 = layout.step_file(res, "tiny", "BF16", "eval").stat().st_mtime_ns
     assert [(s.cell, s.step) for s in plan(exp, RunOptions(results_dir=res)) if s.state == "pending"] == \
-           [("FP8-W8A8", "eval")]
+           [(quant, "eval")]
     again = run(exp, RunOptions(results_dir=res, executor="ray"))
-    assert not again.failed and [(s.cell, s.step) for s in again.steps if s.state == "ok"] == [("FP8-W8A8", "eval")]
-    assert layout.StepRecord.read(layout.step_file(res, "tiny", "FP8-W8A8", "eval")).status == "ok"
+    assert not again.failed and [(s.cell, s.step) for s in again.steps if s.state == "ok"] == [(quant, "eval")]
+    assert layout.StepRecord.read(layout.step_file(res, "tiny", quant, "eval")).status == "ok"
     assert layout.step_file(res, "tiny", "BF16", "eval").stat().st_mtime_ns == bf16  # not redone
 
 
 def test_without_ray_one_line_and_a_nonzero_exit(tiny_model, tmp_path):
     f = tmp_path / "exp.yaml"
-    f.write_text(_exp(tiny_model).model_dump_json())  # JSON is YAML
+    f.write_text(_exp(tiny_model, ("FP8-W8A8", {})).model_dump_json())  # JSON is YAML; nothing runs
     code = ("import sys; sys.modules['ray'] = None; from ptq_deploy.cli import main; "
             f"sys.argv = ['ptq-deploy', 'run', {str(f)!r}, '-o', {str(tmp_path / 'res')!r}, '--executor', 'ray']; main()")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -14,8 +14,7 @@ from report_synth import CLI_ENV, answers, cloze_task, documents, eval_result, p
 
 from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import UsageError
-from ptq_deploy.report import build_report, compare_reports, write_comparison, write_report
-from ptq_deploy.report import render
+from ptq_deploy.report import build_report, compare_reports, render, write_comparison, write_report
 from ptq_deploy.report.leaderboard import pareto
 from ptq_deploy.report.row import flat, to_frame
 from ptq_deploy.stats import Summary
@@ -27,9 +26,10 @@ INT4_REASON = "INT4-W4A16 needs the AVX-512 build of vLLM (CPU WNA16 kernels); t
 
 # ---------------------------------------------------------------- real steps on the tiny model
 @pytest.fixture(scope="session")
-def real_results(tiny_model, compressed, engines, tmp_path_factory) -> Path:
-    """BF16 (the tiny model itself, no compress step) and FP8-W8A8 (compressed through the product path):
-    inspect, perf (offline) and eval (bundled tasks) on one shared engine per checkpoint."""
+def real_results(tiny_model, compressed, quick_quant, engines, tmp_path_factory) -> Path:
+    """BF16 (the tiny model itself, no compress step) and the calibration-free scheme vLLM runs fastest here
+    (compressed through the product path): inspect, perf (offline) and eval (bundled tasks) on one shared engine
+    per checkpoint."""
     from ptq_deploy.eval import EvalConfig, run_eval
     from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
     from ptq_deploy.perf import PerfConfig, run_perf
@@ -37,8 +37,8 @@ def real_results(tiny_model, compressed, engines, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("report") / "results"
     root.mkdir()
     (root / "experiment.yaml").write_text("name: report-test\nbaseline: BF16\n")
-    fp8 = compressed("FP8-W8A8")
-    for cell, ckpt in (("BF16", tiny_model), ("FP8-W8A8", fp8)):
+    quant, opts = quick_quant
+    for cell, ckpt in (("BF16", tiny_model), (quant, compressed(quant, **opts))):
         if str(ckpt) in COMPRESS_RESULTS:
             put(root, "tiny", cell, "compress", COMPRESS_RESULTS[str(ckpt)])
         put(root, "tiny", cell, "inspect", inspect_checkpoint(InspectConfig(checkpoint=ckpt)))
@@ -126,23 +126,23 @@ def _lb(rep, model):
 
 
 # ---------------------------------------------------------------- tests
-def test_real_rows_have_every_figure(report):
+def test_real_rows_have_every_figure(report, quick_quant):
     lb = _lb(report, "tiny")
-    assert [r.cell for r in lb.rows] == ["BF16", "FP8-W8A8"] and lb.baseline == "BF16"
-    base, fp8 = lb.rows
+    assert [r.cell for r in lb.rows] == ["BF16", quick_quant[0]] and lb.baseline == "BF16"
+    base, quant = lb.rows
     assert base.baseline and base.rank == 1 and base.verdict == "baseline" and base.worst_recovery_pct == 100
     assert base.quality == "baseline"
     assert base.speedup == 1 and base.compress_s is None  # the tiny model stands as baseline: no compress step
     assert set(base.tasks) == set(TASKS) and base.eval_backend == "vllm"
-    for r in (base, fp8):
+    for r in (base, quant):
         assert r.status_text == "ok" and r.acc_avg is not None and r.acc_avg_stderr is not None
         assert r.ppl is not None and r.ppl > 1 and r.ppl_task == "austen_ppl"
         assert r.throughput_tok_s > 0 and r.throughput_n == 2
         assert r.ttft_p50_ms > 0 and r.tpot_p99_ms > 0 and r.latency_source == "offline, batch 1"
         assert r.weights_gb > 0 and r.memory_gb > 0 and r.roofline_pct is not None
-    assert fp8.compress_s > 0 and fp8.weights_gb < base.weights_gb
+    assert quant.compress_s > 0 and quant.weights_gb < base.weights_gb
     for t in TASKS:  # every quality measure has a recovery with its interval, and an outcome
-        ts = fp8.tasks[t]
+        ts = quant.tasks[t]
         assert ts.method.startswith("paired bootstrap") and ts.n == 8
         assert ts.recovery_low_pct <= ts.recovery_pct <= ts.recovery_high_pct
         lo, hi = ts.recovery_low_pct, ts.recovery_high_pct  # the verdict and outcome follow from the interval
@@ -150,14 +150,14 @@ def test_real_rows_have_every_figure(report):
             or min(abs(lo - 100), abs(hi - 100)) < 0.01  # an edge the rounding to 4 digits decides
         assert ts.outcome == ("meets" if lo >= 99 else "fails" if hi < 99 else "inconclusive")
         assert ts.min_recovery_pct == 99
-    assert fp8.worst_recovery_pct == min(fp8.tasks[t].recovery_pct for t in TASKS)
+    assert quant.worst_recovery_pct == min(quant.tasks[t].recovery_pct for t in TASKS)
     headers = [c.header for c in render.columns(lb)]
     for t in TASKS:  # the table says how many documents each comparison pairs
-        assert f"{t} {fp8.tasks[t].metric} (n={fp8.tasks[t].n})" in headers, headers
-    outcomes = {fp8.tasks[t].outcome for t in TASKS}
-    assert fp8.ppl_delta is not None
-    assert fp8.quality == next(q for q in ("fails", "inconclusive", "meets") if q in outcomes)
-    assert fp8.speedup == pytest.approx(fp8.throughput_tok_s / base.throughput_tok_s, rel=1e-3)
+        assert f"{t} {quant.tasks[t].metric} (n={quant.tasks[t].n})" in headers, headers
+    outcomes = {quant.tasks[t].outcome for t in TASKS}
+    assert quant.ppl_delta is not None
+    assert quant.quality == next(q for q in ("fails", "inconclusive", "meets") if q in outcomes)
+    assert quant.speedup == pytest.approx(quant.throughput_tok_s / base.throughput_tok_s, rel=1e-3)
 
 
 def test_ranking_order_and_outcomes(report):

@@ -217,9 +217,10 @@ def check_group_sizes(models: list[ModelSpec], names: list[str]) -> None:
         for s in grouped:
             try:
                 schemes.check_group_size(sizes, s.resolve().ignore, m.group_size or s.group_size,
-                                         option="group_size" if m.group_size else "the scheme's group size")
+                                         option="group_size" if m.group_size else "group size")
             except UsageError as e:
-                raise UsageError(f"models: {m.name} ({m.source}), {s.name}: {e}") from None
+                hint = "" if m.group_size else " (set the model's group_size)"
+                raise UsageError(f"models: {m.name} ({m.source}), {s.name}: {e}{hint}") from None
 
 
 def check_sources(exp: Experiment, steps: list[PlannedStep]) -> None:

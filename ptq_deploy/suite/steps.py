@@ -124,7 +124,7 @@ class StepRunner:
 
     def eval(self, ps: PlannedStep, m: ModelSpec):
         ckpt = self._dequantized(ps) if ps.backend == DEQUANTIZED else self._ckpt(ps)
-        options = self.exp.eval.model_dump(exclude={"fallback"})
+        options = self.exp.eval.model_dump(exclude={"fallback", "backend"})  # the step decides its backend
         cfg = EvalConfig(**options, checkpoint=str(ckpt), engine=cell_engine(m, ps.kv_cache),
                          backend="hf" if ps.backend == "hf" else "vllm", write=False)
         in_process = cfg.backend == "vllm" and cfg.engine.data_parallel_size < backend.SERVE_FROM_DATA_PARALLEL
