@@ -108,8 +108,10 @@ def fake_probe(probe):
     path = cache_path(probe.vllm_build, detect())
 
     def write(ms_per_token: dict[str, float] | None = None, **runnable: bool):
+        dense = probe.cases["dense"].ms_per_token  # a case faked to run, runs at the dense speed
         cases = {k: c.model_copy(update={"runnable": runnable[k], "phase": "done" if runnable[k] else "load",
-                                         "error": None if runnable[k] else "faked", "kernel": "FakeKernel"})
+                                         "error": None if runnable[k] else "faked", "kernel": "FakeKernel",
+                                         "ms_per_token": dense if runnable[k] else None})
                  if k in runnable else c for k, c in probe.cases.items()}
         cases = {k: c.model_copy(update={"ms_per_token": (ms_per_token or {})[k]}) if k in (ms_per_token or {}) else c
                  for k, c in cases.items()}

@@ -113,8 +113,16 @@ def test_compress_inspect(user):
     assert f"(group {INT4[1]})" in text and "OK: the checkpoint carries what its config claims" in text
 
 
+def _walk_once(user: User) -> None:
+    """Each engine command runs once per suite, on the model that is not Llama-shaped: the rest of the suite
+    drives the tiny Llama through the same engine paths (test_perf, test_eval, test_lanes, test_report)."""
+    if user.arch != "qwen2":
+        pytest.skip("engine commands run once, on the Qwen2 model")
+
+
 @pytest.mark.integration
 def test_generate_and_perf(user):
+    _walk_once(user)
     text = ok(user.home, "generate", "ckpt/int4", "-p", "It was a truth", "--max-tokens", "4")
     assert text.startswith("It was a truth") and "vLLM quantization=compressed-tensors" in text
     out = ok(user.home, "perf", "ckpt/int4", "--no-serving", "--num-prompts", "4", "--input-len", "16",
@@ -129,6 +137,7 @@ def test_generate_and_perf(user):
 
 @pytest.mark.integration
 def test_eval_against_the_baseline(user):
+    _walk_once(user)
     out = ok(user.home, "eval", "ckpt/int4", "--baseline", user.model, "--tasks", "austen_ppl", "--limit", "4",
              "--max-model-len", "512", "--output-dir", "e")
     res = EvalResult.read(user.home / wrote(out))
@@ -143,8 +152,7 @@ def test_eval_against_the_baseline(user):
 # ---------------------------------------------------------------- the matrix and the KV track (one architecture)
 @pytest.mark.integration
 def test_kv_run_report(user):
-    if user.arch != "qwen2":
-        pytest.skip("the matrix and the KV track run once, on the model that is not Llama-shaped")
+    _walk_once(user)
     out = ok(user.home, "kv", user.model, "-m", "kivi-int4", "--lengths", "256", "--samples", "1", "--documents", "0",
              "--output-dir", "k")
     kv = KVResult.read(user.home / wrote(out))
