@@ -96,7 +96,17 @@ COMPARE_1204 = "perf_results/compare_conclusions_20261204T172351Z.json"
 GPU_H200 = "perf_results/gpu_check_SmolLM2-135M-Instruct.Q4_1_20261204T184340Z.json"
 
 # (document, the figure as it is printed, record, what reads the value, how the document formats it)
+MATMUL = "perf_results/bench_cpu_matmul_20261206T012546Z.json"
+
+
+def _matmul(dtype: str, rows: int):
+    return lambda d: next(r["median_ms"] for r in d["results"] if r["dtype"].startswith(dtype) and r["rows"] == rows)
+
+
 QUOTED = [
+    ("docs/hardware.md", "took 24.85 ms for one token", MATMUL, _matmul("fp8", 1), "took {:.2f} ms for one token"),
+    ("docs/hardware.md", "against 0.1142 ms in bf16", MATMUL, _matmul("bfloat16", 1), "against {:.4f} ms in bf16"),
+    ("docs/hardware.md", "and 1370.27 ms for 48 tokens", MATMUL, _matmul("fp8", 48), "and {:.2f} ms for 48 tokens"),
     ("README.md", "10 min 6 s", READY_1205, key("total_wall_s"), minutes),
     ("README.md", "(606 s)", READY_1205, key("total_wall_s"), "({:.0f} s)"),
     ("docs/results.md", "compress 458, eval 321, perf 122, kv 64, inspect 3", READY_1205, key("seconds_by_step"),
