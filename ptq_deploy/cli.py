@@ -24,6 +24,10 @@ from ptq_deploy.ui import console, out
 from ptq_deploy.ui import option_default as _d
 from ptq_deploy.ui import option_help as _h
 
+# typer 0.29 labels every flag "<bool>" in --help as though it took a value; a flag shows no type (typer 0.28 did so)
+_display_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _display_type(self, ctx)
+
 app = typer.Typer(
     name="ptq-deploy",
     help="Compress a Hugging Face LLM with llmcompressor, then measure and compare the quantized "

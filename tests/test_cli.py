@@ -23,6 +23,9 @@ def test_help_lists_subcommands(cli):
     assert p.returncode == 0
     for cmd in ("compress", "perf", "eval", "inspect", "doctor", "schemes"):
         assert cmd in p.stdout
+    flags = cli("compress", "--help").stdout  # a flag takes no value: no type label beside it
+    assert "--force" in flags and "--version" in p.stdout
+    assert not [ln for ln in (p.stdout + flags).splitlines() if "<bool>" in ln]
 
 
 def test_missing_model_path(cli, tmp_path):
