@@ -233,12 +233,40 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def _widest_kv_section():
+    """A KV section as wide as the report makes one: every registered method with every column filled."""
+    from ptq_deploy.kvcache import methods
+    from ptq_deploy.kvcache.result import Delta
+    from ptq_deploy.report.kv import KVCapacity, KVRow, KVSection
+
+    d = Delta(baseline=12.3456, value=12.9876, delta=-0.6421, stderr=0.1234, ci95=(-0.8765, -0.4321), n=15,
+              verdict="regressed")
+    rows = [KVRow(method=m, quality_only=methods.get(m).family != "vllm", passkey_accuracy=0.9333, passkey_n=15,
+                  passkey={}, passkey_delta=d, longdoc_ppl=12.9876, longdoc_delta=d, generation_ppl=3.4567,
+                  generation_delta=d, agreement=0.9876, bytes_per_token=13824.0, bytes_ratio=0.2656,
+                  logit_max_abs_diff=12.345, kl=0.01234) for m in methods.names()]
+    cap = [KVCapacity(cell="INT4-W4A16-AWQ+fp8", kv_cache_dtype="fp8_e4m3", kv_tokens=1048576, kv_bytes_per_token=9216,
+                      context=32768, concurrent_sequences=32)]
+    return KVSection(model=MODEL, cell="INT4-W4A16-AWQ", rows=rows, findings=["a finding"], capacity=cap)
+
+
 @pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (apt-get install chromium)")
-def test_html_tables_fit_a_laptop_screen(ready_report, tmp_path):
-    write_report(ready_report, tmp_path, formats="html")
+def test_html_tables_fit_a_laptop_screen(ready, tmp_path):
+    """At 1366 px no table scrolls sideways and no cell is cut: the leaderboards with a not-runnable row whose
+    reason is a whole vLLM exception, and a KV section with every method."""
+    root = tmp_path / "results"
+    shutil.copytree(ready, root)
+    exception = ("ValueError: The quantization method compressed-tensors is not supported for the current "
+                 "platform.\nTraceback (most recent call last):\n" + "  File \"/x/vllm/engine.py\", line 1\n" * 20)
+    put(root, MODEL, "INT8-W8A16", "perf", status="not_runnable", reason=exception)
+    rep = build_report(root, min_recovery_by_task={"austen_ppl": 0.97})
+    rep.kv = [_widest_kv_section()]
+    write_report(rep, tmp_path, formats="html")
     html = (tmp_path / "report.html").read_text()
-    probe = ("<script>document.body.dataset.overflow = [...document.querySelectorAll('.scroll')]"
-             ".map(d => d.scrollWidth - d.clientWidth).join(',');</script></body>")
+    probe = ("<script>const b = document.body.dataset;"
+             "b.overflow = [...document.querySelectorAll('.scroll')].map(d => d.scrollWidth - d.clientWidth).join(',');"
+             "b.cut = [...document.querySelectorAll('td')].filter(t => t.scrollWidth > t.clientWidth)"
+             ".map(t => t.textContent).join('|');</script></body>")
     page = tmp_path / "probe.html"
     page.write_text(html.replace("</body>", probe))
     dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -247,7 +275,10 @@ def test_html_tables_fit_a_laptop_screen(ready_report, tmp_path):
                           page.as_uri()], capture_output=True, text=True, timeout=120, check=False).stdout
     overflow = dom.split('data-overflow="', 1)[1].split('"', 1)[0]
     widths = [int(x) for x in overflow.split(",")]
-    assert len(widths) == 2 and widths == [0, 0], widths  # quality and speed tables: no sideways scrolling
+    assert len(widths) == 4 and widths == [0] * 4, widths  # quality, speed, KV methods, KV capacity
+    assert dom.split('data-cut="', 1)[1].split('"', 1)[0] == ""  # e.g. "kivi-int4" cut to "kivi-in"
+    note = next(ln for ln in html.splitlines() if "INT8-W8A16 perf:" in ln)
+    assert "not supported for the current platform" in note and "Traceback" not in note and "engine.py" not in note
 
 
 def test_cli_per_task_constraint(cli, ready, tmp_path):

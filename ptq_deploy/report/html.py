@@ -1,6 +1,7 @@
 """One self-contained HTML page: the leaderboards (same cell texts as the Markdown, in the same two
-tables per model, so each fits a laptop screen; rank and scheme stay in view if a table is still too
-wide) and the plots embedded as base64 PNGs; no external file, script or font."""
+tables per model, so each fits a laptop screen: a cell wraps at its spaces before a table scrolls; rank
+and scheme stay in view if one still does), the KV-cache tables, and the plots embedded as base64 PNGs; no
+external file, script or font."""
 
 from __future__ import annotations
 
@@ -17,14 +18,15 @@ body { font-family: system-ui, sans-serif; margin: 16px; color: #222; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; } h3 { font-size: 1em; margin: 1em 0 0.3em; }
 table { border-collapse: separate; border-spacing: 0; font-size: 13px; margin: 8px 0; }
 th, td { border-right: 1px solid #ccc; border-bottom: 1px solid #ccc; padding: 4px 6px; text-align: right;
-         white-space: nowrap; background: #fff; }
-th { background: #2f4b7c; color: #fff; white-space: normal; min-width: 4em; vertical-align: bottom; }
-td:nth-child(2), td:nth-child(3) { text-align: left; }
-th:nth-child(1), td:nth-child(1) { position: sticky; left: 0; min-width: 2.5em; max-width: 2.5em; z-index: 1; }
-th:nth-child(2), td:nth-child(2) { position: sticky; left: calc(2.5em + 13px); z-index: 1;
-                                   box-shadow: 2px 0 2px -1px #999; }
+         background: #fff; }
+th { background: #2f4b7c; color: #fff; min-width: 4em; vertical-align: bottom; }
+td.col1, td.col2 { text-align: left; }
+table.lb td.col1, table.kv td.col0 { white-space: nowrap; }
+table.lb .col0 { position: sticky; left: 0; min-width: 2.5em; max-width: 2.5em; z-index: 1; }
+table.lb .col1 { position: sticky; left: calc(2.5em + 13px); z-index: 1; box-shadow: 2px 0 2px -1px #999; }
+table.kv .col0 { position: sticky; left: 0; z-index: 1; box-shadow: 2px 0 2px -1px #999; text-align: left; }
 tr:nth-child(even) td { background: #f3f6fb; }
-tr.baseline td { background: #fff4d6; font-weight: 600; }
+td.baseline { background: #fff4d6 !important; font-weight: 600; }
 .rec { background: #e3f4e1; border-left: 4px solid #3a9a3a; padding: 8px 12px; }
 .small { font-size: 12px; color: #555; }
 .scroll { overflow-x: auto; max-width: 100%; }
@@ -32,11 +34,38 @@ img { max-width: 100%; border: 1px solid #ddd; margin: 6px 0; }
 """
 
 
+def table(frame, kind: str, baseline_row: bool = False) -> str:
+    """``frame`` as an HTML table of class ``kind`` ("lb": rank and scheme stay in view, "kv": the method does),
+    the first row marked as the baseline where ``baseline_row``; scrolls sideways only if it cannot wrap to fit."""
+    import pandas as pd
+
+    marks = pd.DataFrame("", index=frame.index, columns=frame.columns)
+    if baseline_row and len(frame):
+        marks.iloc[0] = "baseline"
+    styled = (frame.style.hide(axis="index").format(escape="html").set_td_classes(marks)
+              .set_table_attributes(f'class="{kind}"'))
+    return f"<div class='scroll'>{styled.to_html()}</div>"
+
+
 def _table(lb, group: str) -> str:
-    html = table_frame(lb, group).to_html(index=False, escape=True, border=0)
-    if lb.rows and lb.rows[0].baseline:  # mark the baseline row (the first one)
-        html = html.replace("<tbody>\n    <tr>", '<tbody>\n    <tr class="baseline">', 1)
-    return f"<h3>{escape(GROUPS[group])}</h3><div class='scroll'>{html}</div>"
+    return f"<h3>{escape(GROUPS[group])}</h3>" + table(table_frame(lb, group), "lb", bool(lb.rows and lb.rows[0].baseline))
+
+
+def _kv(secs: list[kv.KVSection]) -> list[str]:
+    import pandas as pd
+
+    parts = []
+    for s in secs:
+        parts.append(f"<h2>KV cache: {escape(s.model)}, {escape(s.cell)} (baseline: the unquantized cache)</h2>")
+        if s.rows:
+            parts += ["<h3>KV-cache methods</h3>", table(pd.DataFrame(kv.table(s), columns=kv.HEADERS), "kv")]
+        if s.findings:
+            parts.append("<ul class='small'>" + "".join(f"<li>{escape(f)}</li>" for f in s.findings) + "</ul>")
+        if s.capacity:
+            parts += ["<h3>vLLM KV capacity</h3>", table(pd.DataFrame(kv.cap_table(s), columns=kv.CAP_HEADERS), "kv")]
+    if secs:
+        parts.append(f"<p class='small'>{escape(kv.LEGEND)}</p>")
+    return parts
 
 
 def _img(name: str, png: bytes) -> str:
@@ -57,13 +86,12 @@ def page(rep: Report, plots: dict[str, bytes], kv_plots: dict[str, bytes] | None
                          + "".join(f"<li>{escape(x)}</li>" for x in items) + "</ul>")
         parts += [_table(lb, group) for group in GROUPS]
         if lb.quality_only:
-            parts.append(f"<h3>{escape(QUALITY_ONLY)}</h3><div class='scroll'>"
-                         f"{quality_only_frame(lb).to_html(index=False, escape=True, border=0)}</div>")
+            parts.append(f"<h3>{escape(QUALITY_ONLY)}</h3>{table(quality_only_frame(lb), 'qo')}")
         n = notes(lb)
         if n:
             parts.append("<ul class='small'>" + "".join(f"<li>{escape(x)}</li>" for x in n) + "</ul>")
     parts.append(f"<p class='small'>{escape(LEGEND)}</p>")
-    parts += kv.html(rep.kv)
+    parts += _kv(rep.kv)
     parts += [_img(name, png) for name, png in (kv_plots or {}).items()]
     parts += [_img(name, png) for name, png in plots.items()]
     parts.append("</body></html>")

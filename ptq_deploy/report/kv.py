@@ -10,8 +10,6 @@ per method). Where vLLM ran a cell: the KV capacity it allocated in tokens and t
 
 from __future__ import annotations
 
-from html import escape
-
 from pydantic import BaseModel
 
 from ptq_deploy.kvcache.methods import QUALITY_ONLY_NOTE
@@ -172,27 +170,6 @@ def markdown(secs: list[KVSection], plots: dict[str, str]) -> list[str]:
     if secs:
         lines += [LEGEND, ""]
     return lines
-
-
-def _html_table(headers, rows) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
-
-
-def html(secs: list[KVSection]) -> list[str]:
-    parts = []
-    for s in secs:
-        parts.append(f"<h2>KV cache: {escape(s.model)}, {escape(s.cell)} (baseline: the unquantized cache)</h2>")
-        if s.rows:
-            parts += ["<h3>KV-cache methods</h3>", _html_table(HEADERS, table(s))]
-        if s.findings:
-            parts.append("<ul class='small'>" + "".join(f"<li>{escape(f)}</li>" for f in s.findings) + "</ul>")
-        if s.capacity:
-            parts += ["<h3>vLLM KV capacity</h3>", _html_table(CAP_HEADERS, cap_table(s))]
-    if secs:
-        parts.append(f"<p class='small'>{escape(LEGEND)}</p>")
-    return parts
 
 
 # ---------------------------------------------------------------- heatmap
