@@ -84,7 +84,7 @@ def doctor(
 # ---------------------------------------------------------------- schemes
 @schemes_app.callback()
 def schemes_list(ctx: typer.Context):
-    """List the schemes (one YAML file each in ptq_deploy/data/schemes/)."""
+    """List the schemes (one YAML file each in the top-level schemes/)."""
     if ctx.invoked_subcommand:
         return
     from ptq_deploy.compress import schemes

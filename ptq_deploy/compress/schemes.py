@@ -1,4 +1,5 @@
-"""Scheme registry: one YAML file per scheme in ``ptq_deploy/data/schemes/`` (adding a scheme = adding a file).
+"""Scheme registry: one YAML file per scheme in the top-level ``schemes/`` (adding a scheme = adding a file; the
+package reads them through the link ``ptq_deploy/data/schemes``, whose files the wheel build copies).
 
 Each file holds the scheme's metadata and a real llmcompressor recipe under ``recipe:``, or, for the
 research methods no library ships (``method: pot | apot``, ``ptq_deploy.compress.fakequant``), their bits and
