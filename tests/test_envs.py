@@ -48,6 +48,24 @@ def test_resolve_python_precedence(monkeypatch, tmp_path):
     assert environments.resolve_python("compress") == str(managed)
 
 
+def test_every_variable_is_read_in_one_place_and_documented(monkeypatch, tmp_path):
+    from ptq_deploy.settings import VARIABLES, settings
+
+    package = Path(environments.__file__).resolve().parents[1]
+    for path in package.rglob("*.py"):  # nothing else reads a PTQ_DEPLOY_* variable
+        if path.name != "settings.py":
+            assert "environ.get(\"PTQ_DEPLOY" not in path.read_text() and "getenv(\"PTQ_DEPLOY" not in path.read_text()
+    doc = (package.parent / "docs" / "environments.md").read_text()
+    assert [v for v in VARIABLES if f"| `{v}` |" not in doc] == []
+    monkeypatch.setenv("PTQ_DEPLOY_HOME", str(tmp_path))
+    monkeypatch.delenv("PTQ_DEPLOY_PROBE_DIR", raising=False)
+    monkeypatch.setenv("PTQ_DEPLOY_CHECKPOINT_CACHE", "")
+    s = settings()
+    assert s.home == tmp_path and s.probe_dir == tmp_path / "probe" and s.checkpoint_cache == tmp_path / "checkpoints"
+    monkeypatch.setenv("PTQ_DEPLOY_CHECKPOINT_CACHE", "Off")
+    assert settings().checkpoint_cache is None and environments.home() == tmp_path
+
+
 def test_stamp_decides_whether_setup_is_needed(monkeypatch, tmp_path):
     monkeypatch.setenv("PTQ_DEPLOY_HOME", str(tmp_path))
     assert not environments.is_current("runtime", "cpu")

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ptq_deploy"
 
 # lowest first; a module's layer is its longest matching prefix (docs/architecture.md draws the same)
 LAYERS = [
-    ["errors", "stats", "timeutil", "ui"],
+    ["errors", "settings", "stats", "timeutil", "ui"],
     ["environments", "hardware", "results", "checkpoint", "models", "provenance", "data", "tasks", "tiny"],
     ["engine", "probe"],
     ["compress", "perf", "eval", "kvcache", "inspection"],

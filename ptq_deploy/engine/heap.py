@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
+
+from ptq_deploy.settings import settings
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 GLIBC_DEFAULTS = {M_TRIM_THRESHOLD: 128 * 1024, M_TOP_PAD: 128 * 1024, M_MMAP_MAX: 65536}
@@ -36,7 +37,7 @@ def _libc():
 def engine_heap(gpus: bool) -> str | None:
     """Keep freed memory in the heap while an engine runs on CPU; returns what was set (None: nothing)."""
     global _depth
-    libc = None if gpus or os.environ.get("PTQ_DEPLOY_ENGINE_HEAP") == "glibc" else _libc()
+    libc = None if gpus or settings().engine_heap == "glibc" else _libc()
     if libc is None:
         return None
     if _depth == 0:

@@ -37,6 +37,7 @@ from ptq_deploy.environments import build as bundle_build
 from ptq_deploy.environments import bundle
 from ptq_deploy.environments import resolve as bundle_resolve
 from ptq_deploy.errors import BundleError, PtqError
+from ptq_deploy.settings import settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCK_DIR = REPO_ROOT / "requirements"
@@ -49,12 +50,12 @@ EXCLUDED = ("torchvision", "torchaudio", "torchcodec", "triton")
 
 
 def home() -> Path:
-    return Path(os.environ.get("PTQ_DEPLOY_HOME", Path.home() / ".cache" / "ptq-deploy"))
+    return settings().home
 
 
 def accel() -> str:
     """``cuda`` when an NVIDIA driver is present (or PTQ_DEPLOY_ACCEL=cuda), else ``cpu``."""
-    forced = os.environ.get("PTQ_DEPLOY_ACCEL")
+    forced = settings().accel
     if forced:
         if forced not in ("cpu", "cuda"):
             raise SystemExit(f"error: PTQ_DEPLOY_ACCEL must be 'cpu' or 'cuda', not {forced!r}")
@@ -217,7 +218,7 @@ def resolve_python(role: str, explicit: str | os.PathLike | None = None) -> str:
     """The interpreter for ``role``: explicit > env var > managed env > this interpreter."""
     if role not in ROLES:
         raise ValueError(role)
-    candidate = explicit or os.environ.get(f"PTQ_DEPLOY_{role.upper()}_PYTHON")
+    candidate = explicit or getattr(settings(), f"{role}_python")
     if candidate:
         if not Path(candidate).exists() and not shutil.which(str(candidate)):
             raise FileNotFoundError(f"{role} interpreter not found: {candidate}")

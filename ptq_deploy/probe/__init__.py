@@ -9,7 +9,6 @@ hardware, a case the probe could not decide), every answer naming its source.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +19,7 @@ from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import HardwareInfo
 from ptq_deploy.hardware.support import STATIC, SchemeLike, Support, kv_cache_support, scheme_support
 from ptq_deploy.results import Identity, ResultEnvelope, safe_name
+from ptq_deploy.settings import settings
 
 MODEL_KV_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -81,7 +81,7 @@ class ProbeResult(ResultEnvelope):
 
 def probe_dir() -> Path:
     """``PTQ_DEPLOY_PROBE_DIR``, else ``<home>/probe``."""
-    return Path(os.environ.get("PTQ_DEPLOY_PROBE_DIR") or environments.home() / "probe")
+    return settings().probe_dir
 
 
 def vllm_build(packages: dict[str, str] | None = None) -> str | None:

@@ -20,20 +20,17 @@ import os
 import shutil
 from pathlib import Path
 
-from ptq_deploy import environments
 from ptq_deploy.compress import CompressResult
 from ptq_deploy.models import ModelSource
 from ptq_deploy.results import Identity, atomic_write_json, replace_dir, temp_sibling
+from ptq_deploy.settings import settings
 
 RESULT = "compress.json"
 
 
 def store_dir() -> Path | None:
     """Where kept checkpoints live, or None when reuse is off."""
-    env = os.environ.get("PTQ_DEPLOY_CHECKPOINT_CACHE", "")
-    if env.lower() in ("off", "0", "false", "no"):
-        return None
-    return Path(env) if env else environments.home() / "checkpoints"
+    return settings().checkpoint_cache
 
 
 def fingerprint(src: ModelSource) -> str:
