@@ -1,6 +1,7 @@
 # ptq-deploy: two commands for a newcomer (see README).
 PYTHON ?= python3
 RUNTIME_PY = $(shell $(PYTHON) -m ptq_deploy.environments python runtime)
+TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)  # pytest-xdist workers, one per core (at most 4)
 LANES ?= $(shell [ $$(nproc) -ge 2 ] && echo 2 || echo 1)  # cells compressed/scored at once (perf runs alone)
 
 .PHONY: setup demo test
@@ -12,5 +13,5 @@ demo: setup  ## the main job: every scheme of the embedded SmolLM2-135M, compres
 	$(RUNTIME_PY) -m ptq_deploy.cli run smollm2-135m --lanes $(LANES); rc=$$?; \
 	$(RUNTIME_PY) -m ptq_deploy.cli report results/smollm2-135m && exit $$rc
 
-test: setup  ## the test suite (real vLLM, real llmcompressor)
-	$(RUNTIME_PY) -m pytest -q $(PYTEST_ARGS)
+test: setup  ## the test suite (real vLLM, real llmcompressor), a test file per worker
+	$(RUNTIME_PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)

@@ -1,14 +1,23 @@
-"""Shared fixtures: a tiny random Llama built in-session, compressed checkpoints, shared vLLM engines."""
+"""Shared fixtures: a tiny random Llama built in-session, compressed checkpoints, shared vLLM engines.
+
+``make test`` runs the suite in pytest-xdist workers (one per core). What a session makes once (the tiny model,
+the compressed checkpoints, the measured probe) is made once for all workers: the first worker to need it makes
+it under a file lock in the run's shared directory, the others read it from there.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -18,7 +27,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # the session's own probe directory (CLI subprocesses inherit it): empty, so what runs here is the static
-# rules until the ``probe`` fixture has measured it; never the user's cached probe
+# rules until the ``probe`` fixture has put the measured probe there; never the user's probe directory itself
+USER_PROBE_DIR = Path(os.environ.get("PTQ_DEPLOY_PROBE_DIR") or
+                      Path(os.environ.get("PTQ_DEPLOY_HOME") or Path.home() / ".cache" / "ptq-deploy") / "probe")
 os.environ["PTQ_DEPLOY_PROBE_DIR"] = tempfile.mkdtemp(prefix="ptq-test-probe-")
 # every test compresses for itself; test_suite's reuse test turns checkpoint reuse on in its own store
 os.environ["PTQ_DEPLOY_CHECKPOINT_CACHE"] = "off"
@@ -27,7 +38,7 @@ os.environ["PTQ_DEPLOY_CHECKPOINT_CACHE"] = "off"
 # fixtures that compress, load a vLLM engine or measure the probe: a test using one (directly or through another
 # fixture) is an integration test, so `pytest -m "not integration"` is the fast tier without a hand-kept list
 HEAVY_FIXTURES = {"compressed", "probe", "runs_here", "fake_probe", "not_runnable_here", "engines",
-                  "embedded_model", "embedded_compressed", "quick_quant"}
+                  "embedded_model", "embedded_compressed", "quick_quant", "engine_model", "serial_run"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -37,49 +48,99 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    from ptq_deploy.tiny import build_tiny_llama
+def shared(tmp_path_factory) -> Path:
+    """The run's directory shared by every xdist worker (each worker's base temp is a child of it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+def made_once(path: Path, make: Callable[[Path], object]) -> Path:
+    """``path``, made by ``make(path)`` by the first worker to ask (the others wait for it, then read it)."""
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            make(path)
+    return path
 
 
 @pytest.fixture(scope="session")
-def ckpt_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ckpts")
+def tiny_model(shared) -> Path:
+    from ptq_deploy.tiny import build_tiny_llama
+
+    return made_once(shared / "tiny-llama", build_tiny_llama)
 
 
-_COMPRESSED: dict[str, Path] = {}
+@pytest.fixture(scope="session")
+def engine_model(tiny_model) -> Path:
+    """The tiny Llama, for a test that loads it in vLLM itself (an engine, ``vllm serve``, a ``perf`` process)."""
+    return tiny_model
+
+
+@pytest.fixture(scope="session")
+def ckpt_dir(shared) -> Path:
+    (shared / "ckpts").mkdir(exist_ok=True)
+    return shared / "ckpts"
+
+
 COMPRESS_RESULTS: dict[str, object] = {}  # checkpoint path -> its CompressResult
+
+
+def _compressed_once(ckpt_dir: Path, name: str, config: Callable[[Path], object]) -> Path:
+    """The checkpoint ``config(out)`` compresses, made once per run; its ``CompressResult`` kept beside it."""
+    from ptq_deploy.compress import CompressResult, compress
+
+    def make(out: Path) -> None:
+        compress(config(out)).write(out.with_name(f"{out.name}.compress.json"))
+
+    out = made_once(ckpt_dir / name, make)
+    if str(out) not in COMPRESS_RESULTS:
+        COMPRESS_RESULTS[str(out)] = CompressResult.model_validate_json(
+            out.with_name(f"{out.name}.compress.json").read_text())
+    return out
+
+
+def _name(scheme: str, opts: dict, prefix: str = "") -> str:
+    return f"{prefix}{scheme}-{hashlib.sha256(repr(sorted(opts.items())).encode()).hexdigest()[:8]}"
 
 
 @pytest.fixture(scope="session")
 def compressed(tiny_model, ckpt_dir):
-    """``compressed(scheme, **opts)`` -> checkpoint path, made once per session via the real product path."""
-    from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
+    """``compressed(scheme, **opts)`` -> checkpoint path, made once per run via the real product path."""
+    from ptq_deploy.compress import CalibrationSettings, CompressConfig
 
     def make(scheme: str, **opts) -> Path:
-        key = scheme + repr(sorted(opts.items()))
-        if key not in _COMPRESSED:
-            out = ckpt_dir / f"{scheme}-{len(_COMPRESSED)}"
-            COMPRESS_RESULTS[str(out)] = compress(CompressConfig(
-                model=str(tiny_model), scheme=scheme, output=out,
-                calibration=CalibrationSettings(num_samples=8, max_seq_len=64), **opts))
-            _COMPRESSED[key] = out
-        return _COMPRESSED[key]
+        return _compressed_once(ckpt_dir, _name(scheme, opts), lambda out: CompressConfig(
+            model=str(tiny_model), scheme=scheme, output=out,
+            calibration=CalibrationSettings(num_samples=8, max_seq_len=64), **opts))
 
     return make
 
 
 @pytest.fixture(scope="session")
-def probe(compressed):
-    """The real probe, measured once per session on this machine (what every "runs here?" question then
-    reads). The quantized checkpoints the session makes anyway are handed to it; it compresses INT8-W8A16
-    itself through the product's compress path."""
+def probe(compressed, shared):
+    """The real probe of this machine (what every "runs here?" question then reads): the one ``make setup``
+    measured just before, where the same probe code measured it for this vLLM build and hardware; else measured
+    once per run, handed the quantized checkpoints the session makes anyway (it compresses INT8-W8A16 itself
+    through the product's compress path). Each worker reads it from its own probe directory (``fake_probe``
+    rewrites that one)."""
+    from ptq_deploy.hardware import detect
+    from ptq_deploy.probe import ProbeResult, cache_path, method_digest, vllm_build
     from ptq_deploy.probe.run import run_probe
 
-    given = {"fp8-w8a8": compressed("FP8-W8A8"), "int8-w8a8": compressed("INT8-W8A8"),
-             "w4a16": compressed("INT4-W4A16-RTN", group_size=64)}
-    return run_probe(checkpoints=given)
+    def measure(path: Path) -> None:
+        setup = USER_PROBE_DIR / cache_path(vllm_build(), detect()).name
+        if setup.is_file() and ProbeResult.model_validate_json(setup.read_text()).method == method_digest():
+            shutil.copyfile(setup, path)
+            return
+        given = {"fp8-w8a8": compressed("FP8-W8A8"), "int8-w8a8": compressed("INT8-W8A8"),
+                 "w4a16": compressed("INT4-W4A16-RTN", group_size=64)}
+        run_probe(checkpoints=given).write(path)
+
+    measured = made_once(shared / "probe.json", measure)
+    mine = cache_path(vllm_build(), detect())
+    if not mine.exists():
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(measured, mine)
+    return ProbeResult.model_validate_json(mine.read_text())
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +197,33 @@ def quick_quant(probe) -> tuple[str, dict]:
                   if probe.cases[k].runnable and probe.cases[k].ms_per_token is not None)
     assert runs, "no calibration-free quantized scheme runs in vLLM here"
     return runs[0][1], dict(runs[0][2])
+
+
+SUITE_PERF = {"num_prompts": 4, "input_len": 16, "output_len": 8, "iterations": 1, "warmup": 0, "serving": False,
+              "latency_prompts": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_suite(tiny_model, quick_quant) -> dict:
+    """An experiment on the tiny model: BF16, the fastest calibration-free scheme here and INT8-W8A16-RTN, every
+    step, small settings."""
+    quant, opts = quick_quant
+    return {"name": "tiny", "schemes": list(dict.fromkeys(["BF16", quant, "INT8-W8A16-RTN"])),
+            "models": [{"name": "tiny", "source": str(tiny_model), "group_size": opts.get("group_size"),
+                        "engine": {"max_model_len": 256}}],
+            "compress": {"num_samples": 4, "max_seq_len": 32}, "perf": SUITE_PERF,
+            "eval": {"tasks": ["austen_ppl"], "limit": 4}}
+
+
+@pytest.fixture(scope="session")
+def serial_run(tiny_suite, shared) -> Path:
+    """``tiny_suite`` run once per test run, serially in-process: its results dir (test_suite reads it,
+    test_lanes compares a ``--lanes 2`` run with it)."""
+    from ptq_deploy.suite.execute import run
+    from ptq_deploy.suite.experiment import Experiment
+    from ptq_deploy.suite.plan import RunOptions
+
+    return made_once(shared / "suite-serial", lambda root: run(Experiment(**tiny_suite), RunOptions(results_dir=root)))
 
 
 # cheap checkpoints of each quantized kernel family: (scheme, compress options)
@@ -203,7 +291,6 @@ def no_temp_siblings(out: Path) -> bool:
     return not list(out.parent.glob(f".ptq-tmp-{out.name}-*"))
 
 
-_EMBEDDED: dict[str, Path] = {}
 # INT4 schemes need group 64 on SmolLM2-135M (hidden size 576 is not a multiple of 128)
 EMBEDDED_GROUP = 64
 
@@ -224,18 +311,14 @@ def embedded_compressed(embedded_model, ckpt_dir):
     calibration to keep CI fast: 16 samples x 128 tokens for the schemes whose generations are compared with
     BF16 (test_compress_schemes), 4 x 64 for the rest, whose tests check only the format (AWQ's grid search
     and GPTQ's layer-by-layer passes scale with the calibration tokens)."""
-    from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress, schemes
+    from ptq_deploy.compress import CalibrationSettings, CompressConfig, schemes
 
     def make(scheme: str, **opts) -> Path:
-        key = scheme + repr(sorted(opts.items()))
-        if key not in _EMBEDDED:
-            out = ckpt_dir / f"smollm2-{scheme}-{len(_EMBEDDED)}"
-            if schemes.get(scheme).group_size:
-                opts.setdefault("group_size", EMBEDDED_GROUP)
-            cal = (CalibrationSettings(num_samples=16, max_seq_len=128) if scheme in QUALITY_CHECKED
-                   else CalibrationSettings(num_samples=4, max_seq_len=64))
-            compress(CompressConfig(model="default", scheme=scheme, output=out, calibration=cal, **opts))
-            _EMBEDDED[key] = out
-        return _EMBEDDED[key]
+        if schemes.get(scheme).group_size:
+            opts.setdefault("group_size", EMBEDDED_GROUP)
+        cal = (CalibrationSettings(num_samples=16, max_seq_len=128) if scheme in QUALITY_CHECKED
+               else CalibrationSettings(num_samples=4, max_seq_len=64))
+        return _compressed_once(ckpt_dir, _name(scheme, opts, "smollm2-"), lambda out: CompressConfig(
+            model="default", scheme=scheme, output=out, calibration=cal, **opts))
 
     return make

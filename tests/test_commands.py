@@ -96,8 +96,17 @@ def test_model_prints_a_loadable_directory(user):
 
 
 # ---------------------------------------------------------------- one checkpoint, every command
+def _walk_once(user: User) -> None:
+    """Each command that compresses or loads an engine runs once per suite, on the model that is not Llama-shaped:
+    the rest of the suite drives the tiny Llama through the same paths (test_compress, test_perf, test_eval,
+    test_lanes, test_report)."""
+    if user.arch != "qwen2":
+        pytest.skip("commands that compress or load an engine run once, on the Qwen2 model")
+
+
 @pytest.mark.integration
 def test_compress_inspect(user):
+    _walk_once(user)
     out = ok(user.home, "compress", user.model, "-s", INT4[0], "--group-size", INT4[1], "-o", "ckpt/int4")
     ckpt = user.home / "ckpt" / "int4"
     meta, problem = metadata.read(ckpt)
@@ -111,13 +120,6 @@ def test_compress_inspect(user):
     assert rep.ok and rep.quantization.weights.group_size == int(INT4[1]) and rep.model_type == user.arch
     assert f"{rep.linear_bits_per_weight:.3f} quantized" in text
     assert f"(group {INT4[1]})" in text and "OK: the checkpoint carries what its config claims" in text
-
-
-def _walk_once(user: User) -> None:
-    """Each engine command runs once per suite, on the model that is not Llama-shaped: the rest of the suite
-    drives the tiny Llama through the same engine paths (test_perf, test_eval, test_lanes, test_report)."""
-    if user.arch != "qwen2":
-        pytest.skip("engine commands run once, on the Qwen2 model")
 
 
 @pytest.mark.integration

@@ -137,12 +137,9 @@ def _damage(src: Path, dst: Path, scale: float = 0.6) -> Path:
     return dst
 
 
-def test_damaged_checkpoint_scores_worse_on_perplexity(tmp_path):
+def test_damaged_checkpoint_scores_worse_on_perplexity(embedded_model, tmp_path):
     """The embedded SmolLM2-135M vs a copy with noisy MLP weights: perplexity must get clearly worse."""
-    from ptq_deploy.models import resolve
-
-    src = Path(resolve("default").path)
-    bad = _damage(src, tmp_path / "damaged")
+    bad = _damage(embedded_model, tmp_path / "damaged")
     res = run_eval(EvalConfig(checkpoint=str(bad), baseline="default", tasks=["austen_ppl"], limit=2,
                               engine=EngineConfig(max_model_len=1024), output_dir=tmp_path / "out"))
     rec = {r.metric: r for r in res.recovery}

@@ -1,6 +1,6 @@
-"""``run --lanes 2`` on the tiny model: cells' untimed steps overlap, perf runs alone afterwards, and
-the results are the serial run's. Both runs go through the CLI: the lanes' spawn machinery and the
-in-process engines stay out of the test process."""
+"""``run --lanes 2`` on the tiny model: cells' untimed steps overlap, perf runs alone afterwards, and the results
+are the serial run's (``serial_run``: the same experiment run serially in-process). The laned run goes through the
+CLI: the lanes' spawn machinery stays out of the test process."""
 
 import json
 from datetime import datetime
@@ -11,20 +11,6 @@ import yaml
 from ptq_deploy.suite import layout
 
 pytestmark = pytest.mark.integration
-
-PERF = {"num_prompts": 4, "input_len": 16, "output_len": 8, "iterations": 1, "warmup": 0, "serving": False,
-        "latency_prompts": 2}
-
-
-def _exp(tiny_model, tmp_path, quant: str = "FP8-W8A8"):
-    f = tmp_path / "lanes.yaml"
-    f.write_text(yaml.safe_dump({
-        "name": "lanes", "models": [{"name": "tiny", "source": str(tiny_model), "group_size": 64,
-                                     "engine": {"max_model_len": 256}}],
-        "schemes": list(dict.fromkeys(["BF16", quant, "INT8-W8A16-RTN"])),
-        "compress": {"num_samples": 4, "max_seq_len": 32},
-        "perf": PERF, "eval": {"tasks": ["austen_ppl"], "limit": 4}}))
-    return str(f)
 
 
 def _states(root):
@@ -44,12 +30,12 @@ def _scores(root, cell):
     return json.loads((root / rec.result).read_text())["tasks"]
 
 
-def test_lanes_overlap_untimed_work_and_time_perf_alone(tiny_model, tmp_path, quick_quant, cli):
-    exp = _exp(tiny_model, tmp_path, quick_quant[0])  # calibration-free: the same checkpoints in either run
-    serial = cli("run", exp, "-o", str(tmp_path / "serial"))
-    laned = cli("run", exp, "-o", str(tmp_path / "lanes"), "--lanes", "2")
-    assert serial.returncode == 0 and laned.returncode == 0, laned.stdout[-2000:] + laned.stderr[-2000:]
-    assert _states(tmp_path / "lanes") == _states(tmp_path / "serial")
+def test_lanes_overlap_untimed_work_and_time_perf_alone(tiny_suite, serial_run, tmp_path, cli):
+    exp = tmp_path / "lanes.yaml"
+    exp.write_text(yaml.safe_dump(tiny_suite))  # calibration-free schemes: the same checkpoints in either run
+    laned = cli("run", str(exp), "-o", str(tmp_path / "lanes"), "--lanes", "2")
+    assert laned.returncode == 0, laned.stdout[-2000:] + laned.stderr[-2000:]
+    assert _states(tmp_path / "lanes") == _states(serial_run)
     assert set(_states(tmp_path / "lanes").values()) <= {"ok", "not_runnable"}
     spans = _spans(tmp_path / "lanes")
     untimed = {k: v for k, v in spans.items() if k[1] != "perf" and v[2].status == "ok"}
@@ -62,7 +48,7 @@ def test_lanes_overlap_untimed_work_and_time_perf_alone(tiny_model, tmp_path, qu
     windows = sorted(cells.values())
     assert any(windows[i + 1][0] < windows[i][1] for i in range(len(windows) - 1))  # two cells at once
     for cell in {c for c, _ in _states(tmp_path / "lanes")}:  # same checkpoints, same scores, one core or two
-        a, b = _scores(tmp_path / "serial", cell), _scores(tmp_path / "lanes", cell)
+        a, b = _scores(serial_run, cell), _scores(tmp_path / "lanes", cell)
         ppl = [s["austen_ppl"]["metrics"]["word_perplexity"]["value"] for s in (a, b)]
         assert ppl[0] == pytest.approx(ppl[1], rel=1e-5)
 
@@ -70,7 +56,9 @@ def test_lanes_overlap_untimed_work_and_time_perf_alone(tiny_model, tmp_path, qu
 def test_more_lanes_than_cpus_is_one_line(tiny_model, tmp_path, cli):
     import os
 
-    p = cli("run", _exp(tiny_model, tmp_path), "-o", str(tmp_path / "r"), "--lanes",
-            str(len(os.sched_getaffinity(0)) + 1))
+    exp = tmp_path / "lanes.yaml"
+    exp.write_text(yaml.safe_dump({"name": "lanes", "models": [{"name": "tiny", "source": str(tiny_model)}],
+                                   "schemes": ["BF16", "INT8-W8A16-RTN"]}))
+    p = cli("run", str(exp), "-o", str(tmp_path / "r"), "--lanes", str(len(os.sched_getaffinity(0)) + 1))
     assert p.returncode == 2 and "--lanes" in p.stdout + p.stderr
     assert (p.stdout + p.stderr).strip().count("\n") == 0 and not (tmp_path / "r" / "steps").exists()

@@ -181,9 +181,9 @@ def _our_processes() -> set[int]:
     return {p.pid for p in me.children(recursive=True)}
 
 
-def test_serving_sweep(tiny_model, tmp_path):
+def test_serving_sweep(engine_model, tmp_path):
     before = _our_processes()
-    cfg = PerfConfig(checkpoint=str(tiny_model), offline=False, concurrency=[1, 2], goodput={"ttft": 60000},
+    cfg = PerfConfig(checkpoint=str(engine_model), offline=False, concurrency=[1, 2], goodput={"ttft": 60000},
                      output_dir=tmp_path, **{**SMALL, "num_prompts": 4})
     r = run_perf(cfg)
     check_serving(r, cfg)
@@ -229,12 +229,12 @@ def _alive(seen: dict[int, float]) -> list[int]:
     return out
 
 
-def test_crashed_server_leaves_no_orphans(tiny_model):
+def test_crashed_server_leaves_no_orphans(engine_model):
     from ptq_deploy import engine
     from ptq_deploy.engine.server import Server
     from ptq_deploy.hardware import detect
 
-    cfg = engine.resolve(tiny_model, EngineConfig(max_model_len=512), detect())
+    cfg = engine.resolve(engine_model, EngineConfig(max_model_len=512), detect())
     srv = Server(cfg, timeout_s=300)
     seen: dict[int, float] = {}
     names: list[str] = []
@@ -258,9 +258,9 @@ def test_crashed_server_leaves_no_orphans(tiny_model):
     assert _alive(seen) == [] and srv.descendants_alive() == []
 
 
-def test_sigint_leaves_no_orphans(tiny_model, tmp_path):
+def test_sigint_leaves_no_orphans(engine_model, tmp_path):
     # a workload that lasts well past the server's start, so the Ctrl-C cannot arrive after the run ended
-    cmd = [sys.executable, "-m", "ptq_deploy.cli", "perf", str(tiny_model), "--no-offline", "--concurrency", "1",
+    cmd = [sys.executable, "-m", "ptq_deploy.cli", "perf", str(engine_model), "--no-offline", "--concurrency", "1",
            "--num-prompts", "8", "--input-len", "16", "--output-len", "200", "--max-model-len", "256",
            "--output-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -33,6 +33,7 @@ def test_probe_measured_every_case_and_is_cached(probe):
     assert probe_mod.load(hw).cases == probe.cases  # read back from the cache, for this build and hardware
     assert read_result(cache_path(probe.vllm_build, hw)) == probe  # one union reads every result kind
     assert probe.import_s > 0 and probe.wall_time_s > probe.import_s
+    assert probe.method == probe_mod.method_digest()  # measured by this checkout's probe code
     for c in probe.cases.values():
         assert c.runnable is not None, c  # every case decided within the time limit
         assert (c.phase == "done") == c.runnable and (c.error is None) == c.runnable
@@ -42,6 +43,22 @@ def test_probe_measured_every_case_and_is_cached(probe):
     assert dense.runnable and dense.kernel == "UnquantizedLinearMethod" and dense.kv_cache_dtype_used == "auto"
     other = hw.model_copy(update={"cpu": hw.cpu.model_copy(update={"flags": [*hw.cpu.flags, "amx_tile"]})})
     assert probe_mod.load(other) is None  # another machine's ISA: not this probe
+
+
+def test_setup_measures_again_only_what_other_probe_code_measured(probe, monkeypatch, capsys):
+    from ptq_deploy.probe import run as probe_run
+
+    measured = []
+    monkeypatch.setattr(probe_run, "run_probe", lambda **kw: measured.append(kw) or probe)
+    assert probe_run.main([]) == 0 and measured == []  # this code's probe: up to date
+    assert "probe up to date" in capsys.readouterr().out
+    path = cache_path(probe.vllm_build, detect())
+    probe.model_copy(update={"method": "0" * 12}).write(path, force=True)
+    try:
+        assert probe_run.main([]) == 0 and len(measured) == 1
+        assert "measured by other probe code" in capsys.readouterr().out
+    finally:
+        probe.write(path, force=True)
 
 
 def _in_process(probe: ProbeResult, key: str, compressed, tiny_model):

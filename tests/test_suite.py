@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SUITE_PERF
 
 from ptq_deploy.compress import schemes
 from ptq_deploy.suite import layout
@@ -19,14 +20,12 @@ from ptq_deploy.suite.plan import RunOptions, plan
 
 pytestmark = pytest.mark.integration
 
-PERF = {"num_prompts": 4, "input_len": 16, "output_len": 8, "iterations": 1, "warmup": 0, "serving": False,
-        "latency_prompts": 2}
 
 
 def _exp(tiny_model, **kw):
     d = {"name": "tiny", "models": [{"name": "tiny", "source": str(tiny_model), "engine": {"max_model_len": 256}}],
          "schemes": ["BF16", "FP8-W8A8", "INT8-W8A16-RTN"], "compress": {"num_samples": 4, "max_seq_len": 32},
-         "perf": PERF, "eval": {"tasks": ["austen_cloze"], "limit": 4}}
+         "perf": SUITE_PERF, "eval": {"tasks": ["austen_cloze"], "limit": 4}}
     d.update(kw)
     return Experiment(**d)
 
@@ -77,24 +76,17 @@ def test_step_keys_do_not_depend_on_the_checkout_path(tiny_model, tmp_path, monk
 
 
 @pytest.fixture(scope="module")
-def suite_run(tiny_model, tmp_path_factory, quick_quant):
-    root = tmp_path_factory.mktemp("suite")
-    quant, opts = quick_quant  # calibration-free, the fastest vLLM runs here
-    exp = _exp(tiny_model, schemes=list(dict.fromkeys(["BF16", quant, "INT8-W8A16-RTN"])),
-               models=[{"name": "tiny", "source": str(tiny_model), "engine": {"max_model_len": 256},
-                        "group_size": opts.get("group_size")}])
-    summary = run(exp, RunOptions(results_dir=root))
-    return exp, root, summary
+def suite_run(serial_run, tiny_suite):
+    return Experiment(**tiny_suite), serial_run
 
 
 def test_suite_runs_every_step_and_records_it(suite_run, runs_here):
-    exp, root, summary = suite_run
-    states = {(s.cell, s.step): s.state for s in summary.steps}
-    w8a16 = runs_here("INT8-W8A16-RTN").runnable
-    assert states[("INT8-W8A16-RTN", "perf")] == ("ok" if w8a16 else "not_runnable")
-    assert not summary.failed, [(s.cell, s.step, s.reason) for s in summary.failed]
+    exp, root = suite_run
     recs = {(r.cell, r.step): r for r in layout.records(root)}
-    assert len(recs) == len(summary.steps)
+    w8a16 = runs_here("INT8-W8A16-RTN").runnable
+    assert recs[("INT8-W8A16-RTN", "perf")].status == ("ok" if w8a16 else "not_runnable")
+    assert {(c, s) for c in exp.schemes for s in ("compress", "inspect", "perf", "eval")} <= set(recs)
+    assert [(k, r.reason) for k, r in recs.items() if r.status == "failed"] == []
     quant = exp.schemes[1]
     perf = json.loads((root / recs[(quant, "perf")].result).read_text())
     assert perf["kind"] == "perf" and perf["vllm_quantization"] == "compressed-tensors"
@@ -106,7 +98,7 @@ def test_suite_runs_every_step_and_records_it(suite_run, runs_here):
 
 
 def test_rerun_skips_finished_steps(suite_run):
-    exp, root, _ = suite_run
+    exp, root = suite_run
     before = {p: p.stat().st_mtime_ns for p in (root / "steps").rglob("*.json")}
     again = run(exp, RunOptions(results_dir=root))
     assert {s.state for s in again.steps} <= {"done", "not_runnable"}
@@ -197,7 +189,7 @@ def test_a_second_experiment_reuses_identical_compressions(tiny_model, tmp_path,
 def test_a_cells_engine_settings_reach_vllm(suite_run, tiny_model, tmp_path):
     """The model's engine settings (here a bf16 KV cache) reach vLLM: its cache holds 2-byte entries, so
     the same KV-cache space holds (compute bytes / 2) times the tokens of the default cache."""
-    _, root, _ = suite_run
+    _, root = suite_run
     exp = _exp(tiny_model, schemes=["BF16"], steps=["compress", "perf"],
                models=[{"name": "tiny", "source": str(tiny_model),
                         "engine": {"max_model_len": 256, "kv_cache_dtype": "bfloat16"}}])

@@ -9,6 +9,7 @@ hardware, a case the probe could not decide), every answer naming its source.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +69,7 @@ class ProbeResult(ResultEnvelope):
     fingerprint: str
     time_limit_s: float
     import_s: float | None = None  # importing vLLM in the worker
+    method: str | None = None  # ``method_digest()`` of the code that measured it (None: older probes)
     cases: dict[str, CaseResult]
 
     @classmethod
@@ -77,6 +79,16 @@ class ProbeResult(ResultEnvelope):
     @property
     def label(self) -> str:
         return f"probe: {self.vllm_build}, measured {self.started_at[:10]}"
+
+
+def method_digest() -> str:
+    """A digest of the code that measures: the probe package and the tiny model it builds. A probe measured by
+    other code is measured again by ``make setup``."""
+    package = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(package.glob("*.py")) + [package.parent / "tiny.py"]:
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def probe_dir() -> Path:

@@ -3,7 +3,8 @@
 worker subprocess (``probe.worker``) that is held to a time limit per case, and cache the answers.
 
 ``python -m ptq_deploy.probe.run [--force]`` (what ``make setup`` runs) measures only when no probe
-exists for this vLLM build and hardware; ``ptq-deploy doctor --probe`` always measures.
+exists for this vLLM build and hardware, or the cached one was measured by other probe code
+(``method_digest``); ``ptq-deploy doctor --probe`` always measures.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ptq_deploy import environments
 from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
 from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.hardware import detect
-from ptq_deploy.probe import CASES, CaseResult, ProbeResult, cache_path, load, probe_dir, vllm_build
+from ptq_deploy.probe import CASES, CaseResult, ProbeResult, cache_path, load, method_digest, probe_dir, vllm_build
 from ptq_deploy.probe.worker import Job
 from ptq_deploy.provenance import collect
 from ptq_deploy.timeutil import timestamp
@@ -172,7 +173,7 @@ def run_probe(runtime_python: str | None = None, compress_python: str | None = N
     res = ProbeResult(identity=ProbeResult.identity_for(build), started_at=started, wall_time_s=time.perf_counter() - t0,
                       provenance=collect(hw), vllm_build=build, vllm_version=version, hardware=hw,
                       fingerprint=hw.fingerprint(), time_limit_s=time_limit_s, import_s=import_s,
-                      cases={c.key: results[c.key] for c in CASES if c.key in results})
+                      method=method_digest(), cases={c.key: results[c.key] for c in CASES if c.key in results})
     res.write(cache_path(build, hw), force=True)
     return res
 
@@ -183,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     build = vllm_build(environments.interpreter_info(environments.resolve_python("runtime")).get("packages", {}))
     hw = detect()
-    if not args.force and build is not None and load(hw, build) is not None:
+    cached = None if build is None else load(hw, build)
+    if not args.force and cached is not None and cached.method == method_digest():
         print(f"[ptq-deploy] probe up to date: {cache_path(build, hw)}")
         return 0
-    print(f"[ptq-deploy] measuring what {build} runs on this machine (a few minutes, once)", flush=True)
+    why = "once" if cached is None else "again: the cached one was measured by other probe code"
+    print(f"[ptq-deploy] measuring what {build} runs on this machine (a few minutes, {why})", flush=True)
     res = run_probe(progress=lambda m: print(f"[ptq-deploy] probe: {m}", flush=True))
     print(f"[ptq-deploy] probe written to {cache_path(build, hw)} ({res.wall_time_s:.0f} s)")
     return 0
