@@ -45,6 +45,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        # a module-scoped fixture is state its tests share (test_commands' user directory, a module's run):
+        # `make test` (--dist loadgroup) keeps such a module's tests on one worker and spreads the rest
+        info = getattr(item, "_fixtureinfo", None)
+        if info and any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session")
@@ -265,8 +270,9 @@ class _Engines:
             self.llm, self.path = None, None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def engines():
+    """A module's engine cache, closed after it: an in-process engine another module loads resets vLLM's state."""
     e = _Engines()
     yield e
     e.close()

@@ -118,6 +118,9 @@ class Roofline(BaseModel):
     mbu: Summary  # achieved / peak
     second_peak: PeakBandwidth | None = None  # GPU: the measured copy next to the spec peak
     mbu_vs_second: Summary | None = None
+    # batch-1 requests whose e2e minus the separately timed prefill of the same prompt was not positive (the
+    # timing noise of a busy machine exceeded the whole decode): no bandwidth is computed from them
+    decode_not_positive: int = 0
     note: str = ("bytes/token = weights read per step (as held by vLLM, embedding table excluded unless tied) "
                  "+ KV cache of the mean context; decode time/token from batch-1 (e2e - prefill)/(output-1)")
 
@@ -133,4 +136,5 @@ def compute(checkpoint: Path, compute_dtype: str, kv_dtype: str, tpot_s: list[fl
     return Roofline(weights=w, kv_bytes_per_token_position=kv, mean_context_tokens=ctx, bytes_per_output_token=per_tok,
                     decode_time_per_token=Summary.of(tpot_s, "s"), achieved_gbps=Summary.of(gbps, "GB/s"), peak=peak,
                     mbu=Summary.of([g / peak.gbps for g in gbps], "fraction"), second_peak=second,
-                    mbu_vs_second=Summary.of([g / second.gbps for g in gbps], "fraction") if second else None)
+                    mbu_vs_second=Summary.of([g / second.gbps for g in gbps], "fraction") if second else None,
+                    decode_not_positive=sum(t <= 0 for t in tpot_s))
