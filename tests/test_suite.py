@@ -213,6 +213,18 @@ def test_the_shipped_experiment_loads_and_plans():
     assert all(s.state in ("pending", "not_runnable") for s in steps)
 
 
+def test_the_shipped_hf_experiment_scores_every_cell_with_the_hf_backend():
+    """``smollm2-135m-hf``: the GPU check where vLLM is absent is a shipped experiment, not a script."""
+    from ptq_deploy.suite.experiment import load
+
+    exp, ready = load("smollm2-135m-hf"), load("smollm2-135m")
+    assert exp.schemes == ready.schemes and exp.eval.backend == "hf"
+    steps = plan(exp, RunOptions(results_dir=Path("/nonexistent"), dry_run=True))
+    assert {s.step for s in steps} == {"compress", "inspect", "eval"}
+    assert {s.backend for s in steps if s.step == "eval"} == {"hf"}
+    assert {s.cell for s in steps} == set(exp.schemes) and steps[0].cell == exp.baseline
+
+
 def test_a_schemes_own_calibration_reaches_its_compress_step_only(tiny_model, tmp_path):
     """``compress: schemes: {NAME: ...}`` changes that scheme's calibration (and compress key), no other's."""
     from ptq_deploy import checkpoint
