@@ -3,9 +3,9 @@
     python scripts/bench_test_suite.py [--out perf_results/] [--tier fast] [--tier full]
 
 Clones this checkout's HEAD (it must be clean: the record names the commit it timed) into a temporary
-directory and times, there, each asked-for tier: ``fast`` is ``pytest -m "not integration"`` (no engine,
-compression or server) in the runtime environment, ``full`` is ``make test`` itself (the setup check, then
-every test in one pytest-xdist worker per core). The environments and the probe are the ones ``make setup``
+directory and times, there, each asked-for tier: ``full`` is ``make test`` itself (the setup check, which also
+links the environments to the clone, then every test in one pytest-xdist worker per core), ``fast`` is
+``pytest -m "not integration"`` (no engine, compression or server) in the runtime environment. The environments and the probe are the ones ``make setup``
 keeps under ``~/.cache/ptq-deploy``: build them first, or the first tier's time includes building them. The
 record carries each tier's wall time, exit code and pytest's summary line.
 """
@@ -29,7 +29,7 @@ from ptq_deploy.results import atomic_write_json
 from ptq_deploy.timeutil import file_stamp
 
 REPO = Path(__file__).resolve().parent.parent
-TIERS = {"fast": "{python} -m pytest -q -n {workers} --dist loadgroup -m 'not integration'", "full": "make test"}
+TIERS = {"full": "make test", "fast": "{python} -m pytest -q -n {workers} --dist loadgroup -m 'not integration'"}
 
 
 class TierTime(BaseModel):
@@ -38,6 +38,7 @@ class TierTime(BaseModel):
     wall_s: float
     exit_code: int
     summary: str | None  # pytest's last line: "N passed, M skipped in S s"
+    failures: list[str] = []  # pytest's "FAILED ..." lines
 
 
 class BenchRecord(BaseModel):
@@ -51,7 +52,7 @@ class BenchRecord(BaseModel):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "perf_results")
-    ap.add_argument("--tier", action="append", choices=list(TIERS), help="default: fast, then full")
+    ap.add_argument("--tier", action="append", choices=list(TIERS), help="default: full, then fast")
     args = ap.parse_args()
     if subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip():
         sys.exit("error: the checkout has uncommitted changes; commit them, the record names the commit it timed")
@@ -70,7 +71,8 @@ def main() -> int:
             wall = time.perf_counter() - t0
             lines = re.findall(r"^=*\s*(\d+ (?:passed|failed).*?)\s*=*$", p.stdout, re.M)
             tiers.append(TierTime(tier=tier, command=cmd, wall_s=round(wall, 1), exit_code=p.returncode,
-                                  summary=lines[-1] if lines else None))
+                                  summary=lines[-1] if lines else None,
+                                  failures=re.findall(r"^FAILED .*$", p.stdout, re.M)))
             print(f"[bench] {tier}: {wall:.0f} s, exit {p.returncode}, {tiers[-1].summary}", flush=True)
         # `make setup` in the clone linked the environments to it: link them back to this checkout
         subprocess.run([sys.executable, "-m", "ptq_deploy.environments", "setup"], cwd=REPO, check=True,
