@@ -12,7 +12,7 @@ from ptq_deploy import environments, probe
 from ptq_deploy.compress import schemes
 from ptq_deploy.engine.kernels import brief_reason
 from ptq_deploy.hardware import HardwareInfo, detect
-from ptq_deploy.hardware.support import KV_DTYPES, STATIC, Support
+from ptq_deploy.hardware.support import STATIC, Support
 from ptq_deploy.probe import ProbeResult
 from ptq_deploy.results import SCHEMA_VERSION
 
@@ -65,7 +65,7 @@ def run(runtime_python: str | None = None, compress_python: str | None = None) -
     return DoctorReport(
         environments=envs_, hardware=hw, vllm_build=build, support_source=rules.source, probe=rules.probe,
         schemes={n: rules.scheme(s) for n, s in schemes.registry().items()},
-        kv_cache={d: rules.kv(d) for d in KV_DTYPES},
+        kv_cache={d: rules.kv(d) for d in rules.kv_dtypes},
     )
 
 

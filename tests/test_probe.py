@@ -17,7 +17,7 @@ from ptq_deploy.compress import schemes
 from ptq_deploy.engine.kernels import main_kernel, vllm_linear_kernels
 from ptq_deploy.errors import NotRunnableHere, one_line
 from ptq_deploy.hardware import detect, support
-from ptq_deploy.probe import CASES, CaseResult, ProbeResult, cache_path, family_key
+from ptq_deploy.probe import WEIGHT_CASES, CaseResult, ProbeResult, cache_path, cases, family_key
 from ptq_deploy.probe.run import run_jobs
 from ptq_deploy.probe.worker import ERROR_CHARS, PROMPT, Job
 from ptq_deploy.report.kinds import read_result
@@ -28,7 +28,13 @@ pytestmark = pytest.mark.integration
 # ---------------------------------------------------------------- the measurement, against vLLM itself
 def test_probe_measured_every_case_and_is_cached(probe):
     hw = detect()
-    assert set(probe.cases) == {c.key for c in CASES}
+    from typing import get_args
+
+    from vllm.config.cache import CacheDType
+
+    assert probe.kv_cache_dtypes == list(get_args(CacheDType))  # vLLM's own list, not a hand-kept one
+    assert set(probe.cases) == {c.key for c in cases(probe.kv_cache_dtypes)}
+    assert {f"kv-{d}" for d in probe.kv_cache_dtypes if d not in probe_mod.MODEL_KV_DTYPES} <= set(probe.cases)
     assert probe.vllm_build == probe_mod.vllm_build() and probe.fingerprint == hw.fingerprint()
     assert probe_mod.load(hw).cases == probe.cases  # read back from the cache, for this build and hardware
     assert read_result(cache_path(probe.vllm_build, hw)) == probe  # one union reads every result kind
@@ -173,6 +179,13 @@ def test_doctor_shows_the_measured_table_with_its_vllm_build(probe, cli):
         case = probe.cases[family_key(schemes.get(name))]
         assert s["runnable"] == case.runnable and s["source"] == probe.label
         assert s["kernel"] == (case.kernel or "-")
+    # a row for every KV-cache dtype vLLM offers, with the probe's answer (its attention backend or its error)
+    assert list(rep["kv_cache"]) == ["auto", *(d for d in probe.kv_cache_dtypes if d not in probe_mod.MODEL_KV_DTYPES)]
+    for dtype, s in list(rep["kv_cache"].items())[1:]:
+        case = probe.cases[f"kv-{dtype}"]
+        if case.runnable is not None:  # decided by the probe (else the static rules answer)
+            assert s["runnable"] == case.runnable and (case.runnable or case.error in s["reason"]), (dtype, s)
+    assert not probe_mod.rules(detect()).kv("fp8_nonsense").runnable  # not one of vLLM's choices
     text = cli("doctor").stdout
     assert f"probe: {probe.vllm_build}" in text and probe.fingerprint in text
 
@@ -201,12 +214,12 @@ def test_a_case_that_hangs_or_crashes_takes_only_itself(tmp_path):
     fake = tmp_path / "python"
     fake.write_text(textwrap.dedent(FAKE_WORKER.format(python=sys.executable)))
     fake.chmod(0o755)
-    jobs = [Job(case=c, checkpoint="/nowhere") for c in CASES[:3]]  # dense (hangs), fp8-w8a8 (crashes), int8-w8a8
+    jobs = [Job(case=c, checkpoint="/nowhere") for c in WEIGHT_CASES[:3]]  # dense (hangs), fp8-w8a8 (crashes), int8-w8a8
     results, import_s, version = run_jobs(str(fake), jobs, time_limit_s=2, log=tmp_path / "log", say=print)
     assert results["dense"].phase == "timeout" and results["dense"].runnable is None
     assert results["fp8-w8a8"].phase == "crashed" and results["fp8-w8a8"].runnable is False
     assert "exit code 7" in results["fp8-w8a8"].error
-    assert results["int8-w8a8"] == CaseResult(**CASES[2].model_dump(), runnable=True, phase="done", kernel="K",
+    assert results["int8-w8a8"] == CaseResult(**WEIGHT_CASES[2].model_dump(), runnable=True, phase="done", kernel="K",
                                               seconds=0.01)
     assert (import_s, version) == (0.1, "fake")
     undecided = probe_mod.Rules(detect(), None, "vllm x").scheme(schemes.get("BF16"))
@@ -217,7 +230,7 @@ def test_a_worker_that_cannot_import_vllm_leaves_every_case_undecided(tmp_path):
     fake = tmp_path / "python"
     fake.write_text(f"#!{sys.executable}\nimport sys\nsys.exit(3)\n")
     fake.chmod(0o755)
-    jobs = [Job(case=c, checkpoint="/nowhere") for c in CASES[:2]]
+    jobs = [Job(case=c, checkpoint="/nowhere") for c in WEIGHT_CASES[:2]]
     results, _, _ = run_jobs(str(fake), jobs, time_limit_s=5, log=tmp_path / "log", say=print)
     assert {k: (r.runnable, r.phase) for k, r in results.items()} == {"dense": (None, "load"), "fp8-w8a8": (None, "load")}
     assert all("worker exited 3" in r.error for r in results.values())

@@ -24,7 +24,9 @@ class EngineConfig(BaseModel):
 
     dtype: str = Field("auto", description="auto (float32 on CPUs without AVX-512) | bfloat16 | float16 | float32")
     max_model_len: int | None = Field(None, ge=16, description=f"None: the model's, capped at {MAX_MODEL_LEN_CAP}")
-    kv_cache_dtype: str = Field("auto", description="auto | fp8 | fp8_e4m3 | fp8_e5m2")
+    kv_cache_dtype: str = Field("auto", description="auto (the model's dtype) or one of vLLM's kv_cache_dtype choices "
+                                                    "(fp8, fp8_e4m3, ...: `ptq-deploy doctor` lists them and which run "
+                                                    "here)")
     enforce_eager: bool | None = Field(None, description="None: eager on CPU, CUDA graphs on GPU")
     seed: int = 0
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine's layers are split across")

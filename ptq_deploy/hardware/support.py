@@ -103,11 +103,17 @@ def _vllm_type(scheme: SchemeLike) -> str:
     return f"uint{bits}" if q.weights is not None and not q.weights.symmetric else f"uint{bits}b{2 ** (bits - 1)}"
 
 
+# the KV-cache dtypes the static rules know (the probe asks vLLM for its whole list)
+FP8_KV_DTYPES = ("fp8", "fp8_e4m3", "fp8_e5m2")
+
+
 def kv_cache_support(dtype: str, hw: HardwareInfo) -> Support:
     if dtype in ("auto", "bfloat16", "float16", "float32"):
         return Support(runnable=True, fast_path=True, kernel="model dtype")
-    if not dtype.startswith("fp8"):
-        return Support(runnable=False, fast_path=False, kernel="-", reason=f"unknown kv_cache_dtype {dtype}")
+    if dtype not in FP8_KV_DTYPES:
+        return Support(runnable=False, fast_path=False, kernel="-",
+                       reason=f"no static rule for kv_cache_dtype {dtype}: the probe measures it "
+                              "(ptq-deploy doctor --probe)")
     if hw.gpus:
         cc = hw.gpus[0].compute_capability
         if cc >= (8, 9):
@@ -119,9 +125,6 @@ def kv_cache_support(dtype: str, hw: HardwareInfo) -> Support:
         return Support(runnable=True, fast_path=True, kernel="CPU FP8 KV")
     return Support(runnable=False, fast_path=False, kernel="-",
                    reason=f"FP8 KV cache on CPU requires AVX-512 or AMX; this CPU is {hw.cpu.isa}")
-
-
-KV_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 
 
 def hardware_for(device: str | None, detected: HardwareInfo) -> HardwareInfo:

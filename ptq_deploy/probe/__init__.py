@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from ptq_deploy import environments
 from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import HardwareInfo
-from ptq_deploy.hardware.support import STATIC, SchemeLike, Support, kv_cache_support, scheme_support
+from ptq_deploy.hardware.support import (FP8_KV_DTYPES, STATIC, SchemeLike, Support, kv_cache_support,
+                                         scheme_support)
 from ptq_deploy.results import Identity, ResultEnvelope, safe_name
 from ptq_deploy.settings import settings
 
@@ -34,15 +35,21 @@ class ProbeCase(BaseModel):
     kv_cache_dtype: str = "auto"
 
 
-# one representative scheme per kernel family (RTN: no calibration), and the FP8 KV-cache dtypes
-CASES = (ProbeCase(key="dense", scheme="BF16"),
-         ProbeCase(key="fp8-w8a8", scheme="FP8-W8A8"),
-         ProbeCase(key="int8-w8a8", scheme="INT8-W8A8"),
-         ProbeCase(key="w4a16", scheme="INT4-W4A16-RTN", group_size=64),
-         ProbeCase(key="w8a16", scheme="INT8-W8A16-RTN"),
-         ProbeCase(key="w3a16", scheme="INT3-W3A16-RTN", group_size=64),
-         ProbeCase(key="w2a16", scheme="INT2-W2A16-RTN", group_size=64),
-         *(ProbeCase(key=f"kv-{d}", scheme="BF16", kv_cache_dtype=d) for d in ("fp8", "fp8_e4m3", "fp8_e5m2")))
+# one representative scheme per kernel family (RTN: no calibration)
+WEIGHT_CASES = (ProbeCase(key="dense", scheme="BF16"),
+                ProbeCase(key="fp8-w8a8", scheme="FP8-W8A8"),
+                ProbeCase(key="int8-w8a8", scheme="INT8-W8A8"),
+                ProbeCase(key="w4a16", scheme="INT4-W4A16-RTN", group_size=64),
+                ProbeCase(key="w8a16", scheme="INT8-W8A16-RTN"),
+                ProbeCase(key="w3a16", scheme="INT3-W3A16-RTN", group_size=64),
+                ProbeCase(key="w2a16", scheme="INT2-W2A16-RTN", group_size=64))
+
+
+def cases(kv_dtypes: tuple[str, ...] | list[str] = FP8_KV_DTYPES) -> tuple[ProbeCase, ...]:
+    """The weight cases, then a case per KV-cache dtype (on the dense model) other than the model's own; the
+    probe asks the runtime's vLLM for its list (``probe.run.offered_kv_dtypes``), the FP8 ones if it cannot."""
+    return (*WEIGHT_CASES, *(ProbeCase(key=f"kv-{d}", scheme="BF16", kv_cache_dtype=d)
+                             for d in kv_dtypes if d not in MODEL_KV_DTYPES))
 
 Phase = Literal["compress", "load", "kernels", "generate", "done", "timeout", "crashed"]
 
@@ -69,6 +76,8 @@ class ProbeResult(ResultEnvelope):
     fingerprint: str
     time_limit_s: float
     import_s: float | None = None  # importing vLLM in the worker
+    # vLLM's own ``kv_cache_dtype`` choices (``vllm.config.cache.CacheDType``), each a case unless a model dtype
+    kv_cache_dtypes: list[str] = []
     method: str | None = None  # ``method_digest()`` of the code that measured it (None: older probes)
     cases: dict[str, CaseResult]
 
@@ -122,8 +131,9 @@ def load(hw: HardwareInfo, build: str | None = None) -> ProbeResult | None:
         result = ProbeResult.read(path)
     except UsageError:  # unreadable (an older schema, a partial copy): measure again
         return None
-    # measured before a kernel family was added to the probe, or before it timed each case: measure again
-    if set(result.cases) != {c.key for c in CASES}:
+    # measured before a kernel family or vLLM's KV-dtype list was added to the probe, or before it timed each
+    # case: measure again
+    if not result.kv_cache_dtypes or set(result.cases) != {c.key for c in cases(result.kv_cache_dtypes)}:
         return None
     return None if any(c.runnable and c.ms_per_token is None for c in result.cases.values()) else result
 
@@ -168,7 +178,17 @@ class Rules:
     def scheme(self, scheme: SchemeLike) -> Support:
         return self._measured(family_key(scheme), scheme_support(scheme, self.hw))
 
+    @property
+    def kv_dtypes(self) -> tuple[str, ...]:
+        """The KV-cache dtypes to ask about: vLLM's own list where the probe read it, else the FP8 ones."""
+        offered = self.probe.kv_cache_dtypes if self.probe is not None else FP8_KV_DTYPES
+        return ("auto", *(d for d in offered if d not in MODEL_KV_DTYPES))
+
     def kv(self, dtype: str) -> Support:
+        if self.probe is not None and dtype not in (*self.probe.kv_cache_dtypes, *MODEL_KV_DTYPES):
+            return Support(runnable=False, fast_path=False, kernel="-", source=self.probe.label,
+                           reason=f"not a kv_cache_dtype of {self.probe.vllm_build} (it offers: "
+                                  f"{', '.join(self.probe.kv_cache_dtypes)})")
         if dtype in MODEL_KV_DTYPES:
             return self._measured("dense", kv_cache_support(dtype, self.hw)).model_copy(update={"kernel": "model dtype"})
         return self._measured(f"kv-{dtype}", kv_cache_support(dtype, self.hw))

@@ -24,7 +24,8 @@ from ptq_deploy import environments
 from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
 from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.hardware import detect
-from ptq_deploy.probe import CASES, CaseResult, ProbeResult, cache_path, load, method_digest, probe_dir, vllm_build
+from ptq_deploy.probe import (FP8_KV_DTYPES, CaseResult, ProbeCase, ProbeResult, cache_path, cases, load,
+                              method_digest, probe_dir, vllm_build)
 from ptq_deploy.probe.worker import Job
 from ptq_deploy.provenance import collect
 from ptq_deploy.timeutil import timestamp
@@ -37,11 +38,26 @@ CALIBRATION = CalibrationSettings(num_samples=4, max_seq_len=32)
 Say = Callable[[str], None]
 
 
-def _checkpoints(tiny: Path, work: Path, given: dict[str, Path], python: str | None,
+def offered_kv_dtypes(python: str, say: Say) -> list[str]:
+    """vLLM's own ``kv_cache_dtype`` choices, as the runtime interpreter's vLLM lists them; the FP8 ones when it
+    cannot say (a newer vLLM's options are probed without a change here)."""
+    try:
+        p = subprocess.run([python, "-m", "ptq_deploy.probe.worker", "--kv-dtypes"], capture_output=True, text=True,
+                           timeout=IMPORT_LIMIT_S, env=environments.subprocess_env())
+        if p.returncode == 0:
+            return json.loads(p.stdout.strip().splitlines()[-1])
+        why = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as e:
+        why = str(e)
+    say(f"vLLM's KV-cache dtypes could not be read ({why}): probing {', '.join(FP8_KV_DTYPES)}")
+    return list(FP8_KV_DTYPES)
+
+
+def _checkpoints(todo: tuple[ProbeCase, ...], tiny: Path, work: Path, given: dict[str, Path], python: str | None,
                  say: Say) -> tuple[dict[str, Path], dict[str, CaseResult]]:
     """A checkpoint per case (``given`` ones as they are); a compression failure is an undecided case."""
     paths, failed, made = {}, {}, {}
-    for case in CASES:
+    for case in todo:
         if case.key in given:
             paths[case.key] = Path(given[case.key])
             continue
@@ -163,17 +179,20 @@ def run_probe(runtime_python: str | None = None, compress_python: str | None = N
     log = probe_dir() / "logs" / f"{cache_path(build, hw).stem}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
+    kv_dtypes = offered_kv_dtypes(python, say)
+    todo = cases(kv_dtypes)
     with tempfile.TemporaryDirectory(prefix="ptq-probe-") as tmp:
         tiny = build_tiny_llama(Path(tmp) / "tiny-llama")
-        paths, results = _checkpoints(tiny, Path(tmp), checkpoints or {}, compress_python, say)
-        jobs = [Job(case=c, checkpoint=str(paths[c.key])) for c in CASES if c.key in paths]
+        paths, results = _checkpoints(todo, tiny, Path(tmp), checkpoints or {}, compress_python, say)
+        jobs = [Job(case=c, checkpoint=str(paths[c.key])) for c in todo if c.key in paths]
         say(f"loading {len(jobs)} cases in {build} (each within {time_limit_s:.0f} s)")
         ran, import_s, version = run_jobs(python, jobs, time_limit_s, log, say)
     results.update(ran)
     res = ProbeResult(identity=ProbeResult.identity_for(build), started_at=started, wall_time_s=time.perf_counter() - t0,
                       provenance=collect(hw), vllm_build=build, vllm_version=version, hardware=hw,
                       fingerprint=hw.fingerprint(), time_limit_s=time_limit_s, import_s=import_s,
-                      method=method_digest(), cases={c.key: results[c.key] for c in CASES if c.key in results})
+                      kv_cache_dtypes=kv_dtypes, method=method_digest(),
+                      cases={c.key: results[c.key] for c in todo if c.key in results})
     res.write(cache_path(build, hw), force=True)
     return res
 

@@ -1,4 +1,5 @@
-"""The probe's subprocess: ``python -m ptq_deploy.probe.worker JOBS.json EVENTS.jsonl`` (runtime environment).
+"""The probe's subprocess: ``python -m ptq_deploy.probe.worker JOBS.json EVENTS.jsonl`` (runtime environment);
+``--kv-dtypes`` prints vLLM's own KV-cache dtype choices instead.
 
 Imports vLLM once, then for each job loads its checkpoint in vLLM (no preflight: vLLM itself is asked),
 walks the Linear layers for the kernel vLLM picked and generates two tokens. Each step appends one JSON
@@ -79,8 +80,20 @@ def run_case(job: Job, hw) -> CaseResult:
     return res
 
 
+def kv_dtypes() -> list[str]:
+    """vLLM's own ``kv_cache_dtype`` choices (``--kv-dtypes``: printed as JSON)."""
+    from typing import get_args
+
+    from vllm.config.cache import CacheDType
+
+    return list(get_args(CacheDType))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--kv-dtypes"]:
+        print(json.dumps(kv_dtypes()))
+        return 0
     jobs = [Job.model_validate(j) for j in json.loads(Path(argv[0]).read_text())]
     out = Path(argv[1])
     hw = detect()
