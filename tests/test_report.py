@@ -25,7 +25,7 @@ INT4_REASON = "INT4-W4A16 needs the AVX-512 build of vLLM (CPU WNA16 kernels); t
 
 
 # ---------------------------------------------------------------- real steps on the tiny model
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_results(tiny_model, compressed, quick_quant, engines, tmp_path_factory) -> Path:
     """BF16 (the tiny model itself, no compress step) and the calibration-free scheme vLLM runs fastest here
     (compressed through the product path): inspect, perf (offline) and eval (bundled tasks) on one shared engine
@@ -90,7 +90,7 @@ def _synth_perf(base_perf, tok_s: float, weights: float):
         "memory": base_perf.memory.model_copy(update={"weight_bytes_checkpoint": int(weights)})})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def results(real_results, tmp_path_factory) -> Path:
     """The real results plus a second model "synth" with controlled numbers and a not-runnable cell."""
     root = tmp_path_factory.mktemp("report-synth") / "results"
@@ -109,12 +109,12 @@ def results(real_results, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def report(results):
     return build_report(results)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def written(report, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report-out")
     write_report(report, out)

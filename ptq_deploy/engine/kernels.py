@@ -37,6 +37,18 @@ def vllm_attention_backends(model) -> dict[str, int]:
     return dict(found)
 
 
+def vllm_attention_kv_dtypes(model) -> dict[str, list[str]]:
+    """Runs inside a vLLM worker: attention backend class -> the ``kv_cache_dtype`` values it declares it
+    supports (empty: it declares no limit)."""
+    found: dict[str, list[str]] = {}
+    for _, mod in model.named_modules():
+        backend = getattr(mod, "attn_backend", None)
+        if backend is not None and hasattr(mod, "kv_cache_dtype"):
+            found[getattr(backend, "__name__", type(backend).__name__)] = list(
+                getattr(backend, "supported_kv_cache_dtypes", None) or [])
+    return found
+
+
 def main_kernel(kernels: dict[str, int]) -> str | None:
     """The kernel most quantized Linear layers use (the last part of ``vllm_linear_kernels``' key)."""
     quantized = {k: n for k, n in kernels.items() if not k.startswith("UnquantizedLinearMethod")}

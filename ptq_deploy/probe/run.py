@@ -119,8 +119,8 @@ def _worker(python: str, jobs: list[Job], time_limit_s: float, import_limit_s: f
                     r = CaseResult.model_validate(ev["result"])
                     results[r.key], end["current"] = r, None
                     speed = f", {r.ms_per_token:.3g} ms/token" if r.ms_per_token is not None else ""
-                    say(f"{r.key}: {'runs' if r.runnable else 'does not run'} ({r.kernel or r.error}, "
-                        f"{r.seconds:.1f} s{speed})")
+                    detail = r.kernel if r.runnable else (r.error or r.kernel)
+                    say(f"{r.key}: {'runs' if r.runnable else 'does not run'} ({detail}, {r.seconds:.1f} s{speed})")
             if proc.poll() is not None and not new:
                 break
             if time.monotonic() > deadline:

@@ -18,7 +18,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ptq_deploy import engine
-from ptq_deploy.engine.kernels import main_kernel, vllm_attention_backends, vllm_linear_kernels
+from ptq_deploy.engine.kernels import (main_kernel, vllm_attention_backends, vllm_attention_kv_dtypes,
+                                       vllm_linear_kernels)
 from ptq_deploy.engine.load import LoadFailed
 from ptq_deploy.errors import one_line
 from ptq_deploy.hardware import detect
@@ -29,6 +30,10 @@ PROBE_KV_BYTES = 256 * 2**20  # GPU: a small KV cache instead of gpu_memory_util
 PROMPT = "It is a truth universally acknowledged"
 TIMED_TOKENS, TIMED_RUNS = 8, 3  # each case's speed, against the dense case's (``Rules.slowdown``): the best run
 ERROR_CHARS = 1000  # vLLM's kernel-selection errors list every kernel's reason on one long line
+
+
+class NotDeclared(Exception):
+    """The attention backend vLLM picked does not declare the KV-cache dtype asked of it."""
 
 
 class Job(BaseModel):
@@ -65,6 +70,14 @@ def run_case(job: Job, hw) -> CaseResult:
         attention = {k for part in llm.apply_model(vllm_attention_backends) for k in part}
         res.attention = ", ".join(sorted(attention)) or None
         res.kernel = res.attention if job.case.key.startswith("kv-") else main_kernel(res.linear_kernels)
+        if job.case.kv_cache_dtype != "auto":  # vLLM may load a dtype its attention backend does not declare
+            declared = {k: v for part in llm.apply_model(vllm_attention_kv_dtypes) for k, v in part.items()}
+            refusing = {k: v for k, v in declared.items() if v and job.case.kv_cache_dtype not in v}
+            if refusing:
+                name, dtypes = next(iter(refusing.items()))
+                raise NotDeclared(f"{name} does not declare kv_cache_dtype {job.case.kv_cache_dtype} (it declares "
+                                  f"{', '.join(dtypes)}); vLLM loaded it without refusing, so what the cache holds "
+                                  "is not what was asked")
         phase = "generate"
         engine.generate(llm, [PROMPT], max_tokens=2)  # every shape once: the timed run below is warm
         res.ms_per_token = min(_timed_generation(llm) for _ in range(TIMED_RUNS))
