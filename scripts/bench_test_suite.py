@@ -59,6 +59,7 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     workers = min(os.cpu_count() or 1, 4)  # as the Makefile's TEST_WORKERS
     python = resolve_python("runtime")
+    provenance = collect(compress_env=True)  # this checkout as it is now: clean, at the commit timed
     tiers = []
     with tempfile.TemporaryDirectory(prefix="ptq-bench-tests-") as tmp:
         clone = Path(tmp) / "clone"
@@ -77,7 +78,7 @@ def main() -> int:
         # `make setup` in the clone linked the environments to it: link them back to this checkout
         subprocess.run([sys.executable, "-m", "ptq_deploy.environments", "setup"], cwd=REPO, check=True,
                        capture_output=True)
-    rec = BenchRecord(commit=commit, workers=workers, tiers=tiers, provenance=collect(compress_env=True))
+    rec = BenchRecord(commit=commit, workers=workers, tiers=tiers, provenance=provenance)
     path = args.out / f"bench_test_suite_{file_stamp()}.json"
     atomic_write_json(path, rec)
     print(f"wrote {path}")
