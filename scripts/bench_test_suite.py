@@ -38,7 +38,7 @@ class TierTime(BaseModel):
     wall_s: float
     exit_code: int
     summary: str | None  # pytest's last line: "N passed, M skipped in S s"
-    failures: list[str] = []  # pytest's "FAILED ..." lines
+    failures: list[str] = []  # pytest's "FAILED ..." and "ERROR ..." lines
 
 
 class BenchRecord(BaseModel):
@@ -73,7 +73,11 @@ def main() -> int:
             lines = re.findall(r"^=*\s*(\d+ (?:passed|failed).*?)\s*=*$", p.stdout, re.M)
             tiers.append(TierTime(tier=tier, command=cmd, wall_s=round(wall, 1), exit_code=p.returncode,
                                   summary=lines[-1] if lines else None,
-                                  failures=re.findall(r"^FAILED .*$", p.stdout, re.M)))
+                                  failures=re.findall(r"^(?:FAILED|ERROR) .*$", p.stdout, re.M)))
+            if p.returncode:  # the whole output, for the failures' tracebacks (not part of the record)
+                log = Path(tempfile.gettempdir()) / f"bench_test_suite_{tier}_{file_stamp()}.log"
+                log.write_text(p.stdout + p.stderr)
+                print(f"[bench] {tier}: output in {log}", flush=True)
             print(f"[bench] {tier}: {wall:.0f} s, exit {p.returncode}, {tiers[-1].summary}", flush=True)
         # `make setup` in the clone linked the environments to it: link them back to this checkout
         subprocess.run([sys.executable, "-m", "ptq_deploy.environments", "setup"], cwd=REPO, check=True,
