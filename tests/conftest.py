@@ -41,6 +41,7 @@ HEAVY_FIXTURES = {"compressed", "probe", "runs_here", "fake_probe", "not_runnabl
                   "embedded_model", "embedded_compressed", "quick_quant", "engine_model", "serial_run"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks set here
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
