@@ -41,21 +41,10 @@ HEAVY_FIXTURES = {"compressed", "probe", "runs_here", "fake_probe", "not_runnabl
                   "embedded_model", "embedded_compressed", "quick_quant", "engine_model", "serial_run"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks set here
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-        # a module-scoped fixture is state its tests share (test_commands' user directory, a module's run):
-        # `make test` (--dist loadgroup) keeps such a module's tests on one worker and spreads the rest
-        info = getattr(item, "_fixtureinfo", None)
-        if info and any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    # the longest work first, so the workers end together: the heavy modules' grouped tests (each group one
-    # indivisible unit), then the other heavy tests, then the fast ones; a module's tests stay in file order
-    grouped = {it.module.__name__ for it in items if it.get_closest_marker("xdist_group")}
-    heavy = {it.module.__name__ for it in items if it.get_closest_marker("integration")}
-    items.sort(key=lambda it: (0 if it.module.__name__ in grouped & heavy else 1 if it.module.__name__ in heavy else 2))
 
 
 @pytest.fixture(scope="session")
