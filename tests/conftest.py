@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+from ptq_deploy.settings import settings  # stdlib only: nothing here imports huggingface_hub before the env below
+
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -28,8 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # the session's own probe directory (CLI subprocesses inherit it): empty, so what runs here is the static
 # rules until the ``probe`` fixture has put the measured probe there; never the user's probe directory itself
-USER_PROBE_DIR = Path(os.environ.get("PTQ_DEPLOY_PROBE_DIR") or
-                      Path(os.environ.get("PTQ_DEPLOY_HOME") or Path.home() / ".cache" / "ptq-deploy") / "probe")
+USER_PROBE_DIR = settings().probe_dir
 os.environ["PTQ_DEPLOY_PROBE_DIR"] = tempfile.mkdtemp(prefix="ptq-test-probe-")
 # every test compresses for itself; test_suite's reuse test turns checkpoint reuse on in its own store
 os.environ["PTQ_DEPLOY_CHECKPOINT_CACHE"] = "off"
