@@ -30,7 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # the session's own probe directory (CLI subprocesses inherit it): empty, so what runs here is the static
 # rules until the ``probe`` fixture has put the measured probe there; never the user's probe directory itself
-USER_PROBE_DIR = settings().probe_dir
+# (xdist workers inherit the controller's environment, so the user's directory is passed on by name)
+USER_PROBE_DIR = Path(os.environ.setdefault("PTQ_TEST_USER_PROBE_DIR", str(settings().probe_dir)))
 os.environ["PTQ_DEPLOY_PROBE_DIR"] = tempfile.mkdtemp(prefix="ptq-test-probe-")
 # every test compresses for itself; test_suite's reuse test turns checkpoint reuse on in its own store
 os.environ["PTQ_DEPLOY_CHECKPOINT_CACHE"] = "off"
@@ -324,3 +325,4 @@ def embedded_compressed(embedded_model, ckpt_dir):
             model="default", scheme=scheme, output=out, calibration=cal, **opts))
 
     return make
+
