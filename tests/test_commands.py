@@ -155,11 +155,16 @@ def test_eval_against_the_baseline(user):
 @pytest.mark.integration
 def test_kv_run_report(user):
     _walk_once(user)
-    out = ok(user.home, "kv", user.model, "-m", "kivi-int4", "--lengths", "256", "--samples", "1", "--documents", "0",
-             "--output-dir", "k")
+    out = ok(user.home, "kv", user.model, "-m", "kivi-int4,fp8-uncalibrated", "--lengths", "256", "--samples", "1",
+             "--documents", "0", "--output-dir", "k")
     kv = KVResult.read(user.home / wrote(out))
-    row = {m.method: m for m in kv.methods}["kivi-int4"]
+    rows = {m.method: m for m in kv.methods}
+    row = rows["kivi-int4"]
     assert row.bytes_ratio < 1 and f"({row.bytes_ratio:.2f}x)" in out
+    fp8 = rows["fp8-uncalibrated"]  # in the engine, against vLLM's auto cache; its cost measured there
+    assert (fp8.backend, rows["auto"].backend, row.backend) == ("vllm", "vllm", "transformers")
+    cost = next(ln for ln in out.splitlines() if ln.lstrip("│ ").startswith("fp8 (fp8-uncalibrated)"))
+    assert f"{fp8.cost.capacity_tokens:,}" in cost and f"{fp8.cost.decode_ms_per_token[256].median:.2f}" in cost
 
     (user.home / "exp.yaml").write_text(yaml.safe_dump({
         "name": "walk", "models": [{"name": "tiny", "source": user.model, "group_size": 64,

@@ -14,11 +14,11 @@ from transformers.cache_utils import Cache
 
 from ptq_deploy.errors import UsageError
 from ptq_deploy.kvcache import cache as kc
-from ptq_deploy.kvcache import codecs, longctx, methods
-from ptq_deploy.kvcache.config import KVSettings
+from ptq_deploy.kvcache import codecs, longctx, methods, served
+from ptq_deploy.kvcache.config import KVSettings, ServedSettings
 from ptq_deploy.kvcache.methods import KVMethod
 from ptq_deploy.kvcache.result import KVResult
-from ptq_deploy.kvcache.runner import measure_all
+from ptq_deploy.kvcache.runner import measure_all, measure_in_vllm
 from ptq_deploy.results import Identity
 from ptq_deploy.suite import experiment
 from ptq_deploy.suite.layout import StepRecord
@@ -195,19 +195,62 @@ def test_cli_lists_methods_and_refuses_in_one_line(cli, runs_here, fake_probe):
     p = cli("kv", "--list")
     assert p.returncode == 0 and "kivi-int2" in p.stdout and "fp8-uncalibrated" in p.stdout
     here = runs_here(kv_cache_dtype="fp8")
-    p = cli("kv", "default", "-m", "fp8")  # vLLM's fp8 cache: eval's job where it runs, refused where it does not
+    p = cli("kv", "default", "-m", "fp8")  # calibrated scales: the plain checkpoint has none
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
     if here.runnable:
-        assert p.returncode == 2 and "served by vLLM" in p.stderr and "--kv-cache-dtype fp8" in p.stderr
+        assert p.returncode == 2 and "has none" in p.stderr and "--scales-from" in p.stderr
         fake_probe(**{"kv-fp8": False})  # the refusal as it reads where the probe measured no fp8 cache
         p = cli("kv", "default", "-m", "fp8")
         assert p.returncode == 3 and "KV cache fp8: not runnable here" in p.stderr and "faked" in p.stderr
     else:
         assert p.returncode == 3 and "KV cache fp8: not runnable here" in p.stderr and here.reason in p.stderr
     p = cli("kv", "default", "-m", "kivi-int8")
-    assert p.returncode == 2 and "Available:" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "Available:" in p.stderr and "fp8_e5m2" in p.stderr and "Traceback" not in p.stderr
     p = cli("eval", "default", "--kv-cache", "kivi-int2")
     assert p.returncode == 2 and "vLLM cannot serve this" in p.stderr and "ptq-deploy kv default -m kivi-int2" in p.stderr
+
+
+SERVED = KVSettings(scored_tokens=128, generate_tokens=8, bootstrap_iters=200,
+                    served=ServedSettings(chunk=64, decode_tokens=4, repeats=2, concurrency=2))
+
+
+def _served(engine_model, tiny, tiny_doc):
+    _, tok = tiny
+    items = longctx.passkey_samples(tok, longctx.PasskeySpec(lengths=[300], depths=[0.25, 0.75]))
+    ms = [methods.VLLM_BASELINE, methods.get("fp8-uncalibrated")]
+    return measure_in_vllm({m.name: engine_model for m in ms}, tok, ms, SERVED, [tiny_doc], items, lambda _m: None)
+
+
+def test_vllm_fp8_cache_is_read_and_costs_half(engine_model, tiny, tiny_doc, runs_here):
+    """vLLM's fp8 cache in the engine: every score differs from the auto cache's on the same tokens (the
+    scored tail reads the chapter through the cache), and the engine holds twice the tokens in the same space."""
+    if not runs_here(kv_cache_dtype="fp8").runnable:
+        pytest.skip("vLLM runs no fp8 KV cache on this machine (the probe measured it)")
+    got = _served(engine_model, tiny, tiny_doc)
+    assert not got.rejected, got.findings
+    base, fp8 = got.rows
+    assert (base.method, base.backend, fp8.method, fp8.backend) == ("auto", "vllm", "fp8-uncalibrated", "vllm")
+    assert fp8.identical_samples == 0 and fp8.logit_max_abs_diff.min > 0 and base.logit_max_abs_diff.max == 0
+    assert fp8.cost.kv_cache_dtype == "fp8" and base.cost.kv_cache_dtype == "auto"
+    assert fp8.cost.capacity_tokens == pytest.approx(2 * base.cost.capacity_tokens, rel=0.05)
+    assert fp8.bytes_ratio == pytest.approx(0.5, rel=0.05)
+    assert fp8.cost.attention_backend and set(fp8.cost.decode_ms_per_token) == {300}
+    assert all(s.min > 0 and s.n == 2 for s in fp8.cost.decode_ms_per_token.values())
+    assert fp8.longdoc_delta.n == 1 and fp8.longdoc_delta.delta != 0 and len(fp8.passkey) == 2
+
+
+def test_a_scoring_path_that_bypasses_the_cache_fails_the_proof(engine_model, tiny, tiny_doc, runs_here,
+                                                                 monkeypatch):
+    """The fp8 row scored by an engine whose cache is not fp8 (what a path that never reads the quantized
+    cache looks like): its logprobs equal the auto engine's bit for bit and its cache is no smaller: rejected."""
+    if not runs_here(kv_cache_dtype="fp8").runnable:
+        pytest.skip("vLLM runs no fp8 KV cache on this machine (the probe measured it)")
+    real = served.engine_config
+    monkeypatch.setattr(served, "engine_config", lambda m, *a: real(methods.VLLM_BASELINE, *a))
+    got = _served(engine_model, tiny, tiny_doc)
+    assert [r.method for r in got.rows] == ["auto"] and [r.method for r in got.rejected] == ["fp8-uncalibrated"]
+    errors = [f.message for f in got.findings if f.severity == "error"]
+    assert any("bit-identical" in e for e in errors) and any("no smaller" in e for e in errors)
 
 
 def test_passkey_is_an_lm_eval_task():

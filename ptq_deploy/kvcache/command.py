@@ -28,18 +28,21 @@ def kv_cmd(
     generate_tokens: int = typer.Option(_d(KVSettings, "generate_tokens"), help=_h(KVSettings, "generate_tokens")),
     dtype: str = typer.Option(_d(KVSettings, "dtype"), help=_h(KVSettings, "dtype")),
     threads: Optional[int] = typer.Option(_d(KVSettings, "threads"), help=_h(KVSettings, "threads")),
+    scales_from: Optional[str] = typer.Option(None, "--scales-from", help=_h(KVConfig, "scales_from")),
     output_dir: Path = typer.Option(_d(KVConfig, "output_dir"), help="where the result JSON goes"),
 ):
     """Long-context cost and benefit of KV-cache methods: passkey retrieval by depth x length, long-document
     and generation perplexity against the unquantized cache, with proof each method was applied (bytes the
     cache holds, logit difference on the same input).
 
-    Every sample is prefilled once at full precision; each method then holds that cache in its own form and
-    every later token reads it. Quality-only methods (KIVI/KVQuant/FORGE-style, transformers' QuantizedCache)
-    run through transformers. vLLM's fp8 / fp8-uncalibrated are served by vLLM: `eval --kv-cache fp8 --tasks
-    passkey` and an experiment's kv_cache cells (refused in one line, with the reason, where vLLM cannot).
+    vLLM's KV dtypes (fp8, fp8-uncalibrated, any kv_cache_dtype vLLM offers) run in the engine, one engine
+    each, against vLLM's auto cache: every score reads the engine's paged cache, and its capacity, bytes per
+    token and decode time by context length are measured there (refused in one line where vLLM cannot run
+    them here). Quality-only methods (KIVI/KVQuant/FORGE-style, transformers' QuantizedCache) run through
+    transformers against its unquantized cache: every sample is prefilled once at full precision, each method
+    holds that cache in its own form and every later token reads it.
     """
-    from ptq_deploy.kvcache.render import findings_lines, methods_table, passkey_table, registry_table
+    from ptq_deploy.kvcache.render import cost_table, findings_lines, methods_table, passkey_table, registry_table
     from ptq_deploy.kvcache.runner import run_kv
 
     if list_methods:
@@ -51,10 +54,12 @@ def kv_cmd(
         raise UsageError(f"--lengths {lengths!r}: expected comma-separated integers, e.g. 1024,2048") from None
     cfg = KVConfig(checkpoint=checkpoint, methods=method, passkey=PasskeySpec(lengths=lens, samples=samples),
                    documents=documents, scored_tokens=scored_tokens, chunk=chunk, generate_tokens=generate_tokens,
-                   dtype=dtype, threads=threads, output_dir=output_dir)
+                   dtype=dtype, threads=threads, scales_from=scales_from, output_dir=output_dir)
     res = run_kv(cfg, progress=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False))
     out.print(methods_table(res), width=None if out.is_terminal else max(out.width, 160))
     out.print(passkey_table(res))
+    if (cost := cost_table(res)) is not None:
+        out.print(cost, width=None if out.is_terminal else max(out.width, 160))
     for line in findings_lines(res):
         out.print(line, highlight=False)
     out.print(f"[green]wrote[/green] {res.path}")

@@ -13,6 +13,7 @@ Two kinds of method:
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -74,6 +75,10 @@ REGISTRY: dict[str, KVMethod] = {m.name: m for m in [
              description="transformers' QuantizedCache (quanto backend) as shipped: 4-bit per token, residual 128"),
 ]}
 
+# the baseline of the vLLM rows (``ptq-deploy kv``: every vLLM KV dtype is compared with it)
+VLLM_BASELINE = KVMethod(name="auto", family="none", vllm_dtype="auto",
+                         description="vLLM's kv_cache_dtype=auto: the model's dtype (the baseline of the vLLM rows)")
+
 # Not a row: NVIDIA kvpress (eviction presses) pins transformers<5.3; the runtime pins transformers 5.19.
 NOT_INCLUDED = {"kvpress": "kvpress 0.5.5 requires transformers<5.3; the runtime environment pins 5.19"}
 
@@ -82,12 +87,20 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-def get(name: str) -> KVMethod:
+def get(name: str, offered: Sequence[str] = ()) -> KVMethod:
+    """A registry method, or one of the ``kv_cache_dtype`` values vLLM ``offered`` (served with vLLM's default
+    scales; ``kvcache.config.offered_dtypes``: what the probe read from the installed vLLM)."""
     if name in REGISTRY:
         return REGISTRY[name]
-    close = difflib.get_close_matches(name, list(REGISTRY), n=2, cutoff=0.5)
+    if name == "auto" and offered:
+        return VLLM_BASELINE
+    if name in offered:
+        return KVMethod(name=name, family="vllm", vllm_dtype=name, calibrated=False,
+                        description=f"vLLM kv_cache_dtype={name} with vLLM's default scales")
+    close = difflib.get_close_matches(name, [*REGISTRY, *offered], n=2, cutoff=0.5)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-    raise UsageError(f"unknown KV-cache method {name!r}{hint}; Available: {', '.join(REGISTRY)}")
+    raise UsageError(f"unknown KV-cache method {name!r}{hint}; Available: {', '.join(REGISTRY)}"
+                     + (f"; vLLM's kv_cache_dtype values: {', '.join(d for d in offered if d != 'auto')}" if offered else ""))
 
 
 def quality_only() -> list[str]:

@@ -57,12 +57,31 @@ class Samples(BaseModel):
     identical: dict[str, bool] = {}
 
 
+class ServedCost(BaseModel):
+    """The cost side of one KV dtype, measured in its engine."""
+
+    kv_cache_dtype: str
+    dtype: str  # the engine's compute dtype
+    attention_backend: str | None  # the backend vLLM chose for the attention layers
+    capacity_tokens: int | None  # tokens the engine's KV cache holds (blocks x block size)
+    cache_bytes: int | None  # the memory vLLM gave the KV cache (its log)
+    bytes_per_token: float | None  # cache_bytes / capacity_tokens
+    concurrent_sequences_at: dict[int, int] = {}  # context tokens -> sequences whose KV fits at once
+    decode_ms_per_token: dict[int, Summary] = {}  # context tokens -> batch-1 decode time per output token
+    decode_slope_ms_per_1k: float | None = None  # least-squares slope of the decode time over the context
+    long_context_tokens_per_s: Summary | None = None  # output tok/s, ``concurrency`` sequences at the longest context
+    concurrency: int = 0
+    long_context: int = 0
+    output_tokens: int = 0
+
+
 class MethodResult(BaseModel):
     method: str
     family: str
     description: str
     params: dict[str, Any]
     quality_only: bool
+    backend: Literal["transformers", "vllm"] = "transformers"  # where it was measured (its baseline: the same)
     passkey: list[PasskeyCell] = []
     passkey_accuracy: Summary | None = None
     longdoc_ppl: float | None = None
@@ -79,6 +98,7 @@ class MethodResult(BaseModel):
     longdoc_delta: Delta | None = None
     generation_delta: Delta | None = None
     wall_time_s: float = 0.0
+    cost: ServedCost | None = None  # vLLM rows: capacity, bytes per token, decode time by context
     samples: Samples = Samples()
 
 
