@@ -28,6 +28,9 @@ from ptq_deploy.stats import Summary
 from ptq_deploy.timeutil import timestamp
 
 
+ANSWER_ROOM = 16  # tokens after a passkey prompt: the answer, scored in the same sequence
+
+
 def check_methods(names: list[str], hw: HardwareInfo) -> tuple[list[KVMethod], list[KVMethod]]:
     """(methods measured in transformers, vLLM KV dtypes measured in the engine), each with its own baseline
     first (``none``, ``auto``) and empty where none of its kind was asked. A vLLM KV dtype this device
@@ -146,9 +149,9 @@ def run_kv(cfg: KVConfig, progress: Callable[[str], None] | None = None) -> KVRe
     if len(docs) < settings.documents:
         raise UsageError(f"documents: {settings.documents} asked, {len(docs)} chapters bundled")
     max_pos = checkpoint.read(Path(path)).max_position
-    if max_pos and max(settings.passkey.lengths) > max_pos:
-        raise UsageError(f"passkey length {max(settings.passkey.lengths)} exceeds the model's {max_pos} positions "
-                         "(--lengths)")
+    if max_pos and max(settings.passkey.lengths) + ANSWER_ROOM > max_pos:
+        raise UsageError(f"passkey length {max(settings.passkey.lengths)} and its answer exceed the model's {max_pos} "
+                         f"positions (--lengths: at most {max_pos - ANSWER_ROOM})")
     if max_pos and docs and max_pos < 4096:
         raise UsageError(f"long-document perplexity reads whole chapters of up to 4096 tokens, beyond the model's "
                          f"{max_pos} positions (--documents 0 leaves it out)")

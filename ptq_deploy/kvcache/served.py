@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ptq_deploy import engine
+from ptq_deploy import checkpoint, engine
 from ptq_deploy.engine.config import EngineConfig
 from ptq_deploy.kvcache.config import ServedSettings
 from ptq_deploy.kvcache.longctx import PasskeySample
@@ -212,9 +212,11 @@ class Served:
         self.times: dict[str, float] = {}
 
 
-def engine_config(m: KVMethod, x: Inputs, cfg: ServedSettings, contexts: list[int]) -> EngineConfig:
+def engine_config(m: KVMethod, x: Inputs, cfg: ServedSettings, contexts: list[int],
+                  limit: int | None = None) -> EngineConfig:
+    """The engine for ``m``: long enough for every prompt (within the model's ``limit``), the cache as asked."""
     longest = max(x.longest, *contexts) if contexts else x.longest
-    return EngineConfig(max_model_len=longest + 64, kv_cache_dtype=m.vllm_dtype or "auto",
+    return EngineConfig(max_model_len=min(longest + 64, limit or longest + 64), kv_cache_dtype=m.vllm_dtype or "auto",
                         cpu_kvcache_space_gib=cfg.cpu_kvcache_space_gib,
                         extra={"max_num_batched_tokens": cfg.chunk, "enable_prefix_caching": False,
                                "disable_log_stats": False})  # request timestamps: decode time per token
@@ -233,7 +235,8 @@ def measure_served(checkpoints: dict[str, Path], ms: list[KVMethod], tok, x: Inp
     for i, m in enumerate(order):
         say(f"vLLM {i + 1}/{len(order)}: kv_cache_dtype={m.vllm_dtype} ({m.name}): load")
         t0 = time.perf_counter()
-        llm, info = engine.load(checkpoints[m.name], engine_config(m, x, cfg, contexts))
+        limit = checkpoint.read(checkpoints[m.name]).max_position
+        llm, info = engine.load(checkpoints[m.name], engine_config(m, x, cfg, contexts, limit))
         try:
             say(f"vLLM {m.name}: {len(x.passkey)} passkey prompts, {len(x.docs)} chapters")
             scores[m.name] = score(llm, x, generate_tokens)
