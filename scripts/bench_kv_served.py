@@ -8,8 +8,9 @@ vLLM rows ``fp8`` (the calibrated scales: ``--scales-from``) and ``fp8-uncalibra
 scales) against vLLM's ``auto`` cache: passkey at every length (5 depths x ``--samples``), cached
 long-document and generation perplexity on the bundled chapters, each with its paired 95% interval, the
 proof (logprob differences on the same tokens), capacity, bytes per token and decode time by context.
-8128 is the model's 8,192 positions less room for the answer. The checkout must be clean (the record
-names the commit); the record carries the load average before and after (other processes share the CPU).
+8128 is the model's 8,192 positions less room for the answer. The checkout must be clean: the record's
+provenance (taken at the start: commit, both environments' package versions, hardware, load average) names
+the code that wrote it; the load average after is recorded too (other processes share the CPU).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ptq_deploy.compress import CalibrationSettings, CompressConfig, compress
 from ptq_deploy.kvcache.config import KVConfig, ServedSettings
 from ptq_deploy.kvcache.longctx import PasskeySpec
 from ptq_deploy.kvcache.runner import run_kv
+from ptq_deploy.provenance import collect
 from ptq_deploy.timeutil import file_stamp
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,6 +75,7 @@ def main() -> int:
     args = ap.parse_args()
     if subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip():
         sys.exit("error: the checkout has uncommitted changes; commit them, the record names the commit it measured")
+    provenance = collect(compress_env=True)  # at the start: the clean commit, both environments' versions
     t0 = time.perf_counter()
 
     def say(m: str) -> None:
@@ -96,6 +99,7 @@ def main() -> int:
               "load_average_after": os.getloadavg(), "cpu_count": os.cpu_count(),
               "kv_calibration": {"num_samples": calib.num_samples, "max_seq_len": calib.max_seq_len,
                                  "calibration_time_s": scaled_result.calibration_time_s},
+              "provenance": provenance.model_dump(mode="json"),
               "methods": summary(res), "findings": [f.model_dump() for f in res.findings],
               "result": json.loads(res.model_dump_json())}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -176,6 +176,7 @@ def test_experiment_kv_cells_and_kv_step(tmp_path, runs_here):
         "name": "t", "models": [{"name": "m", "source": "default"}], "schemes": ["BF16", "INT8-W8A8"],
         "kv_cache": ["fp8-uncalibrated", "kivi-int2", "kivi-int4"], "kv": {"documents": 1}})
     assert exp.kv_cache[0] == "none" and exp.kv_quality_only == ["kivi-int2", "kivi-int4"]
+    assert exp.kv_step_methods == ["kivi-int2", "kivi-int4", "fp8-uncalibrated"]  # + the engine rows, no scales needed
     steps = plan(exp, RunOptions(results_dir=tmp_path))
     kv = [s for s in steps if s.step == "kv"]
     assert [(s.cell, s.state) for s in kv] == [("BF16", "pending")]
@@ -288,7 +289,7 @@ def test_report_kv_section(tiny_measured, tmp_path):
     assert any("noop" in f and "bit-identical" in f for f in sec.findings)
     written = write_report(rep, tmp_path / "out")
     md = (tmp_path / "out" / "leaderboard.md").read_text()
-    assert "## KV cache: m, BF16 (baseline: the unquantized cache)" in md and "### KV-cache methods" in md and "| kivi-int2 * |" in md and "| noop" not in md
+    assert "## KV cache: m, BF16 (baseline: the unquantized cache of the same backend)" in md and "### KV-cache methods" in md and "| kivi-int2 * | HF |" in md and "| noop" not in md
     assert (tmp_path / "out" / "plots" / "kv_passkey_m_BF16.png") in written
     assert json.loads((tmp_path / "out" / "report.json").read_text())["kv"][0]["rows"][1]["method"] == "kivi-int2"
 

@@ -56,7 +56,7 @@ def _kv(secs: list[kv.KVSection]) -> list[str]:
 
     parts = []
     for s in secs:
-        parts.append(f"<h2>KV cache: {escape(s.model)}, {escape(s.cell)} (baseline: the unquantized cache)</h2>")
+        parts.append(f"<h2>KV cache: {escape(s.model)}, {escape(s.cell)} (baseline: the unquantized cache of the same backend)</h2>")
         if s.rows:
             parts += ["<h3>KV-cache methods</h3>", table(pd.DataFrame(kv.table(s), columns=kv.HEADERS), "kv")]
         if s.findings:

@@ -22,6 +22,7 @@ from ptq_deploy.report.row import sig
 class KVRow(BaseModel):
     method: str
     quality_only: bool
+    backend: str = "transformers"  # where it was measured: vllm (the engine, against auto) | transformers
     passkey_accuracy: float | None
     passkey_n: int
     passkey: dict[str, float]  # "length@depth" -> accuracy
@@ -66,7 +67,7 @@ def rows_of(res: KVResult) -> list[KVRow]:
     out = []
     for m in res.methods:
         out.append(KVRow(
-            method=m.method, quality_only=m.quality_only,
+            method=m.method, quality_only=m.quality_only, backend=m.backend,
             passkey_accuracy=sig(m.passkey_accuracy.mean) if m.passkey_accuracy else None,
             passkey_n=m.passkey_accuracy.n if m.passkey_accuracy else 0,
             passkey={f"{c.length}@{round(c.depth * 100)}%": sig(c.accuracy) for c in m.passkey},
@@ -122,12 +123,13 @@ def _d(d: Delta | None) -> str:
     return f"{num(d.delta, True)}{ci} {d.verdict}"
 
 
-HEADERS = ("method", "passkey acc (n)", "Δ acc (95% CI)", "long-doc ppl", "Δ long-doc ppl (95% CI)", "gen ppl",
+HEADERS = ("method", "in", "passkey acc (n)", "Δ acc (95% CI)", "long-doc ppl", "Δ long-doc ppl (95% CI)", "gen ppl",
            "Δ gen ppl (95% CI)", "agreement", "KV B/token (× baseline)", "max abs Δ logit", "KL (nats)")
 
 
 def table(sec: KVSection) -> list[list[str]]:
-    return [[r.method + (" *" if r.quality_only else ""), f"{num(r.passkey_accuracy)} ({r.passkey_n})",
+    return [[r.method + (" *" if r.quality_only else ""), "vLLM" if r.backend == "vllm" else "HF",
+             f"{num(r.passkey_accuracy)} ({r.passkey_n})",
              _d(r.passkey_delta), num(r.longdoc_ppl), _d(r.longdoc_delta), num(r.generation_ppl),
              _d(r.generation_delta), num(r.agreement), f"{num(r.bytes_per_token)} ({num(r.bytes_ratio)}×)",
              num(r.logit_max_abs_diff), num(r.kl)] for r in sec.rows]
@@ -141,13 +143,17 @@ def cap_table(sec: KVSection) -> list[list[str]]:
              num(c.concurrent_sequences)] for c in sec.capacity]
 
 
-LEGEND = (f"KV cache: * = {QUALITY_ONLY_NOTE} (measured in transformers). Every sample is prefilled once at full "
-          "precision; each method then holds that cache in its own form and every later token reads it. Passkey: "
+LEGEND = (f"KV cache: * = {QUALITY_ONLY_NOTE}. in: vLLM = a kv_cache_dtype measured in the engine against its auto "
+          "cache (prompt logprobs; the scored tokens read the engine's paged cache; KV B/token = the memory vLLM "
+          "gave the cache / the tokens it holds); HF = measured in transformers against its unquantized cache: every "
+          "sample is prefilled once at full precision, each method then holds that cache in its own form and every "
+          "later token reads it. Passkey: "
           "a 5-digit key at 10-90% depth; long-doc ppl: the last tokens of whole chapters, scored in chunks that "
           "attend to the cache; gen ppl: the method's greedy continuation scored by the baseline (agreement: share "
           "of tokens equal to the baseline's own continuation). Δ: method − baseline with the 95% interval of a "
-          "paired bootstrap over samples. KV B/token: bytes the cache object held per cached token (measured), "
-          "× the baseline's. max abs Δ logit, KL: first forward after the prefill vs the unquantized cache.")
+          "paired bootstrap over samples. KV B/token (HF): bytes the cache object held per cached token (measured), "
+          "× the baseline's. max abs Δ logit, KL: first forward after the prefill vs the unquantized cache (vLLM: "
+          "max abs Δ logprob of the same tokens; no KL).")
 
 
 def _md_table(headers, rows) -> list[str]:
@@ -158,7 +164,7 @@ def _md_table(headers, rows) -> list[str]:
 def markdown(secs: list[KVSection], plots: dict[str, str]) -> list[str]:
     lines: list[str] = []
     for s in secs:
-        lines += [f"## KV cache: {s.model}, {s.cell} (baseline: the unquantized cache)", ""]
+        lines += [f"## KV cache: {s.model}, {s.cell} (baseline: the unquantized cache of the same backend)", ""]
         if s.rows:
             lines += ["### KV-cache methods", "", *_md_table(HEADERS, table(s)), ""]
         if s.findings:

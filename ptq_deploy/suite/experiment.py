@@ -102,6 +102,13 @@ class Experiment(BaseModel):
         return [k for k in self.kv_cache if kv_methods.get(k).quality_only]
 
     @property
+    def kv_step_methods(self) -> list[str]:
+        """What the ``kv`` step measures on a scheme's checkpoint: the quality-only methods (transformers) and
+        the vLLM KV dtypes that need no calibrated scales (in the engine, against its auto cache)."""
+        return [*self.kv_quality_only, *(k for k in self.kv_vllm
+                                         if k != "none" and not kv_methods.get(k).calibrated)]
+
+    @property
     def kv_vllm(self) -> list[str]:
         """The KV options that are vLLM dtypes (``none`` included): one cell each."""
         return [k for k in self.kv_cache if not kv_methods.get(k).quality_only]

@@ -178,9 +178,10 @@ def _fallback(exp: Experiment, scheme: schemes.Scheme, kv: str) -> str | None:
 
 
 def _kv_step(exp: Experiment, m: ModelSpec, scheme: str) -> PlannedStep:
-    """The quality-only KV methods of one scheme's checkpoint, one step (one prefill per sample for all)."""
+    """The long-context KV track of one scheme's checkpoint, one step: the quality-only methods (one prefill per
+    sample for all) and the uncalibrated vLLM KV dtypes (an engine each)."""
     key = _hash({"c": _compress_key(exp, m, scheme, "none"), "kv": exp.kv.model_dump(mode="json", exclude={"schemes"}),
-                 "methods": exp.kv_quality_only})
+                 "methods": exp.kv_step_methods})
     return PlannedStep(model=m.name, cell=layout.cell_name(scheme, "none"), scheme=scheme, kv_cache="none", step="kv",
                        key=key, state="pending", backend="hf")
 
@@ -193,7 +194,7 @@ def _model_steps(exp: Experiment, m: ModelSpec, names: list[str], rules: probe.R
             if scheme == exp.baseline and kv != "none":
                 continue
             steps += _cell_steps(exp, m, scheme, kv, rules)
-            if kv == "none" and "kv" in exp.steps and exp.kv_quality_only and scheme in kv_schemes:
+            if kv == "none" and "kv" in exp.steps and exp.kv_step_methods and scheme in kv_schemes:
                 steps.append(_kv_step(exp, m, scheme))
     if exp.eval.backend == "vllm" and any(ps.step == "eval" and ps.backend == "hf" for ps in steps):
         # a fallback cell scored by HF: the baseline scored by HF too

@@ -13,13 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from ptq_deploy import engine
+from ptq_deploy import engine, probe
 from ptq_deploy.checkpoint.dequantize import dequantize
 from ptq_deploy.compress import CompressConfig, compress, schemes
 from ptq_deploy.errors import PtqError
 from ptq_deploy.eval import EvalConfig, backend, run_eval
 from ptq_deploy.hardware import HardwareInfo
 from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
+from ptq_deploy.kvcache import methods as kv_methods
 from ptq_deploy.kvcache.config import KVConfig
 from ptq_deploy.kvcache.runner import run_kv
 from ptq_deploy.models import resolve
@@ -132,10 +133,18 @@ class StepRunner:
         return run_eval(cfg, llm=llm)
 
     def kv(self, ps: PlannedStep, m: ModelSpec):
-        """The quality-only KV methods on this cell's checkpoint, through transformers."""
+        """The long-context KV track on this cell's checkpoint: quality-only methods through transformers, the
+        vLLM KV dtypes that run here (the probe's answer; the others are said and left out) in the engine."""
         settings = self.exp.kv.model_dump(exclude={"schemes"})
-        return run_kv(KVConfig(**settings, checkpoint=str(self._ckpt(ps)), methods=["none", *self.exp.kv_quality_only],
-                               write=False), progress=print)
+        rules, names = probe.rules(self.hw), []
+        for name in self.exp.kv_step_methods:
+            dtype = kv_methods.get(name).vllm_dtype
+            if dtype and not (sup := rules.kv(dtype)).runnable:
+                print(f"kv: {name} left out: not runnable here: {sup.reason}")
+                continue
+            names.append(name)
+        return run_kv(KVConfig(**settings, checkpoint=str(self._ckpt(ps)), methods=["none", *names], write=False),
+                      progress=print)
 
     # ----------------------------------------------------------------- one step, recorded
     def record(self, ps: PlannedStep, status: str, reason: str | None, started: str, duration_s: float,
