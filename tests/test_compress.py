@@ -2,10 +2,11 @@
 
 import json
 import subprocess
+import time
 
 import pytest
 import yaml
-from conftest import no_temp_siblings
+from conftest import CONSOLE_SCRIPT, USER_DIR, no_temp_siblings
 from safetensors import safe_open
 
 from ptq_deploy import checkpoint, engine, environments
@@ -79,6 +80,28 @@ def test_failed_compression_with_force_keeps_the_old_output(tiny_model, tmp_path
         compress(CompressConfig(model=str(tiny_model), scheme="INT8-W8A8", output=out, calibration=bad, force=True))
     assert (out / "old.txt").read_text() == "old" and sorted(p.name for p in out.iterdir()) == ["old.txt"]
     assert no_temp_siblings(out)
+
+
+def test_a_killed_compress_leaves_no_worker_behind(tiny_model, tmp_path):
+    """``ptq-deploy compress`` killed with SIGKILL (no handler runs): its worker in the compress environment
+    dies with it, and the output is not there."""
+    import psutil
+
+    out = tmp_path / "ck"
+    p = subprocess.Popen([str(CONSOLE_SCRIPT), "compress", str(tiny_model), "--scheme", "INT8-W8A8", "-o", str(out),
+                          "--num-samples", "64", "--max-seq-len", "256"], cwd=USER_DIR,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, workers = time.monotonic() + 120, []
+    while not workers and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.5)
+        workers = [c for c in psutil.Process(p.pid).children(recursive=True)
+                   if "ptq_deploy.compress" in " ".join(c.cmdline())]
+    assert workers, "the compress worker never started"
+    p.kill()
+    p.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, [w.cmdline() for w in alive]
+    assert not out.exists()
 
 
 def test_awq_smooths_then_writes_asymmetric_int4_groups(compressed, tiny_model):

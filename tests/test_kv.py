@@ -322,3 +322,39 @@ def test_run_kv_on_a_checkpoint_dir(tiny_model):
     assert int2.bytes_ratio < int4.bytes_ratio < 1 and rows["none"].bytes_ratio == 1
     assert int2.logit_mean_abs_diff.mean > int4.logit_mean_abs_diff.mean > 0
     assert rows["none"].logit_max_abs_diff.max == 0
+
+
+def _row(method: str, backend: str, tokens: int, ppl_delta: tuple[float, float, float] | None, decode_ms: float):
+    from ptq_deploy.kvcache.result import Delta, MethodResult, ServedCost
+    from ptq_deploy.stats import Summary
+
+    d = None
+    if ppl_delta:
+        v, lo, hi = ppl_delta
+        d = Delta(baseline=20.0, value=20.0 + v, delta=v, stderr=None, ci95=(lo, hi), n=4, verdict="unknown")
+    cost = ServedCost(kv_cache_dtype=method, dtype="bfloat16", attention_backend="B", capacity_tokens=tokens,
+                      cache_bytes=2**30, bytes_per_token=2**30 / tokens,
+                      decode_ms_per_token={4096: Summary.of([decode_ms] * 3, "ms/token")})
+    return MethodResult(method=method, family="vllm", description="", params={}, quality_only=False, backend=backend,
+                        longdoc_delta=d, cost=cost)
+
+
+def test_kv_recommendation_follows_the_recovery_rule():
+    """The vLLM dtype meeting the rule on every measure with the most KV tokens is recommended, with what it
+    buys; a stricter rule that nothing meets recommends auto and says why (recorded rows, no engine)."""
+    from ptq_deploy.report import kv as report_kv
+
+    res = KVResult(identity=Identity(model="m", scheme="BF16"), started_at="2026-12-06T00:00:00+00:00",
+                   settings=KVSettings(), compute_dtype="float32", methods=[
+                       _row("auto", "vllm", 1000, None, 50.0),
+                       _row("fp8", "vllm", 2000, (0.05, 0.01, 0.09), 45.0),  # recovery 99.75% (99.55-99.95)
+                       _row("fp8_e5m2", "vllm", 2000, (0.6, 0.4, 0.8), 44.0)])  # recovery ~97%: fails
+    judged = report_kv.judge(res, 99.0)
+    assert {j.method: j.overall for j in judged} == {"fp8": "meets", "fp8_e5m2": "fails"}
+    r, lo, hi = next(j for j in judged if j.method == "fp8").recovery_pct["long-doc ppl"]
+    assert lo < r < hi and r == pytest.approx(100 * 20 / 20.05, abs=0.01)
+    rec = report_kv.recommend(res, judged, 99.0)
+    assert rec.startswith("fp8: meets") and "2× the KV tokens (2000 vs 1000)" in rec and "45 vs 50 ms/token" in rec
+    strict = report_kv.judge(res, 99.9)
+    assert {j.method: j.overall for j in strict} == {"fp8": "inconclusive", "fp8_e5m2": "fails"}
+    assert report_kv.recommend(res, strict, 99.9).startswith("auto: no vLLM KV dtype meets recovery ≥ 99.9%")

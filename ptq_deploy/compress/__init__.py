@@ -168,7 +168,7 @@ def _run_worker(job: WorkerJob, python: str | None) -> WorkerResult:
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spin-waiting threads on a busy CPU
             env.setdefault("TOKENIZERS_PARALLELISM", "false")
             proc = subprocess.run([py, "-m", "ptq_deploy.compress", str(job_file), str(res_file)],
-                                  env=env)
+                                  env=env, preexec_fn=environments.die_with_parent)  # no orphan if we are killed
         except KeyboardInterrupt:
             raise PtqError("compression interrupted; nothing was written to the output", exit_code=130) from None
         if res_file.exists():

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ptq_deploy.engine import ResolvedEngine, serve_flags, vllm_cli
 from ptq_deploy.engine.args import environment
+from ptq_deploy.environments import die_with_parent
 from ptq_deploy.errors import PtqError
 
 
@@ -31,15 +32,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _pdeathsig():  # runs in the child between fork and exec
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 class Server:
@@ -103,7 +95,7 @@ class Server:
         self._log = open(self.log_path, "wb")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=self.env(), start_new_session=True, preexec_fn=_pdeathsig)
+                                     env=self.env(), start_new_session=True, preexec_fn=die_with_parent)
         self._remember()
         threading.Thread(target=self._watch, daemon=True).start()
         self._wait_healthy(t0)

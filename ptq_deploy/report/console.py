@@ -51,3 +51,7 @@ def print_report(rep: Report, out: Console) -> None:
             out.print(f"[bold]{heading.lower()}:[/bold]", highlight=False)
             for x in items:
                 out.print(f"  - {x}", highlight=False, markup=False)
+    for s in rep.kv:
+        if s.recommendation:
+            out.print(f"[bold]KV recommendation ({s.model}, {s.cell}):[/bold] {escape(s.recommendation)}",
+                      highlight=False)

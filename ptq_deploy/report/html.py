@@ -59,6 +59,11 @@ def _kv(secs: list[kv.KVSection]) -> list[str]:
         parts.append(f"<h2>KV cache: {escape(s.model)}, {escape(s.cell)} (baseline: the unquantized cache of the same backend)</h2>")
         if s.rows:
             parts += ["<h3>KV-cache methods</h3>", table(pd.DataFrame(kv.table(s), columns=kv.HEADERS), "kv")]
+        if s.judged:
+            parts += ["<h3>KV methods against the recovery rule</h3>",
+                      table(pd.DataFrame(kv.judge_table(s), columns=kv.JUDGE_HEADERS), "kv")]
+        if s.recommendation:
+            parts.append(f"<p><b>KV recommendation</b>: {escape(s.recommendation)}</p>")
         if s.findings:
             parts.append("<ul class='small'>" + "".join(f"<li>{escape(f)}</li>" for f in s.findings) + "</ul>")
         if s.capacity:

@@ -47,12 +47,25 @@ class KVCapacity(BaseModel):
     concurrent_sequences: int
 
 
+class KVJudgement(BaseModel):
+    """One KV method under the weights' non-inferiority rule: per long-context measure, its recovery vs the
+    same backend's baseline (95% interval from the paired bootstrap of the delta) and the outcome."""
+
+    method: str
+    backend: str
+    recovery_pct: dict[str, tuple[float, float | None, float | None]] = {}  # measure -> (r, low, high)
+    outcomes: dict[str, str] = {}  # measure -> meets | fails | inconclusive | unmeasured
+    overall: str = "unmeasured"
+
+
 class KVSection(BaseModel):
     model: str
     cell: str
     rows: list[KVRow] = []
     findings: list[str] = []
     capacity: list[KVCapacity] = []
+    judged: list[KVJudgement] = []
+    recommendation: str | None = None  # the vLLM KV dtype to serve this checkpoint with, and what it buys
 
 
 def _delta(d: Delta | None) -> Delta | None:
@@ -80,6 +93,79 @@ def rows_of(res: KVResult) -> list[KVRow]:
     return out
 
 
+MEASURES = {"passkey": ("passkey_delta", True), "long-doc ppl": ("longdoc_delta", False),
+            "gen ppl": ("generation_delta", False)}  # measure -> (delta field, higher is better)
+
+
+def recovery(d: Delta, higher_is_better: bool) -> tuple[float, float | None, float | None]:
+    """candidate / baseline (higher is better) or baseline / candidate (lower is better), in %, with the
+    interval the delta's 95% interval maps to."""
+    b = d.baseline
+
+    def rec(delta: float) -> float:
+        v = b + delta
+        if higher_is_better:
+            return 100 * v / b if b else float("nan")
+        return 100 * b / v if v else float("nan")
+
+    r = rec(d.delta)
+    if d.ci95 is None:
+        return r, None, None
+    a, c = rec(d.ci95[0]), rec(d.ci95[1])
+    return r, min(a, c), max(a, c)
+
+
+def judge(res: KVResult, threshold_pct: float) -> list[KVJudgement]:
+    """Every non-baseline row, each measure tested as the weights' tasks are (``noninferiority.outcome``)."""
+    out = []
+    for m in res.methods:
+        if m.method in ("none", "auto"):
+            continue
+        j = KVJudgement(method=m.method, backend=m.backend)
+        for name, (field, hib) in MEASURES.items():
+            d = getattr(m, field)
+            if d is None:
+                continue
+            r, lo, hi = recovery(d, hib)
+            j.recovery_pct[name] = (sig(r), sig(lo) if lo is not None else None, sig(hi) if hi is not None else None)
+            lo, hi = j.recovery_pct[name][1:]
+            j.outcomes[name] = ("meets" if lo is not None and lo >= threshold_pct else
+                                "fails" if hi is not None and hi < threshold_pct else "inconclusive")
+        outs = set(j.outcomes.values())
+        j.overall = ("fails" if "fails" in outs else "inconclusive" if "inconclusive" in outs else
+                     "meets" if outs else "unmeasured")
+        out.append(j)
+    return out
+
+
+def recommend(res: KVResult, judged: list[KVJudgement], threshold_pct: float) -> str | None:
+    """The servable (vLLM) KV dtype to use: of those meeting the rule on every measure, the one whose cache
+    holds the most tokens; with what it buys against auto. None when no vLLM row was measured."""
+    rows = {m.method: m for m in res.methods}
+    base = rows.get("auto")
+    served = [j for j in judged if j.backend == "vllm"]
+    if base is None or not served:
+        return None
+    ok = [j for j in served if j.overall == "meets"]
+    if not ok:
+        why = "; ".join(f"{j.method} {j.overall} ({', '.join(f'{k} {v}' for k, v in j.outcomes.items())})"
+                        for j in served)
+        return f"auto: no vLLM KV dtype meets recovery ≥ {num(threshold_pct)}% on every long-context measure ({why})"
+    pick = max(ok, key=lambda j: (rows[j.method].cost.capacity_tokens or 0) if rows[j.method].cost else 0)
+    m = rows[pick.method]
+    buys = []
+    if m.cost and base.cost and m.cost.capacity_tokens and base.cost.capacity_tokens:
+        buys.append(f"{num(sig(m.cost.capacity_tokens / base.cost.capacity_tokens))}× the KV tokens "
+                    f"({num(m.cost.capacity_tokens)} vs {num(base.cost.capacity_tokens)})")
+        longest = max(m.cost.decode_ms_per_token, default=None)
+        if longest and longest in base.cost.decode_ms_per_token:
+            a, b = m.cost.decode_ms_per_token[longest], base.cost.decode_ms_per_token[longest]
+            buys.append(f"decode at {num(longest)} tokens {num(sig(a.median))} vs {num(sig(b.median))} ms/token "
+                        f"(median of {a.n})")
+    return (f"{pick.method}: meets recovery ≥ {num(threshold_pct)}% on "
+            f"{', '.join(pick.outcomes)}" + (f"; buys {'; '.join(buys)}" if buys else ""))
+
+
 def capacity(cells: list[Cell]) -> list[KVCapacity]:
     out = []
     for c in cells:
@@ -94,9 +180,10 @@ def capacity(cells: list[Cell]) -> list[KVCapacity]:
     return out
 
 
-def sections(cells: list[Cell], baseline: str) -> list[KVSection]:
+def sections(cells: list[Cell], baseline: str, threshold_pct: float = 99.0) -> list[KVSection]:
     """One section per cell with a ``kv`` result, with its model's vLLM KV capacities (the cell's own and
-    every KV cell's); a model with KV cells but no ``kv`` result gets a capacity-only section."""
+    every KV cell's), each method judged at ``threshold_pct`` and a vLLM KV dtype recommended; a model with KV
+    cells but no ``kv`` result gets a capacity-only section."""
     out = []
     for model in dict.fromkeys(c.model for c in cells):
         mine = [c for c in cells if c.model == model]
@@ -104,9 +191,11 @@ def sections(cells: list[Cell], baseline: str) -> list[KVSection]:
         for c in mine:
             res = c.results.get("kv")
             if res is not None:
+                judged = judge(res, threshold_pct)
                 out.append(KVSection(model=model, cell=c.cell, rows=rows_of(res),
                                      findings=[f"{f.severity}: {f.message}" for f in res.findings],
-                                     capacity=capacity([c, *kv_cells])))
+                                     capacity=capacity([c, *kv_cells]), judged=judged,
+                                     recommendation=recommend(res, judged, threshold_pct)))
         if kv_cells and not any(s.model == model for s in out):
             base = [c for c in mine if c.cell == baseline]
             cap = capacity([*base, *kv_cells])
@@ -133,6 +222,21 @@ def table(sec: KVSection) -> list[list[str]]:
              _d(r.passkey_delta), num(r.longdoc_ppl), _d(r.longdoc_delta), num(r.generation_ppl),
              _d(r.generation_delta), num(r.agreement), f"{num(r.bytes_per_token)} ({num(r.bytes_ratio)}×)",
              num(r.logit_max_abs_diff), num(r.kl)] for r in sec.rows]
+
+
+JUDGE_HEADERS = ("method", "in", *(f"{k} recovery % (95% CI)" for k in MEASURES), "outcome")
+
+
+def judge_table(sec: KVSection) -> list[list[str]]:
+    def cell(j: KVJudgement, k: str) -> str:
+        if k not in j.recovery_pct:
+            return MISSING
+        r, lo, hi = j.recovery_pct[k]
+        ci = f" ({num(lo)}–{num(hi)})" if lo is not None else ""
+        return f"{num(r)}{ci} {j.outcomes[k]}"
+
+    return [[j.method, "vLLM" if j.backend == "vllm" else "HF", *(cell(j, k) for k in MEASURES), j.overall]
+            for j in sec.judged]
 
 
 CAP_HEADERS = ("cell", "vLLM KV dtype", "KV capacity (tokens)", "KV B/token", "context", "sequences at once")
@@ -167,6 +271,10 @@ def markdown(secs: list[KVSection], plots: dict[str, str]) -> list[str]:
         lines += [f"## KV cache: {s.model}, {s.cell} (baseline: the unquantized cache of the same backend)", ""]
         if s.rows:
             lines += ["### KV-cache methods", "", *_md_table(HEADERS, table(s)), ""]
+        if s.judged:
+            lines += ["### KV methods against the recovery rule", "", *_md_table(JUDGE_HEADERS, judge_table(s)), ""]
+        if s.recommendation:
+            lines += [f"**KV recommendation**: {s.recommendation}", ""]
         if s.findings:
             lines += ["Findings (not rows):", "", *(f"- {f}" for f in s.findings), ""]
         if s.capacity:
