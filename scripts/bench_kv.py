@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("perf_results"))
     args = ap.parse_args()
     exp = experiment.load(args.experiment)
-    cfg = KVConfig(**exp.kv.model_dump(exclude={"schemes"}), checkpoint=args.model,
+    cfg = KVConfig(**exp.kv.model_dump(exclude={"schemes", "engine"}), checkpoint=args.model,
                    methods=["none", *exp.kv_quality_only], write=False)
     load_before = os.getloadavg()
     t0 = time.perf_counter()

@@ -187,6 +187,13 @@ def test_experiment_kv_cells_and_kv_step(tmp_path, runs_here):
         assert perf.state == "pending"
     else:  # an AVX2 CPU: "FP8 KV cache on CPU requires x86 with AVX-512 or AMX", from vLLM
         assert perf.state == "not_runnable" and perf.reason == f"not runnable here: {here.reason}"
+    engine = experiment.Experiment.model_validate({
+        "name": "t", "models": [{"name": "m", "source": "default"}], "schemes": ["BF16"],
+        "kv_cache": ["kivi-int2"], "kv": {"engine": ["fp8_e5m2"]}})
+    assert engine.kv_step_methods == ["kivi-int2", "fp8_e5m2"] and engine.kv_vllm == ["none"]  # no fp8_e5m2 cell
+    with pytest.raises(UsageError, match="kv.engine: kivi-int2 is not a vLLM KV dtype"):
+        experiment.Experiment.model_validate({"name": "t", "models": [{"name": "m", "source": "default"}],
+                                              "schemes": ["BF16"], "kv": {"engine": ["kivi-int2"]}})
     with pytest.raises(UsageError, match="kv_cache: unknown KV-cache method 'kivi3'.*Available:"):
         experiment.Experiment.model_validate({"name": "t", "models": [{"name": "m", "source": "default"}],
                                               "schemes": ["BF16"], "kv_cache": ["kivi3"]})

@@ -20,7 +20,7 @@ from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import UsageError, validation_line
 from ptq_deploy.eval.config import EvalOptions
 from ptq_deploy.kvcache import methods as kv_methods
-from ptq_deploy.kvcache.config import KVSettings
+from ptq_deploy.kvcache.config import KVSettings, offered_dtypes
 from ptq_deploy.perf.config import PerfSettings
 from ptq_deploy.report.settings import ReportSettings
 
@@ -74,6 +74,9 @@ class ExperimentKV(KVSettings):
     # the quality-only KV methods of ``kv_cache`` run as one ``kv`` step per scheme listed here
     schemes: list[str] | None = Field(None, description="schemes whose checkpoints the quality-only KV-cache "
                                                         "methods are measured on (default: the baseline)")
+    engine: list[str] = Field(default_factory=list, description="vLLM KV dtypes (fp8-uncalibrated, fp8_e5m2, ...) the "
+                                                                "kv step measures in the engine without making them "
+                                                                "cells; those in kv_cache are measured there too")
 
 
 class Experiment(BaseModel):
@@ -105,8 +108,9 @@ class Experiment(BaseModel):
     def kv_step_methods(self) -> list[str]:
         """What the ``kv`` step measures on a scheme's checkpoint: the quality-only methods (transformers) and
         the vLLM KV dtypes that need no calibrated scales (in the engine, against its auto cache)."""
-        return [*self.kv_quality_only, *(k for k in self.kv_vllm
-                                         if k != "none" and not kv_methods.get(k).calibrated)]
+        vllm = [k for k in [*self.kv_vllm, *self.kv.engine]
+                if k != "none" and not kv_methods.get(k, offered_dtypes()).calibrated]
+        return [*self.kv_quality_only, *dict.fromkeys(vllm)]
 
     @property
     def kv_vllm(self) -> list[str]:
@@ -133,6 +137,11 @@ class Experiment(BaseModel):
         if self.kv_quality_only and "none" not in self.kv_cache:
             self.kv_cache = ["none", *self.kv_cache]  # the kv step measures against the unquantized cache
         self._among_schemes("kv.schemes", self.kv.schemes or [])
+        for kv in self.kv.engine:
+            m = kv_methods.get(kv, offered_dtypes())
+            if m.quality_only or m.baseline or m.calibrated:
+                raise UsageError(f"kv.engine: {kv} is not a vLLM KV dtype the kv step can measure without calibrated "
+                                 "scales (fp8-uncalibrated, fp8_e4m3, fp8_e5m2, ...)")
         if self.baseline not in self.schemes:
             raise UsageError(f"baseline: {self.baseline} must be one of the experiment's schemes "
                              f"({', '.join(self.schemes)})")

@@ -24,6 +24,7 @@ from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import HardwareInfo, detect
 from ptq_deploy.kvcache import methods as kv_methods
+from ptq_deploy.kvcache.config import offered_dtypes as kv_offered
 from ptq_deploy.models import resolve
 from ptq_deploy.suite import layout
 from ptq_deploy.suite.experiment import Experiment, ModelSpec
@@ -180,7 +181,9 @@ def _fallback(exp: Experiment, scheme: schemes.Scheme, kv: str) -> str | None:
 def _kv_step(exp: Experiment, m: ModelSpec, scheme: str) -> PlannedStep:
     """The long-context KV track of one scheme's checkpoint, one step: the quality-only methods (one prefill per
     sample for all) and the uncalibrated vLLM KV dtypes (an engine each)."""
-    key = _hash({"c": _compress_key(exp, m, scheme, "none"), "kv": exp.kv.model_dump(mode="json", exclude={"schemes"}),
+    engine_rows = any(not kv_methods.get(k, kv_offered()).quality_only for k in exp.kv_step_methods)
+    skip = {"schemes", "engine"} | (set() if engine_rows else {"served"})  # a key as before where no engine row
+    key = _hash({"c": _compress_key(exp, m, scheme, "none"), "kv": exp.kv.model_dump(mode="json", exclude=skip),
                  "methods": exp.kv_step_methods})
     return PlannedStep(model=m.name, cell=layout.cell_name(scheme, "none"), scheme=scheme, kv_cache="none", step="kv",
                        key=key, state="pending", backend="hf")

@@ -135,10 +135,10 @@ class StepRunner:
     def kv(self, ps: PlannedStep, m: ModelSpec):
         """The long-context KV track on this cell's checkpoint: quality-only methods through transformers, the
         vLLM KV dtypes that run here (the probe's answer; the others are said and left out) in the engine."""
-        settings = self.exp.kv.model_dump(exclude={"schemes"})
+        settings = self.exp.kv.model_dump(exclude={"schemes", "engine"})
         rules, names = probe.rules(self.hw), []
         for name in self.exp.kv_step_methods:
-            dtype = kv_methods.get(name).vllm_dtype
+            dtype = kv_methods.get(name, rules.kv_dtypes).vllm_dtype
             if dtype and not (sup := rules.kv(dtype)).runnable:
                 print(f"kv: {name} left out: not runnable here: {sup.reason}")
                 continue
