@@ -1,15 +1,16 @@
 """vLLM's own KV-cache dtypes, measured where they are served: one engine per ``kv_cache_dtype``, the same
 samples as the transformers track, every score read through the engine's paged cache.
 
-- **passkey**: context + question + answer as one prompt with prompt logprobs; correct when every answer
-  token is the engine's top-1 at its position (exactly when greedy decoding would answer the key).
+- **passkey**: context + question as the prompt, the answer decoded greedily (each answer token a decode
+  step reading the cache); correct when the decoded tokens are the key's.
 - **long document**: a whole chapter as one prompt with prompt logprobs, scored on its last
   ``scored_tokens``. The engine prefills in chunks of ``chunk`` tokens (``max_num_batched_tokens``), so the
   scored tokens attend to the rest of the chapter only through the cache that earlier chunks wrote.
 - **generation**: a greedy continuation of the chapter's prefix; the baseline engine scores every method's
   continuation, which is compared token by token with the baseline's own.
-- **proof**: the logprobs of the same tokens after the context (question and answer, scored tokens)
-  against the baseline engine's; a method whose logprobs equal the baseline's on every sample read nothing
+- **proof**: on the same input, the engine's logprobs against the baseline engine's: the top-``PROOF_TOPK``
+  of the first answer position (passkey) and the scored tokens (chapters); a method whose logprobs equal
+  the baseline's on every sample read nothing
   the dtype changed, and is an error finding (``analysis.findings``), never a row.
 - **cost**, in the same engine: KV capacity (tokens vLLM allocated) and the bytes per token of its
   allocation, sequences that fit at 4k and 32k, decode time per output token at each context length (batch
@@ -61,23 +62,26 @@ def greedy(llm, prompts: list[list[int]], n: int) -> list[list[int]]:
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
+PROOF_TOPK = 20  # logprobs compared at a passkey's first answer position
+
+
 class Inputs:
-    """The token ids every engine reads: passkey prompts (context | question + answer) and chapters
-    (prefix | scored tail), tokenized once with the checkpoint's tokenizer."""
+    """The token ids every engine reads: passkey prompts (context + question) with their answers, and
+    chapters (prefix | scored tail), tokenized once with the checkpoint's tokenizer."""
 
     def __init__(self, tok, items: list[PasskeySample], docs: list[tuple[str, str]], scored: int):
-        self.passkey: list[tuple[str, list[int], int, int]] = []  # (id, ids, context length, answer length)
+        self.passkey: list[tuple[str, list[int], list[int]]] = []  # (id, prompt ids, answer ids)
         for it in items:
             ctx = tok(it.context).input_ids
             q = tok(it.question, add_special_tokens=False).input_ids
             a = tok(" " + it.key, add_special_tokens=False).input_ids
-            self.passkey.append((it.id, ctx + q + a, len(ctx), len(a)))
+            self.passkey.append((it.id, ctx + q, a))
         self.docs = [(doc_id, tok(text).input_ids) for doc_id, text in docs]
         self.scored = scored
 
     @property
     def longest(self) -> int:
-        return max([len(p) for _, p, _, _ in self.passkey] + [len(d) for _, d in self.docs] + [1])
+        return max([len(p) + len(a) for _, p, a in self.passkey] + [len(d) for _, d in self.docs] + [1])
 
 
 def _proof(s: Samples, sid: str, lps: list[float], base: list[float] | None) -> None:
@@ -89,19 +93,33 @@ def _proof(s: Samples, sid: str, lps: list[float], base: list[float] | None) -> 
     s.identical[sid] = lps == base
 
 
+def answers(llm, x: Inputs) -> dict[str, tuple[list[int], dict[int, float]]]:
+    """Per passkey prompt: the greedy answer (as many tokens as the key has) and the top-``PROOF_TOPK``
+    logprobs of its first position."""
+    from vllm import SamplingParams
+
+    params = [SamplingParams(max_tokens=len(a), temperature=0.0, ignore_eos=True, logprobs=PROOF_TOPK)
+              for _, _, a in x.passkey]
+    outs = llm.generate([{"prompt_token_ids": p} for _, p, _ in x.passkey], params, use_tqdm=False)
+    got = {}
+    for (sid, _, _), o in zip(x.passkey, outs):
+        c = o.outputs[0]
+        got[sid] = (list(c.token_ids), {t: lp.logprob for t, lp in (c.logprobs[0] if c.logprobs else {}).items()})
+    return got
+
+
 class Scores:
     """What one engine scored, kept until the baseline's engine has run (the proof compares the two)."""
 
     def __init__(self):
-        self.passkey: dict[str, list[tuple[float, int | None, int]]] = {}
+        self.passkey: dict[str, tuple[list[int], dict[int, float]]] = {}
         self.docs: dict[str, list[tuple[float, int | None, int]]] = {}
         self.continuations: dict[str, list[int]] = {}
 
 
 def score(llm, x: Inputs, generate_tokens: int) -> Scores:
     out = Scores()
-    got = prompt_logprobs(llm, [p for _, p, _, _ in x.passkey])
-    out.passkey = {sid: g for (sid, _, _, _), g in zip(x.passkey, got)}
+    out.passkey = answers(llm, x)
     got = prompt_logprobs(llm, [d for _, d in x.docs])
     out.docs = {doc_id: g for (doc_id, _), g in zip(x.docs, got)}
     if generate_tokens:
@@ -113,14 +131,16 @@ def score(llm, x: Inputs, generate_tokens: int) -> Scores:
 def samples_of(x: Inputs, tok, sc: Scores, base: Scores | None, gen_nll: dict[str, float]) -> Samples:
     """Per-sample values of one method (``base`` None: the baseline itself)."""
     s = Samples()
-    for sid, ids, ctx, ans in x.passkey:
-        lps = sc.passkey[sid]  # position i predicts ids[i + 1]
-        answer = lps[len(ids) - 1 - ans:]
-        s.passkey[sid] = all(rank == 1 for _, rank, _ in answer)
-        upto = next((i + 1 for i, (_, rank, _) in enumerate(answer) if rank != 1), len(answer))
-        s.passkey_answer[sid] = tok.decode([top for _, _, top in answer[:upto]])
-        _proof(s, sid, [lp for lp, _, _ in lps[ctx - 1:]], [lp for lp, _, _ in base.passkey[sid][ctx - 1:]]
-               if base else None)
+    for sid, _, ans in x.passkey:
+        got, top = sc.passkey[sid]
+        s.passkey[sid] = got[:len(ans)] == ans
+        upto = next((i + 1 for i, (g, a) in enumerate(zip(got, ans)) if g != a), len(got))
+        s.passkey_answer[sid] = tok.decode(got[:upto])
+        ref = base.passkey[sid][1] if base else top
+        shared = [t for t in top if t in ref]  # the tokens both engines rank in their top-k
+        _proof(s, sid, [top[t] for t in shared] or [0.0], [ref[t] for t in shared] or [0.0])
+        if set(top) != set(ref):  # different top-k tokens: not identical, whatever the shared values
+            s.identical[sid] = False
     for doc_id, ids in x.docs:
         tail = [lp for lp, _, _ in sc.docs[doc_id][len(ids) - x.scored:]]  # the last ``scored - 1`` tokens
         s.longdoc[doc_id] = (-sum(tail), len(tail))
