@@ -103,7 +103,31 @@ def _matmul(dtype: str, rows: int):
     return lambda d: next(r["median_ms"] for r in d["results"] if r["dtype"].startswith(dtype) and r["rows"] == rows)
 
 
+KV_SERVED = "perf_results/bench_kv_served_20261206T070611Z.json"
+
+
+def _kv(method: str, field: str):
+    return lambda d: next(m for m in d["methods"] if m["method"] == method)[field]
+
+
+def _kv_delta(method: str, field: str):
+    return lambda d: (lambda x: (x["delta"], *x["ci95"]))(_kv(method, field)(d))
+
+
 QUOTED = [
+    ("docs/results.md", "+0.76 (95% CI +0.42 to +1.12), regressed", KV_SERVED, _kv_delta("fp8", "longdoc_delta"),
+     "{:+.2f} (95% CI {:+.2f} to {:+.2f}), regressed"),
+    ("docs/results.md", "+2.89 (95% CI +1.97 to +4.09), regressed", KV_SERVED,
+     _kv_delta("fp8-uncalibrated", "longdoc_delta"), "{:+.2f} (95% CI {:+.2f} to {:+.2f}), regressed"),
+    ("docs/results.md", "+0.97 (95% CI +0.03 to +2.51), regressed", KV_SERVED, _kv_delta("fp8", "generation_delta"),
+     "{:+.2f} (95% CI {:+.2f} to {:+.2f}), regressed"),
+    ("docs/results.md", "| KV tokens in 1 GiB | 46592 | 93184 | 93184 |", KV_SERVED,
+     lambda d: tuple(m["cost"]["capacity_tokens"] for m in d["methods"]), "| KV tokens in 1 GiB | {} | {} | {} |"),
+    ("docs/results.md", "| long-document ppl | 26.02 |", KV_SERVED, _kv("auto", "longdoc_ppl"),
+     "| long-document ppl | {:.2f} |"),
+    ("docs/results.md", "(auto 39.7 ms at 1k, 65.5 ms at 8128)", KV_SERVED,
+     lambda d: tuple(d["methods"][0]["cost"]["decode_ms_per_token_median"][k] for k in ("1024", "8128")),
+     "(auto {:.1f} ms at 1k, {:.1f} ms at 8128)"),
     ("docs/hardware.md", "took 24.85 ms for one token", MATMUL, _matmul("fp8", 1), "took {:.2f} ms for one token"),
     ("docs/hardware.md", "against 0.1142 ms in bf16", MATMUL, _matmul("bfloat16", 1), "against {:.4f} ms in bf16"),
     ("docs/hardware.md", "and 1370.27 ms for 48 tokens", MATMUL, _matmul("fp8", 48), "and {:.2f} ms for 48 tokens"),
