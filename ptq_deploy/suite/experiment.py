@@ -94,9 +94,10 @@ class Experiment(BaseModel):
     kv: ExperimentKV = Field(default_factory=ExperimentKV, description="the long-context KV-cache measurements")
     steps: list[Step] = Field(list(STEPS), description="the steps each cell runs")
     max_slowdown: float | None = Field(
-        100.0, gt=1, description="a scheme the probe measured at more than this many times the dense model's time "
-                                 "per token here (on its tiny model: an emulated kernel, not a slower one) gets no "
-                                 "perf or eval step, with that figure as the reason; null runs it whatever it costs")
+        30.0, gt=1, description="a scheme the probe measured at more than this many times the dense model's time "
+                                "per token here (on its tiny model: an emulated kernel, not a slower one) gets no "
+                                "perf or eval step, with that figure as the reason (at 30x, one eval step of the ready "
+                                "experiment outlasts its whole budget); null runs it whatever it costs")
     report: ReportSettings = Field(default_factory=ReportSettings, description="the recommendation's constraints")
 
     @property
