@@ -91,6 +91,8 @@ def compress_s(*cells: str) -> Callable[[dict], object]:
 
 
 READY_1205 = "perf_results/bench_ready_experiment_smollm2-135m_20261205T021447Z.json"
+READY_1206 = "perf_results/bench_ready_experiment_smollm2-135m_20261206T075530Z.json"
+COMPARE_1206 = "perf_results/compare_conclusions_20261206T075710Z.json"
 READY_1204 = "perf_results/bench_ready_experiment_smollm2-135m_20261204T172300Z.json"
 COMPARE_1204 = "perf_results/compare_conclusions_20261204T172351Z.json"
 GPU_H200 = "perf_results/gpu_check_SmolLM2-135M-Instruct.Q4_1_20261204T184340Z.json"
@@ -131,8 +133,13 @@ QUOTED = [
     ("docs/hardware.md", "took 24.85 ms for one token", MATMUL, _matmul("fp8", 1), "took {:.2f} ms for one token"),
     ("docs/hardware.md", "against 0.1142 ms in bf16", MATMUL, _matmul("bfloat16", 1), "against {:.4f} ms in bf16"),
     ("docs/hardware.md", "and 1370.27 ms for 48 tokens", MATMUL, _matmul("fp8", 48), "and {:.2f} ms for 48 tokens"),
-    ("README.md", "10 min 6 s", READY_1205, key("total_wall_s"), minutes),
-    ("README.md", "(606 s)", READY_1205, key("total_wall_s"), "({:.0f} s)"),
+    ("README.md", "9 min 2 s", READY_1206, key("total_wall_s"), minutes),
+    ("README.md", "(542 s)", READY_1206, key("total_wall_s"), "({:.0f} s)"),
+    ("docs/results.md", "compress 509, eval 173, kv 132, perf 71, inspect 4", READY_1206, key("seconds_by_step"),
+     "compress {compress:.0f}, eval {eval:.0f}, kv {kv:.0f}, perf {perf:.0f}, inspect {inspect:.0f}"),
+    ("docs/results.md", "66.51–72.65% here", COMPARE_1206, conclusion("INT4-W4A16-RTN"), "{}–{}% here"),
+    ("docs/results.md", "69.3–75.16% on the AVX-512 CPU", "perf_results/compare_conclusions_20261205T021907Z.json",
+     conclusion("INT4-W4A16-RTN"), "{}–{}% on the AVX-512 CPU"),
     ("docs/results.md", "compress 458, eval 321, perf 122, kv 64, inspect 3", READY_1205, key("seconds_by_step"),
      "compress {compress:.0f}, eval {eval:.0f}, perf {perf:.0f}, kv {kv:.0f}, inspect {inspect:.0f}"),
     ("docs/results.md", "compress 532, eval 361, perf 196, kv 80", READY_1204, key("seconds_by_step"),
