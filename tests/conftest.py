@@ -25,9 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# pytest-xdist runs a worker per core: an OpenMP thread that spin-waits after its work burns the core another
-# worker's engine needs (the compress worker sets the same for itself)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # no hub here: ask it nothing (huggingface_hub reads these once, at import, so they are set before any import)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -28,7 +28,7 @@ from ptq_deploy.stats import Summary
 from ptq_deploy.timeutil import timestamp
 
 
-ANSWER_ROOM = 16  # tokens after a passkey prompt: the answer, scored in the same sequence
+ANSWER_ROOM = 16  # tokens after a passkey prompt: its answer, decoded (vLLM) or scored (transformers) after it
 
 
 def check_methods(names: list[str], hw: HardwareInfo) -> tuple[list[KVMethod], list[KVMethod]]:
@@ -125,7 +125,7 @@ def measure_in_vllm(engines: dict[str, Path], tok, ms: list[KVMethod], settings:
         c = got.costs[m.name]
         row = analysis.method_row(m, got.samples[m.name], items, {}, got.times[m.name])
         rows.append(row.model_copy(update={
-            "backend": "vllm", "cost": c, "buffer_bytes_per_token": None,
+            "backend": "vllm", "cost": c,
             "bytes_per_token": Summary.of([c.bytes_per_token], "B") if c.bytes_per_token else None}))
     return _compared(rows, settings)
 

@@ -38,20 +38,13 @@ from ptq_deploy.stats import Summary
 BASELINE = VLLM_BASELINE
 
 
-def _lp(entry: dict, token: int) -> tuple[float, int | None, int]:
-    """(logprob of ``token``, its rank, the top-1 token) from one position of vLLM's prompt logprobs."""
-    got = entry[token]
-    top = min(entry.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)[0]
-    return got.logprob, got.rank, top
-
-
-def prompt_logprobs(llm, prompts: list[list[int]]) -> list[list[tuple[float, int | None, int]]]:
-    """Per prompt, per position from 1 on: (logprob of the prompt's token, its rank, the engine's top-1)."""
+def prompt_logprobs(llm, prompts: list[list[int]]) -> list[list[float]]:
+    """Per prompt, per position from 1 on: the logprob of the prompt's own token there."""
     from vllm import SamplingParams
 
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
-                        SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1), use_tqdm=False)
-    return [[_lp(e, t) for e, t in zip(o.prompt_logprobs[1:], p[1:])] for o, p in zip(outs, prompts)]
+                        SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False)
+    return [[e[t].logprob for e, t in zip(o.prompt_logprobs[1:], p[1:])] for o, p in zip(outs, prompts)]
 
 
 def greedy(llm, prompts: list[list[int]], n: int) -> list[list[int]]:
@@ -113,7 +106,7 @@ class Scores:
 
     def __init__(self):
         self.passkey: dict[str, tuple[list[int], dict[int, float]]] = {}
-        self.docs: dict[str, list[tuple[float, int | None, int]]] = {}
+        self.docs: dict[str, list[float]] = {}
         self.continuations: dict[str, list[int]] = {}
 
 
@@ -142,9 +135,9 @@ def samples_of(x: Inputs, tok, sc: Scores, base: Scores | None, gen_nll: dict[st
         if set(top) != set(ref):  # different top-k tokens: not identical, whatever the shared values
             s.identical[sid] = False
     for doc_id, ids in x.docs:
-        tail = [lp for lp, _, _ in sc.docs[doc_id][len(ids) - x.scored:]]  # the last ``scored - 1`` tokens
+        tail = sc.docs[doc_id][len(ids) - x.scored:]  # logprobs of the last ``scored - 1`` tokens
         s.longdoc[doc_id] = (-sum(tail), len(tail))
-        _proof(s, doc_id, tail, [lp for lp, _, _ in base.docs[doc_id][len(ids) - x.scored:]] if base else None)
+        _proof(s, doc_id, tail, base.docs[doc_id][len(ids) - x.scored:] if base else None)
         if doc_id in sc.continuations:
             cont, ref = sc.continuations[doc_id], (base or sc).continuations[doc_id]
             s.generation[doc_id] = (gen_nll[doc_id], len(cont))
@@ -158,7 +151,7 @@ def generation_nll(llm, x: Inputs, continuations: dict[str, list[int]]) -> dict[
     keys = list(continuations)
     prompts = [docs[k][:len(docs[k]) - x.scored] + continuations[k] for k in keys]
     got = prompt_logprobs(llm, prompts)
-    return {k: -sum(lp for lp, _, _ in g[len(p) - 1 - len(continuations[k]):])
+    return {k: -sum(g[len(p) - 1 - len(continuations[k]):])
             for k, g, p in zip(keys, got, prompts)}
 
 
