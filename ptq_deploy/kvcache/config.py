@@ -8,7 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ptq_deploy import probe
 from ptq_deploy.eval.config import split_names
+from ptq_deploy.hardware import detect
 from ptq_deploy.kvcache import methods
 from ptq_deploy.kvcache.longctx import PasskeySpec
 
@@ -16,9 +18,6 @@ from ptq_deploy.kvcache.longctx import PasskeySpec
 def offered_dtypes() -> tuple[str, ...]:
     """The ``kv_cache_dtype`` values the installed vLLM offers (the probe read them from vLLM; its FP8 ones
     where nothing was probed)."""
-    from ptq_deploy import probe  # the probe's measurement on this machine
-    from ptq_deploy.hardware import detect
-
     return probe.rules(detect()).kv_dtypes
 
 
