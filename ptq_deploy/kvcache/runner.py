@@ -44,7 +44,7 @@ def check_methods(names: list[str], hw: HardwareInfo) -> tuple[list[KVMethod], l
             raise NotRunnableHere(f"KV cache {m.name}: not runnable here: {sup.reason}")
     quality = [m for m in ms if m.quality_only]
     return ([methods.get("none"), *quality] if quality or not served else []), (
-        [served_track.BASELINE, *served] if served else [])
+        [methods.VLLM_BASELINE, *served] if served else [])
 
 
 def engine_checkpoints(served: list[KVMethod], path: Path, scales_from: Path | None) -> dict[str, Path]:

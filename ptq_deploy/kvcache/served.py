@@ -10,12 +10,12 @@ samples as the transformers track, every score read through the engine's paged c
   continuation, which is compared token by token with the baseline's own.
 - **proof**: on the same input, the engine's logprobs against the baseline engine's: the top-``PROOF_TOPK``
   of the first answer position (passkey) and the scored tokens (chapters); a method whose logprobs equal
-  the baseline's on every sample read nothing
-  the dtype changed, and is an error finding (``analysis.findings``), never a row.
+  the baseline's on every sample read nothing the dtype changed, and is an error finding
+  (``analysis.findings``), never a row.
 - **cost**, in the same engine: KV capacity (tokens vLLM allocated) and the bytes per token of its
   allocation, sequences that fit at 4k and 32k, decode time per output token at each context length (batch
-  1, from vLLM's own first- and last-token timestamps of each request), and tokens/s with ``concurrency`` sequences
-  at the longest context.
+  1, from vLLM's own first- and last-token timestamps of each request), and tokens/s with ``concurrency``
+  sequences at the longest context.
 
 Prefix caching is off in these engines: every request writes its own K/V and reads them back.
 """
@@ -27,15 +27,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ptq_deploy import checkpoint, engine
+from ptq_deploy.engine import kernels
 from ptq_deploy.engine.config import EngineConfig
 from ptq_deploy.kvcache.config import ServedSettings
 from ptq_deploy.kvcache.longctx import PasskeySample
-from ptq_deploy.kvcache.methods import VLLM_BASELINE, KVMethod
+from ptq_deploy.kvcache.methods import KVMethod
 from ptq_deploy.kvcache.result import Samples, ServedCost
 from ptq_deploy.perf.memory import concurrent_sequences
+from ptq_deploy.perf.offline import kv_capacity
 from ptq_deploy.stats import Summary
-
-BASELINE = VLLM_BASELINE
 
 
 def prompt_logprobs(llm, prompts: list[list[int]]) -> list[list[float]]:
@@ -168,9 +168,6 @@ def cost(llm, info, filler: list[int], contexts: list[int], cfg: ServedSettings)
     """Capacity and bytes per token of the engine's cache; decode time per token by context length."""
     from vllm import SamplingParams
 
-    from ptq_deploy.engine import kernels
-    from ptq_deploy.perf.offline import kv_capacity
-
     blocks, bsize, _ = kv_capacity(llm)
     tokens = blocks * bsize if blocks and bsize else None
     cache_bytes = info.memory.kv_cache_bytes_vllm if info.memory else None
@@ -183,14 +180,13 @@ def cost(llm, info, filler: list[int], contexts: list[int], cfg: ServedSettings)
     def tpot_ms(prompt: list[int], n: int) -> float:
         """One request's decode time per output token, from vLLM's own request timestamps (first to last
         token, engine core clock), as vLLM's time-per-output-token metric computes it."""
-        t0 = time.perf_counter()
         o = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=n, temperature=0.0,
                                                                         ignore_eos=True), use_tqdm=False)[0]
         st = getattr(o, "metrics", None)
         if st is not None and getattr(st, "last_token_ts", 0) > getattr(st, "first_token_ts", 0) > 0:
             return (st.last_token_ts - st.first_token_ts) / (len(o.outputs[0].token_ids) - 1) * 1000
         raise RuntimeError(f"vLLM returned no request timestamps (metrics={st!r}): the served engines need "
-                           f"disable_log_stats=False (took {time.perf_counter() - t0:.1f} s)")
+                           "disable_log_stats=False")
 
     decode: dict[int, Summary] = {}
     n = cfg.decode_tokens
@@ -204,12 +200,11 @@ def cost(llm, info, filler: list[int], contexts: list[int], cfg: ServedSettings)
         rates = []
         for _ in range(max(1, cfg.repeats - 1)):
             t0 = time.perf_counter()
-            llm.generate([{"prompt_token_ids": p} for p in prompts],
-                         SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True), use_tqdm=False)
+            greedy(llm, prompts, n)
             rates.append(cfg.concurrency * n / (time.perf_counter() - t0))
         through = Summary.of(rates, "tok/s")
-    return ServedCost(kv_cache_dtype=info.kv_cache_dtype, dtype=info.dtype, attention_backend=backend, capacity_tokens=tokens,
-                      cache_bytes=cache_bytes, bytes_per_token=cache_bytes / tokens if cache_bytes and tokens else None,
+    return ServedCost(kv_cache_dtype=info.kv_cache_dtype, dtype=info.dtype, attention_backend=backend,
+                      capacity_tokens=tokens, cache_bytes=cache_bytes, bytes_per_token=cache_bytes / tokens if cache_bytes and tokens else None,
                       concurrent_sequences_at=concurrent_sequences(blocks, bsize) if blocks and bsize else {},
                       decode_ms_per_token=decode, decode_slope_ms_per_1k=_slope(decode),
                       long_context_tokens_per_s=through, concurrency=cfg.concurrency, long_context=longest,
