@@ -13,5 +13,5 @@ demo: setup  ## the main job: every scheme of the embedded SmolLM2-135M, compres
 	$(RUNTIME_PY) -m ptq_deploy.cli run smollm2-135m --lanes $(LANES); rc=$$?; \
 	$(RUNTIME_PY) -m ptq_deploy.cli report results/smollm2-135m && exit $$rc
 
-test: setup  ## the test suite (real vLLM, real llmcompressor) in one pytest-xdist worker per core, a file each
-	$(RUNTIME_PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+test: setup  ## the test suite (real vLLM, real llmcompressor) in one pytest-xdist worker per core, a file each, longest first
+	$(RUNTIME_PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)

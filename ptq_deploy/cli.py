@@ -318,8 +318,15 @@ def perf(
     input_len: int = typer.Option(_d(PerfSettings, "input_len")),
     output_len: int = typer.Option(_d(PerfSettings, "output_len")),
     dataset: str = typer.Option(_d(PerfSettings, "dataset"), help=_h(PerfSettings, "dataset")),
-    concurrency: str = typer.Option(",".join(map(str, _d(PerfSettings, "concurrency"))),
-                                    help="serving concurrency levels, comma-separated"),
+    concurrency: Optional[str] = typer.Option(None, help="serving concurrency levels, comma-separated; "
+                                              "default: the load sweep (doubling from 1 up to --max-concurrency "
+                                              "until throughput saturates or a --goodput SLO breaks)"),
+    max_concurrency: int = typer.Option(_d(PerfSettings, "max_concurrency"), help=_h(PerfSettings, "max_concurrency")),
+    saturation: float = typer.Option(_d(PerfSettings, "saturation"), help=_h(PerfSettings, "saturation")),
+    shape: list[str] = typer.Option([], "--shape", metavar="NAME[=IN:OUT]",
+                                    help="a serving workload shape, swept on its own: chat, long_prompt, "
+                                         "long_generation (256:128, 4096:256, 256:1024) or NAME=IN:OUT; repeatable "
+                                         "(default: the workload of --input-len / --output-len)"),
     request_rate: Optional[float] = typer.Option(_d(PerfSettings, "request_rate"), help=_h(PerfSettings, "request_rate")),
     iterations: int = typer.Option(_d(PerfSettings, "iterations")),
     latency_ci: Optional[float] = typer.Option(_d(PerfSettings, "latency_ci"), help=_h(PerfSettings, "latency_ci")),
@@ -332,21 +339,21 @@ def perf(
 ):
     """Measure CHECKPOINT in vLLM: load, memory, latency, throughput, serving (TTFT/TPOT/ITL), roofline."""
     from ptq_deploy.perf import run_perf
-    from ptq_deploy.perf.config import parse_kv_args, parse_slos
+    from ptq_deploy.perf.config import parse_kv_args, parse_shapes, parse_slos
     from ptq_deploy.perf.report import summary_tables
 
     try:
-        levels = [int(c) for c in concurrency.split(",") if c.strip()]
+        levels = [int(c) for c in concurrency.split(",") if c.strip()] if concurrency is not None else None
     except ValueError:
         raise UsageError(f"--concurrency {concurrency!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
     engine_cfg = EngineConfig(dtype=dtype, max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype,
                               tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
                               enforce_eager=enforce_eager, seed=seed, extra=parse_kv_args(engine_arg))
     cfg = PerfConfig(checkpoint=str(checkpoint), engine=engine_cfg, num_prompts=num_prompts, input_len=input_len,
-                     output_len=output_len, dataset=dataset, concurrency=levels, request_rate=request_rate,
+                     output_len=output_len, dataset=dataset, concurrency=levels, max_concurrency=max_concurrency,
+                     saturation=saturation, shapes=parse_shapes(shape), request_rate=request_rate,
                      iterations=iterations, latency_ci=latency_ci, warmup=warmup, goodput=parse_slos(goodput),
-                     offline=offline,
-                     serving=serving, output_dir=output_dir)
+                     offline=offline, serving=serving, output_dir=output_dir)
     res = run_perf(cfg, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     for t in summary_tables(res):
         out.print(t)
@@ -392,6 +399,12 @@ def report_cmd(
     min_throughput: Optional[float] = typer.Option(
         _d(ReportSettings, "min_throughput"),
         help="recommend only schemes reaching this many output tokens/s (default: experiment.yaml, else none)"),
+    slo: list[str] = typer.Option([], "--slo", metavar="NAME:MS",
+                                  help="a latency target of the throughput regime, p99 in ms: ttft, tpot or e2el "
+                                       "(e.g. --slo ttft:2000 --slo tpot:100); repeatable. Default: experiment.yaml's "
+                                       "report.slo, else none (each load curve's peak)"),
+    capacity_context: Optional[int] = typer.Option(None, help="the capacity regime's context length in tokens "
+                                                   f"(default: experiment.yaml, else {_d(ReportSettings, 'capacity_context')})"),
     formats: str = typer.Option("md,json,csv,html", "--format", help="comma-separated: md, json, csv, html"),
 ):
     """Leaderboard per model (Markdown/JSON/CSV/HTML + plots) and a recommendation, from result files alone."""
@@ -401,8 +414,11 @@ def report_cmd(
 
     fmts = parse_formats(formats)
     default, by_task = parse_min_recovery(min_recovery)
+    from ptq_deploy.perf.config import parse_slos
+
     given = {"min_recovery": default, "min_recovery_by_task": by_task, "max_memory_gb": max_memory_gb,
-             "min_throughput": min_throughput}
+             "min_throughput": min_throughput, "slo": parse_slos(slo, option="--slo"),
+             "capacity_context": capacity_context}
     rep = build_report(results_dir, **given)
     if results_dir_b is not None:
         comp = compare_reports(rep, build_report(results_dir_b, **given))

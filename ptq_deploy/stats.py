@@ -46,6 +46,11 @@ class Summary(BaseModel):
 
         return float(t.ppf(0.975, self.n - 1) * self.stdev / math.sqrt(self.n))
 
+    def ci95(self) -> tuple[float, float]:
+        """The t-interval (95%) of the mean; the mean itself below n = 2."""
+        h = self.ci95_half_width() if self.n > 1 else 0.0
+        return (self.mean - h, self.mean + h)
+
 
 def paired_bootstrap(base: Sequence[Any], quant: Sequence[Any], agg: Callable[[Sequence[Any]], float],
                      iters: int = 1000, seed: int = 0) -> tuple[float, tuple[float, float]]:

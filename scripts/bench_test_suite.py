@@ -29,7 +29,7 @@ from ptq_deploy.results import atomic_write_json
 from ptq_deploy.timeutil import file_stamp
 
 REPO = Path(__file__).resolve().parent.parent
-TIERS = {"full": "make test", "fast": "{python} -m pytest -q -n {workers} --dist loadfile -m 'not integration'"}
+TIERS = {"full": "make test", "fast": "{python} -m pytest -q -n {workers} --dist loadfile --no-loadscope-reorder -m 'not integration'"}
 
 
 class TierTime(BaseModel):

@@ -25,6 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One core per xdist worker for the vLLM engines it starts: vLLM's CPU backend binds its OpenMP threads to every
+# core ("auto"), so two workers' engines would spin against each other on the same cores. A run's `--lanes`
+# rebinds each lane's engines to its own cores (suite.lanes).
+if os.environ.get("PTQ_TEST_BIND", "1") == "1" and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    _cores = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND",
+                          str(_cores[int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")) % len(_cores)]))
 # no hub here: ask it nothing (huggingface_hub reads these once, at import, so they are set before any import)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -43,10 +50,44 @@ HEAVY_FIXTURES = {"compressed", "probe", "runs_here", "fake_probe", "not_runnabl
                   "embedded_model", "embedded_compressed", "quick_quant", "engine_model", "serial_run"}
 
 
+# The longest files first: `make test` hands whole files to its xdist workers in collection order
+# (`--dist loadfile --no-loadscope-reorder`), so the files that start last are short ones and the workers finish
+# together. A file's cost is its seconds in the last run here (pytest's cache), else a guess from its tests.
+FILE_SECONDS = "ptq-deploy/file-seconds"
+INTEGRATION_GUESS_S, UNIT_GUESS_S = 15.0, 0.3
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    seen = cache.get(FILE_SECONDS, {}) if cache is not None else {}
+    guess: dict[str, float] = {}
+    for item in items:
+        heavy = item.get_closest_marker("integration") is not None
+        guess[_file(item.nodeid)] = guess.get(_file(item.nodeid), 0.0) + (INTEGRATION_GUESS_S if heavy else UNIT_GUESS_S)
+    cost = {f: seen.get(f, g) for f, g in guess.items()}
+    items.sort(key=lambda it: -cost[_file(it.nodeid)])  # stable: a file's tests keep their order
+
+
+_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    _seconds[_file(report.nodeid)] = _seconds.get(_file(report.nodeid), 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Keep each file's seconds for the next run's order (the controller sees every worker's reports)."""
+    if hasattr(session.config, "workerinput") or getattr(session.config, "cache", None) is None or not _seconds:
+        return
+    known = session.config.cache.get(FILE_SECONDS, {})
+    session.config.cache.set(FILE_SECONDS, {**known, **{f: round(s, 1) for f, s in _seconds.items()}})
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,12 @@ from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
 pytestmark = pytest.mark.integration
 
 # scheme -> (compressed-tensors format, weight tensor suffix, dtype on disk, bits per weight element)
+# one scheme per format on the embedded model; GPTQ's path is INT8-W8A8's (SmoothQuant, then GPTQ), so INT4-W4A16
+# (GPTQ, ~70 s here) would check INT4-W4A16-RTN's format again (its group-wise GPTQ runs in test_commands)
 EXPECT = {
     "FP8-W8A8": ("float-quantized", "weight", "F8_E4M3", 8),
     "INT8-W8A8": ("int-quantized", "weight", "I8", 8),
     "INT8-W8A16-RTN": ("pack-quantized", "weight_packed", "I32", 8),
-    "INT4-W4A16": ("pack-quantized", "weight_packed", "I32", 4),
     "INT4-W4A16-RTN": ("pack-quantized", "weight_packed", "I32", 4),
 }
 BYTES = {"BF16": 2, "F8_E4M3": 1, "I8": 1, "I32": 4, "I64": 8, "F32": 4}
@@ -94,6 +95,24 @@ def test_every_scheme_writes_what_it_promises(embedded_compressed, embedded_mode
     extra = 16 / 64 if s.group_size else 16 / 576
     assert bits <= rep.linear_bits_per_weight <= bits + extra + 0.02, rep.linear_bits_per_weight
     assert rep.compression_ratio > (1.5 if bits == 8 else 2.2)
+
+
+def test_gptq_int4_writes_the_group_wise_format(compressed, tiny_model):
+    """INT4-W4A16 (GPTQ, group 64) on the tiny model: the format INT4-W4A16-RTN proves above, written by GPTQ's
+    calibrated layer-by-layer pass, and proven by inspect."""
+    ck = compressed("INT4-W4A16", group_size=64)
+    qc = json.loads((ck / "config.json").read_text())["quantization_config"]
+    w = qc["config_groups"]["group_0"]["weights"]
+    assert (qc["format"], w["num_bits"], w["group_size"], w["symmetric"]) == ("pack-quantized", 4, 64, True)
+    t, base = _tensors(ck), _tensors(tiny_model)
+    mod = "model.layers.0.mlp.down_proj"
+    out_f, in_f = base[f"{mod}.weight"][1]
+    assert t[f"{mod}.weight_packed"] == ("I32", [out_f, in_f * 4 // 32])
+    assert t[f"{mod}.weight_scale"][1] == [out_f, in_f // 64]
+    assert json.loads((ck / "ptq_deploy.json").read_text())["calibration"] is not None  # GPTQ calibrated it
+    rep = inspect_checkpoint(InspectConfig(checkpoint=ck))
+    assert rep.ok, [f.message for f in rep.errors]
+    assert 4 <= rep.linear_bits_per_weight <= 4 + 16 / 64 + 0.02
 
 
 def test_kv_cache_fp8_writes_k_and_v_scales(compressed):

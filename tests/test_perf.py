@@ -90,29 +90,33 @@ def check_offline(r: PerfResult, cfg: PerfConfig):
     assert r.engine is not None and r.provenance.packages and r.config == cfg
 
 
+def check_level(lv, n_requests: int, output_len: int, wall_s: float):
+    assert lv.completed == lv.num_requests == n_requests and lv.failed == 0, lv.errors
+    for s in (lv.ttft_ms, lv.tpot_ms, lv.e2el_ms):
+        ordered(s, n_requests)
+    ordered(lv.itl_ms)
+    assert lv.ttft_ms.mean < lv.e2el_ms.mean
+    assert lv.output_tokens_counted == lv.output_tokens_requested == n_requests * output_len
+    assert lv.prompt_tokens_counted == lv.prompt_tokens_requested
+    assert lv.prompt_tokens_from_cache == 0  # warm-up prefixes were dropped before the level was timed
+    assert lv.duration_s < wall_s and lv.e2el_ms.max / 1e3 <= lv.duration_s * 1.01  # client clock
+    assert lv.request_goodput is not None and lv.request_goodput <= lv.request_throughput + 1e-9
+    # our per-request spreads agree with vLLM's own aggregate maths
+    assert lv.ttft_ms.mean == pytest.approx(lv.vllm_reported["mean_ttft_ms"], rel=1e-6)
+    assert lv.e2el_ms.median == pytest.approx(lv.vllm_reported["median_e2el_ms"], rel=1e-6)
+    assert lv.tpot_ms.mean == pytest.approx(lv.vllm_reported["mean_tpot_ms"], rel=1e-6)
+    assert lv.energy is not None and (lv.energy.source == nvml.NO_NVML) == (not detect().gpus)
+
+
 def check_serving(r: PerfResult, cfg: PerfConfig):
     sv = r.serving
-    assert [lv.concurrency for lv in sv.levels] == cfg.concurrency
     assert sv.server.startup_s.n == 1 and sv.server.kv_cache_tokens and sv.server.rss_after_start_bytes > 0
-    for lv in sv.levels:
-        assert lv.completed == lv.num_requests == cfg.num_prompts and lv.failed == 0, lv.errors
-        for s in (lv.ttft_ms, lv.tpot_ms, lv.e2el_ms):
-            ordered(s, cfg.num_prompts)
-        ordered(lv.itl_ms)
-        assert lv.ttft_ms.max < lv.e2el_ms.min or lv.ttft_ms.mean < lv.e2el_ms.mean
-        assert lv.ttft_ms.mean < lv.e2el_ms.mean
-        assert lv.output_tokens_counted == lv.output_tokens_requested == cfg.num_prompts * cfg.output_len
-        assert lv.prompt_tokens_counted == lv.prompt_tokens_requested
-        assert lv.prompt_tokens_from_cache == 0  # warm-up prefixes were dropped before the level was timed
-        assert lv.duration_s < r.wall_time_s and lv.e2el_ms.max / 1e3 <= lv.duration_s * 1.01  # client clock
-        assert lv.request_goodput is not None and lv.request_goodput <= lv.request_throughput + 1e-9
-        # our per-request spreads agree with vLLM's own aggregate maths
-        assert lv.ttft_ms.mean == pytest.approx(lv.vllm_reported["mean_ttft_ms"], rel=1e-6)
-        assert lv.e2el_ms.median == pytest.approx(lv.vllm_reported["median_e2el_ms"], rel=1e-6)
-        assert lv.tpot_ms.mean == pytest.approx(lv.vllm_reported["mean_tpot_ms"], rel=1e-6)
-        assert lv.energy is not None and (lv.energy.source == nvml.NO_NVML) == (not detect().gpus)
-
-
+    assert [cv.shape for cv in sv.curves] == list(cfg.serving_shapes())
+    for cv, shape in zip(sv.curves, cfg.serving_shapes().values()):
+        assert (cv.input_len, cv.output_len) == (shape.input_len, shape.output_len)
+        assert [lv.concurrency for lv in cv.levels] == cfg.levels()[:len(cv.levels)]
+        for lv in cv.levels:
+            check_level(lv, cfg.requests_at(lv.concurrency), shape.output_len, r.wall_time_s)
 def reload(r: PerfResult) -> PerfResult:
     p = Path(r.path)
     assert p.is_file() and not list(p.parent.glob(f".{p.name}.*.tmp"))
@@ -184,16 +188,31 @@ def _our_processes() -> set[int]:
     return {p.pid for p in me.children(recursive=True)}
 
 
-def test_serving_sweep(engine_model, tmp_path):
-    before = _our_processes()
-    cfg = PerfConfig(checkpoint=str(engine_model), offline=False, concurrency=[1, 2], goodput={"ttft": 60000},
-                     output_dir=tmp_path, **{**SMALL, "num_prompts": 4})
-    r = run_perf(cfg)
+def test_load_sweep_stops_where_the_measurements_say(engine_model, cli, tmp_path):
+    """The load sweep through the console script: one shape stops when doubling the load no longer pays
+    (``--saturation 10``: +1000% asked), the other when its p99 end-to-end latency breaks the target (2 output
+    tokens take ~20 ms here, 240 take ~1 s)."""
+    out = cli("perf", str(engine_model), "--no-offline", "--shape", "quick=16:2", "--shape", "long=16:240",
+              "--max-concurrency", "4", "--saturation", "10", "--goodput", "e2el:200", "--num-prompts", "2",
+              "--max-model-len", "256", "--output-dir", str(tmp_path))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "stopped: saturated" in out.stdout and "stopped: latency target broken" in out.stdout
+    r = PerfResult.read(next(tmp_path.glob("*.json")))
+    cfg = r.config
     check_serving(r, cfg)
-    assert r.latency is None and r.throughput is None
-    check_serving(reload(r), cfg)
-    time.sleep(0.5)
-    assert _our_processes() <= before  # the server and its engine core are gone
+    assert r.latency is None and r.throughput is None  # --no-offline
+    quick, long = r.serving.curves
+    for cv in (quick, long):
+        last, prev = cv.levels[-1], (cv.levels[-2] if len(cv.levels) > 1 else None)
+        e2el = last.e2el_ms.p99
+        if e2el > 200:  # the measured p99 broke the target: the sweep stopped at this level, and says so
+            assert cv.stopped == f"latency target broken at concurrency {last.concurrency}: e2el p99 {e2el:.4g} ms > 200"
+        else:
+            gain = last.output_throughput / prev.output_throughput - 1
+            assert gain < 10 and cv.stopped.startswith(f"saturated: concurrency {last.concurrency} gave {gain:+.0%}")
+        assert all(lv.e2el_ms.p99 <= 200 for lv in cv.levels[:-1])  # no earlier level broke it
+    assert long.levels[0].e2el_ms.p99 > 200 and len(long.levels) == 1  # 240 decode steps take longer than 0.2 s
+    assert [lv.concurrency for lv in quick.levels] == [1, 2]
 
 
 def _wait_for_tree(root_pid: int, n: int, timeout: float = 240) -> dict[int, float]:

@@ -219,7 +219,11 @@ def test_plots_lead_with_quality_loss(ready_report, tmp_path):
     img = Image.open(tmp_path / "plots" / "recovery_by_task.png").convert("RGB")
     assert img.size[0] >= 2 * 400
     md = (tmp_path / "leaderboard.md").read_text()
-    assert "Excluded:" in md and "Inconclusive (more data needed):" in md and "Decided by:\n\n- austen_ppl (" in md
+    assert "Excluded:" in md and "Inconclusive (more data needed):" in md
+    rec = ready_report.leaderboards[0].recommendation
+    others = len(rec.candidates) + len(rec.excluded) + len(rec.inconclusive) - 1
+    assert (f"Measures that excluded or left undecided a scheme:\n\n- austen_ppl: {rec.decided_by['austen_ppl']} of "
+            f"the {others} other schemes") in md
     lb = ready_report.leaderboards[0].model_copy(deep=True)  # schemes without speed numbers: on the size plot
     for r in lb.rows:
         r.throughput_tok_s = r.throughput_tok_s_stdev = None
@@ -275,7 +279,7 @@ def test_html_tables_fit_a_laptop_screen(ready, tmp_path):
                           page.as_uri()], capture_output=True, text=True, timeout=120, check=False).stdout
     overflow = dom.split('data-overflow="', 1)[1].split('"', 1)[0]
     widths = [int(x) for x in overflow.split(",")]
-    assert len(widths) == 4 and widths == [0] * 4, widths  # quality, speed, KV methods, KV capacity
+    assert len(widths) == 5 and widths == [0] * 5, widths  # quality, speed, serving regimes, KV methods, KV capacity
     assert dom.split('data-cut="', 1)[1].split('"', 1)[0] == ""  # e.g. "kivi-int4" cut to "kivi-in"
     note = next(ln for ln in html.splitlines() if "INT8-W8A16 perf:" in ln)
     assert "not supported for the current platform" in note and "Traceback" not in note and "engine.py" not in note

@@ -13,6 +13,23 @@ from ptq_deploy.engine import EngineConfig
 SLO_KEYS = ("ttft", "tpot", "e2el")
 
 
+class Shape(BaseModel):
+    """A serving workload shape: prompts of ``input_len`` tokens, each asking for exactly ``output_len``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_len: int = Field(ge=4, description="prompt tokens")
+    output_len: int = Field(ge=2, description="output tokens each request generates (ignore_eos)")
+
+    def label(self) -> str:
+        return f"{self.input_len} in / {self.output_len} out"
+
+
+# the regimes a deployment is usually asked about (the shapes ``vllm bench`` users sweep); an experiment names its own
+SHAPES = {"chat": Shape(input_len=256, output_len=128), "long_prompt": Shape(input_len=4096, output_len=256),
+          "long_generation": Shape(input_len=256, output_len=1024)}
+
+
 class PerfSettings(BaseModel):
     """The benchmark itself: workload, serving sweep, what to run (an experiment file's ``perf:``)."""
 
@@ -32,19 +49,35 @@ class PerfSettings(BaseModel):
         "warm-up rounds before timing; offline, a round is one batch-1 request and one batch, each generating "
         "2 tokens (a prefill and a decode step); serving, this many requests per concurrency slot"))
     # serving
-    concurrency: list[int] = Field([1, 2, 4, 8], description="serving concurrency levels")
+    concurrency: list[int] | None = Field(None, description=(
+        "serving concurrency levels, each run; None: the load sweep chooses them, doubling from 1 up to "
+        "max_concurrency until output tok/s rises by less than `saturation`, a goodput SLO's p99 breaks, or "
+        "the shape's sweep has run `sweep_budget_s`"))
+    max_concurrency: int = Field(64, ge=1, description="the load sweep's highest concurrency")
+    saturation: float = Field(0.1, ge=0, description=(
+        "the load sweep stops when doubling the concurrency raises output tok/s by less than this fraction"))
+    sweep_budget_s: float = Field(600, gt=0, description="the load sweep starts no new level once a shape has run this long")
+    requests_per_slot: int = Field(2, ge=1, description=(
+        "requests per serving level: max(min_requests, this x concurrency), so every slot is refilled"))
+    min_requests: int | None = Field(None, ge=1, description="requests per serving level, at least (default: num_prompts)")
+    shapes: dict[str, Shape] = Field({}, description=(
+        "serving workload shapes, each swept, e.g. {chat: {input_len: 256, output_len: 128}, long_prompt: "
+        "{input_len: 4096, output_len: 256}}; none: the workload above (input_len / output_len)"))
     request_rate: float | None = Field(None, gt=0, description="requests/s (Poisson); None = all at once, bounded by concurrency")
     goodput: dict[str, float] = Field({}, description="SLOs in ms: ttft, tpot, e2el")
     server_timeout_s: float = Field(600, gt=0)
     # what to run
     offline: bool = Field(True, description="in-process latency/throughput/roofline")
     serving: bool = Field(True, description="vllm serve sweep")
+    serving_schemes: list[str] | None = Field(None, description=(
+        "in an experiment: the schemes whose cells run the serving sweep (each starts a vllm serve, ~40 s on a "
+        "small CPU); None: every cell's"))
     roofline: bool = True
 
     @field_validator("concurrency")
     @classmethod
-    def _conc(cls, v: list[int]) -> list[int]:
-        if not v or any(c < 1 for c in v):
+    def _conc(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(c < 1 for c in v)):
             raise ValueError("concurrency levels must be positive integers")
         return v
 
@@ -59,6 +92,25 @@ class PerfSettings(BaseModel):
     @property
     def n_latency_prompts(self) -> int:
         return self.latency_prompts or min(self.num_prompts, 8)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.concurrency is None
+
+    def levels(self) -> list[int]:
+        """The concurrency ladder: the given levels, or 1, 2, 4, ... up to ``max_concurrency`` (the sweep may stop early)."""
+        if self.concurrency is not None:
+            return list(self.concurrency)
+        out = [1]
+        while out[-1] * 2 <= self.max_concurrency:
+            out.append(out[-1] * 2)
+        return out
+
+    def requests_at(self, concurrency: int) -> int:
+        return max(self.min_requests or self.num_prompts, self.requests_per_slot * concurrency)
+
+    def serving_shapes(self) -> dict[str, Shape]:
+        return dict(self.shapes) or {"workload": Shape(input_len=self.input_len, output_len=self.output_len)}
 
 
 class PerfConfig(PerfSettings):
@@ -89,7 +141,7 @@ def parse_kv_args(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def parse_slos(items: list[str]) -> dict[str, float]:
+def parse_slos(items: list[str], option: str = "--goodput") -> dict[str, float]:
     """``["ttft:500", "tpot:50"]`` (ms), as ``vllm bench serve --goodput``."""
     from ptq_deploy.errors import UsageError
 
@@ -97,9 +149,33 @@ def parse_slos(items: list[str]) -> dict[str, float]:
     for it in items:
         k, sep, v = it.partition(":")
         if not sep or k not in SLO_KEYS:
-            raise UsageError(f"--goodput {it!r}: expected one of {', '.join(SLO_KEYS)} as NAME:MS")
+            raise UsageError(f"{option} {it!r}: expected one of {', '.join(SLO_KEYS)} as NAME:MS")
         try:
             out[k] = float(v)
         except ValueError:
-            raise UsageError(f"--goodput {it!r}: {v!r} is not a number of milliseconds") from None
+            raise UsageError(f"{option} {it!r}: {v!r} is not a number of milliseconds") from None
+        if out[k] <= 0:
+            raise UsageError(f"{option} {it!r}: a latency target is a positive number of milliseconds")
+    return out
+
+
+def parse_shapes(items: list[str]) -> dict[str, Shape]:
+    """``["chat", "rag=4096:128"]`` -> shapes (a preset name from ``SHAPES``, or NAME=IN:OUT tokens)."""
+    from ptq_deploy.errors import UsageError
+
+    out: dict[str, Shape] = {}
+    for it in items:
+        name, sep, spec = it.partition("=")
+        name = name.strip()
+        if not sep:
+            if name not in SHAPES:
+                raise UsageError(f"--shape {it!r}: no preset of that name; use {', '.join(SHAPES)} or NAME=IN:OUT")
+            out[name] = SHAPES[name]
+            continue
+        try:
+            i, o = (int(x) for x in spec.split(":"))
+            out[name] = Shape(input_len=i, output_len=o)
+        except ValueError:
+            raise UsageError(f"--shape {it!r}: expected NAME=IN:OUT in tokens, e.g. chat=256:128 "
+                             "(at least 4 in and 2 out)") from None
     return out

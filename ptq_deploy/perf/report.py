@@ -55,14 +55,18 @@ def summary_tables(r: PerfResult) -> list[Table]:
         t.add_row(f"MBU vs {rf.peak.gbps:.3g} GB/s ({rf.peak.source})", _s(rf.mbu))
         if rf.second_peak is not None and rf.mbu_vs_second is not None:
             t.add_row(f"MBU vs {rf.second_peak.gbps:.3g} GB/s ({rf.second_peak.source})", _s(rf.mbu_vs_second))
-    tables.append(t)
+    if t.row_count:  # nothing offline ran: only the serving tables
+        tables.append(t)
     if r.serving:
-        s = Table(title=f"serving (vllm serve; startup {r.serving.server.startup_s.median:.1f} s)")
-        for c in ("concurrency", "ok/n", "TTFT ms", "TPOT ms", "ITL ms", "E2E ms", "req/s", "out tok/s", "goodput"):
-            s.add_column(c)
-        for lv in r.serving.levels:
-            s.add_row(str(lv.concurrency), f"{lv.completed}/{lv.num_requests}", _s(lv.ttft_ms), _s(lv.tpot_ms),
-                      _s(lv.itl_ms), _s(lv.e2el_ms), f"{lv.request_throughput:.3g}", f"{lv.output_throughput:.3g}",
-                      "-" if lv.request_goodput is None else f"{lv.request_goodput:.3g}")
-        tables.append(s)
+        for cv in r.serving.curves:
+            shape = f"{cv.shape}: {cv.input_len} in / {cv.output_len} out; " if cv.input_len else ""
+            s = Table(title=f"serving (vllm serve; {shape}startup {r.serving.server.startup_s.median:.1f} s)",
+                      caption=f"stopped: {cv.stopped}")
+            for c in ("concurrency", "ok/n", "TTFT ms", "TPOT ms", "ITL ms", "E2E ms", "req/s", "out tok/s", "goodput"):
+                s.add_column(c)
+            for lv in cv.levels:
+                s.add_row(str(lv.concurrency), f"{lv.completed}/{lv.num_requests}", _s(lv.ttft_ms), _s(lv.tpot_ms),
+                          _s(lv.itl_ms), _s(lv.e2el_ms), f"{lv.request_throughput:.3g}", f"{lv.output_throughput:.3g}",
+                          "-" if lv.request_goodput is None else f"{lv.request_goodput:.3g}")
+            tables.append(s)
     return tables

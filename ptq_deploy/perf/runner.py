@@ -29,6 +29,10 @@ def _check(cfg: PerfConfig, max_model_len: int):
     if need > max_model_len:
         raise UsageError(f"--input-len {cfg.input_len} + --output-len {cfg.output_len} = {need} tokens exceeds "
                          f"--max-model-len {max_model_len}")
+    for name, sh in (cfg.shapes.items() if cfg.serving else ()):
+        if sh.input_len + sh.output_len > max_model_len:
+            raise UsageError(f"serving shape {name}: {sh.label()} = {sh.input_len + sh.output_len} tokens exceeds "
+                             f"max_model_len {max_model_len}")
     if not (cfg.offline or cfg.serving):
         raise UsageError("nothing to run: both offline and serving are off")
 
@@ -96,9 +100,10 @@ def run_perf(cfg: PerfConfig, llm=None, info: engine.EngineInfo | None = None, h
                 engine.shutdown(llm)
                 llm = None
     if cfg.serving:
-        say(f"serving: vllm serve, concurrency {','.join(map(str, cfg.concurrency))}")
-        serve = serving.run_serving(resolved, reqs, cfg.concurrency, cfg.request_rate, cfg.warmup,
-                                    cfg.goodput, seed, cfg.server_timeout_s)
+        ladder = (f"load sweep up to concurrency {cfg.max_concurrency}" if cfg.adaptive
+                  else f"concurrency {','.join(map(str, cfg.concurrency))}")
+        say(f"serving: vllm serve, {ladder}, shapes {', '.join(cfg.serving_shapes())}")
+        serve = serving.run_serving(resolved, cfg, cfg.dataset, seed, say=say)
     threads: dict = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
     if cfg.offline:
         import torch  # already loaded by the engine

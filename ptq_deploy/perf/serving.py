@@ -1,6 +1,11 @@
-"""Serving benchmark: ``vllm serve CHECKPOINT`` (``perf.server``) driven by vLLM's own async streaming
-client (``vllm.benchmarks.serve.benchmark``) at each concurrency level. Metric maths are vLLM's
-(``calculate_metrics``); we add per-request spreads and the prefix-cache hits of each level.
+"""Serving benchmark: ``vllm serve CHECKPOINT`` (``engine.server``) driven by vLLM's own async streaming
+client (``vllm.benchmarks.serve.benchmark``) at each concurrency level of each workload shape. Metric maths
+are vLLM's (``calculate_metrics``); we add per-request spreads and the prefix-cache hits of each level.
+
+The load sweep (``PerfSettings.concurrency`` unset) doubles the concurrency from 1 and stops after the level
+where output tok/s rose by less than ``saturation`` (the server is saturated), where a goodput SLO's p99
+broke (the latency target is lost), at ``max_concurrency``, or once the shape has run ``sweep_budget_s``:
+a small model on a CPU and an 8B on a GPU both get their curve up to the knee, in bounded time.
 """
 
 from __future__ import annotations
@@ -11,16 +16,20 @@ import io
 import os
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from ptq_deploy.engine import ResolvedEngine, parse_load_log
 from ptq_deploy.engine.memory import PeakSampler, parse_memory_log, tree_pids, tree_rss
 from ptq_deploy.engine.server import Server, sigterm_as_interrupt
 from ptq_deploy.errors import PtqError
 from ptq_deploy.hardware import nvml
+from ptq_deploy.perf.config import PerfSettings, Shape
 from ptq_deploy.perf.energy import Energy, EnergyMeter
-from ptq_deploy.perf.workload import Request, load_tokenizer
+from ptq_deploy.perf.workload import Request, build, load_tokenizer
 from ptq_deploy.stats import Summary
+
+# a warm-up request runs a prefill and a decode step at the level's concurrency (as offline's warm-up)
+WARMUP_OUTPUT_TOKENS = 2
 
 
 # ---------------------------------------------------------------------- results
@@ -65,13 +74,48 @@ class ServerStats(BaseModel):
     kv_cache_bytes_vllm: int | None = None  # vLLM's KV-cache memory (its log)
 
 
+def breaks(lv: ServingLevel, slos_ms: dict[str, float]) -> list[str]:
+    """The SLOs whose p99 the level misses, one phrase each (``ttft p99 812 ms > 500``)."""
+    stats = {"ttft": lv.ttft_ms, "tpot": lv.tpot_ms, "e2el": lv.e2el_ms}
+    return [f"{k} p99 {stats[k].p99:.4g} ms > {v:g}" for k, v in slos_ms.items()
+            if stats[k].n == 0 or stats[k].p99 > v]
+
+
+class ServingCurve(BaseModel):
+    """One workload shape's levels, lowest concurrency first, and why the sweep stopped where it did."""
+
+    shape: str
+    input_len: int | None = None  # None: a result written before shapes (the perf workload's)
+    output_len: int | None = None
+    levels: list[ServingLevel]
+    stopped: str = "every level given"
+
+    def peak(self) -> ServingLevel | None:
+        return max(self.levels, key=lambda lv: lv.output_throughput, default=None)
+
+
 class ServingStats(BaseModel):
     endpoint: str = "openai /v1/completions (streaming)"
     client: str = "vllm.benchmarks.serve.benchmark"
     warmup_requests_per_level: int
+    warmup_output_tokens: int | None = None  # None: older results (the full output)
     goodput_slos_ms: dict[str, float]
     server: ServerStats
-    levels: list[ServingLevel]
+    curves: list[ServingCurve]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_curve(cls, data: Any) -> Any:
+        """Results written before shapes held one list of levels: the perf workload's curve."""
+        if isinstance(data, dict) and "levels" in data and "curves" not in data:
+            data = {**data, "curves": [{"shape": "workload", "levels": data["levels"]}]}
+            data.pop("levels")
+        return data
+
+    @property
+    def levels(self) -> list[ServingLevel]:
+        """The first shape's levels (the perf workload's when no shapes were given)."""
+        return self.curves[0].levels if self.curves else []
 
 
 def _level(c: int, rate: float | None, reqs: list[Request], res: dict[str, Any], peak_rss: int) -> ServingLevel:
@@ -119,9 +163,10 @@ def drive(server: Server, reqs: list[Request], concurrency: int, request_rate: f
 
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink):
-        if warmup:  # warm-up * concurrency requests at this concurrency, then forget their cached prefixes
+        if warmup:  # warm-up * concurrency short requests at this concurrency, then forget their cached prefixes
             n = warmup * concurrency
-            run([dataclasses.replace(s, request_id=f"{s.request_id}-warm{k}")
+            run([dataclasses.replace(s, request_id=f"{s.request_id}-warm{k}",
+                                     expected_output_len=min(WARMUP_OUTPUT_TOKENS, s.expected_output_len))
                  for k, s in enumerate((samples * (n // len(samples) + 1))[:n])], float("inf"))
         server.reset_prefix_cache()
         hits0 = server.prefix_cache_hits()
@@ -143,19 +188,54 @@ def drive(server: Server, reqs: list[Request], concurrency: int, request_rate: f
     return lv
 
 
-def run_serving(cfg: ResolvedEngine, reqs: list[Request], concurrency: list[int], request_rate: float | None,
-                warmup: int, goodput: dict[str, float], seed: int, timeout_s: float = 600,
-                on_started=None) -> ServingStats:
-    """Start the server, sweep the concurrency levels, always stop the server."""
+def sweep(server: Server, name: str, shape: Shape, s: PerfSettings, tokenizer, dataset: str, seed: int,
+          say=lambda msg: None) -> ServingCurve:
+    """One shape's curve: the given levels, or the load sweep up to the knee (module docstring)."""
+    import time
+
+    levels: list[ServingLevel] = []
+    stopped = "every level given" if not s.adaptive else f"max concurrency {s.max_concurrency} reached"
+    t0 = time.perf_counter()
+    for c in s.levels():
+        if s.adaptive and levels and time.perf_counter() - t0 > s.sweep_budget_s:
+            stopped = f"sweep budget {s.sweep_budget_s:g} s spent after concurrency {levels[-1].concurrency}"
+            break
+        reqs = build(tokenizer, dataset, s.requests_at(c), shape.input_len, shape.output_len, seed)
+        lv = drive(server, reqs, c, s.request_rate, s.warmup, s.goodput, tokenizer, seed)
+        levels.append(lv)
+        say(f"serving {name} ({shape.label()}): concurrency {c}: {lv.output_throughput:.4g} output tok/s, "
+            f"TTFT p99 {lv.ttft_ms.p99:.4g} ms, TPOT p99 {lv.tpot_ms.p99:.4g} ms")
+        if not s.adaptive:
+            continue
+        broken = breaks(lv, s.goodput)
+        if broken:
+            stopped = f"latency target broken at concurrency {c}: " + "; ".join(broken)
+            break
+        if len(levels) > 1:
+            prev = levels[-2]
+            gain = lv.output_throughput / prev.output_throughput - 1 if prev.output_throughput > 0 else float("inf")
+            if gain < s.saturation:
+                stopped = (f"saturated: concurrency {c} gave {gain:+.0%} output tok/s over concurrency "
+                           f"{prev.concurrency} (< {s.saturation:.0%})")
+                break
+    return ServingCurve(shape=name, input_len=shape.input_len, output_len=shape.output_len, levels=levels,
+                        stopped=stopped)
+
+
+def run_serving(cfg: ResolvedEngine, s: PerfSettings, dataset: str, seed: int, on_started=None,
+                say=lambda msg: None) -> ServingStats:
+    """Start the server, sweep every shape, always stop the server."""
     tokenizer = load_tokenizer(cfg.model)
-    with sigterm_as_interrupt(), Server(cfg, timeout_s) as srv:
+    with sigterm_as_interrupt(), Server(cfg, s.server_timeout_s) as srv:
         if on_started is not None:
             on_started(srv)
         rss0 = tree_rss(srv.proc.pid)
         gpu0 = nvml.process_memory(tree_pids(srv.proc.pid)) if cfg.gpus else None
-        levels = [drive(srv, reqs, c, request_rate, warmup, goodput, tokenizer, seed) for c in concurrency]
+        curves = [sweep(srv, name, shape, s, tokenizer, dataset, seed, say)
+                  for name, shape in s.serving_shapes().items()]
         log = srv.log_path.read_text(errors="replace")
         stats = ServerStats(command=srv.command, startup_s=Summary.of([srv.startup_s], "s"),
                             rss_after_start_bytes=rss0, gpu_process_bytes=gpu0, **parse_load_log(log),
                             **parse_memory_log(log))
-    return ServingStats(warmup_requests_per_level=warmup, goodput_slos_ms=goodput, server=stats, levels=levels)
+    return ServingStats(warmup_requests_per_level=s.warmup, warmup_output_tokens=WARMUP_OUTPUT_TOKENS,
+                        goodput_slos_ms=s.goodput, server=stats, curves=curves)

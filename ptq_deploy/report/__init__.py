@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptq_deploy.errors import UsageError
-from ptq_deploy.report import compare, html, kv, plots, render
+from ptq_deploy.report import compare, html, kv, plots, regimes, render
 from ptq_deploy.report.cells import baseline_scheme, experiment_settings, load_cells
 from ptq_deploy.report.collect import collect
 from ptq_deploy.report.compare import Comparison, compare as compare_reports
@@ -26,12 +26,14 @@ FILES = {"md": "leaderboard.md", "json": "report.json", "csv": "leaderboard.csv"
 
 def resolve_settings(results_dir: Path, min_recovery: float | None = None,
                      min_recovery_by_task: dict[str, float] | None = None, max_memory_gb: float | None = None,
-                     min_throughput: float | None = None) -> tuple[ReportSettings, str]:
+                     min_throughput: float | None = None, slo: dict[str, float] | None = None,
+                     capacity_context: int | None = None) -> tuple[ReportSettings, str]:
     """The constraints to report under and where they came from: each value given here, over the results
     dir's ``experiment.yaml`` ``report:`` section, over ``ReportSettings``' defaults."""
     exp = experiment_settings(results_dir)
     given = {"min_recovery": min_recovery, "min_recovery_by_task": min_recovery_by_task or None,
-             "max_memory_gb": max_memory_gb, "min_throughput": min_throughput}
+             "max_memory_gb": max_memory_gb, "min_throughput": min_throughput, "slo": slo or None,
+             "capacity_context": capacity_context}
     cli = any(v is not None for v in given.values())
     source = " + ".join(s for s, used in (("experiment.yaml", exp is not None), ("command line", cli)) if used)
     return (exp or ReportSettings()).override(**given), source or "defaults"
@@ -40,15 +42,18 @@ def resolve_settings(results_dir: Path, min_recovery: float | None = None,
 def build_report(results_dir: Path, min_recovery: float | None = None,
                  min_recovery_by_task: dict[str, float] | None = None, max_memory_gb: float | None = None,
                  min_throughput: float | None = None, baseline: str | None = None,
-                 bootstrap_iters: int = 1000, seed: int = 0) -> Report:
+                 bootstrap_iters: int = 1000, seed: int = 0, slo: dict[str, float] | None = None,
+                 capacity_context: int | None = None) -> Report:
     """Read ``results_dir`` and rank every model's cells (``leaderboard``) under the constraints given here
     (``resolve_settings``: over the experiment's ``report:`` section, over the defaults)."""
     root = Path(results_dir)
-    settings, source = resolve_settings(root, min_recovery, min_recovery_by_task, max_memory_gb, min_throughput)
+    settings, source = resolve_settings(root, min_recovery, min_recovery_by_task, max_memory_gb, min_throughput,
+                                        slo, capacity_context)
     base = baseline or baseline_scheme(root)
-    rows = collect(root, base, iters=bootstrap_iters, seed=seed)
+    cells = load_cells(root)
+    rows = collect(root, base, iters=bootstrap_iters, seed=seed, cells=cells)
     settings.check_tasks(t for r in rows for t in r.tasks)
-    return build(rows, root, settings, base, source, kv.sections(load_cells(root), base, settings.threshold_pct()))
+    return build(rows, root, settings, base, source, kv.sections(cells, base, settings.threshold_pct()), cells)
 
 
 def parse_formats(spec: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -84,6 +89,12 @@ def write_report(report: Report, out_dir: Path, formats=FORMATS) -> list[Path]:
             "html": lambda: html.page(report, pngs, kv_pngs)}
     for f in fmts:
         written.append(atomic_write_text(out / FILES[f], text[f](), force=True))
+    curves = [lb.regimes for lb in report.leaderboards if lb.regimes and lb.regimes.curves]
+    if "csv" in fmts and curves:  # every serving level, one row each
+        import pandas as pd
+
+        frame = pd.concat([regimes.points_frame(rg) for rg in curves], ignore_index=True)
+        written.append(atomic_write_text(out / "serving_curves.csv", frame.to_csv(index=False), force=True))
     return written
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptq_deploy.report import measures, quality
-from ptq_deploy.report.cells import baseline_scheme, load_cells
+from ptq_deploy.report.cells import Cell, baseline_scheme, load_cells
 from ptq_deploy.report.row import Row
 
 
@@ -22,10 +22,11 @@ def _status(c) -> tuple[dict[str, str], dict[str, str], str]:
     return status, reasons, "; ".join(bad) or "ok"
 
 
-def collect(root: Path, baseline: str | None = None, iters: int = 1000, seed: int = 0) -> list[Row]:
-    """One Row per model x cell found in ``root`` (in the order of the step records)."""
+def collect(root: Path, baseline: str | None = None, iters: int = 1000, seed: int = 0,
+            cells: list[Cell] | None = None) -> list[Row]:
+    """One Row per model x cell found in ``root`` (in the order of the step records; ``cells``: already read)."""
     root = Path(root)
-    cells = load_cells(root)
+    cells = load_cells(root) if cells is None else cells
     base_cell = baseline or baseline_scheme(root)
     bases = {c.model: c for c in cells if c.cell == base_cell}
     rows = []

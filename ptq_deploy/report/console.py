@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ptq_deploy.report.leaderboard import Leaderboard, Report
-from ptq_deploy.report.render import QUALITY_ONLY, Column, columns, decisions, quality_only_columns, table_frame
+from ptq_deploy.report.render import QUALITY_ONLY, STAR, Column, columns, decisions, quality_only_columns, table_frame
 
 # the columns shown, by their first field (or header when they show none), and every task's recovery
 SHOWN = ("rank", "scheme", "quality", "throughput_tok_s", "speedup", "weights_gb")
@@ -30,8 +30,9 @@ def _rich(df, title: str) -> Table:
 
 def _table(lb: Leaderboard) -> Table:
     cols = [c for c in columns(lb) if _shown(c)]
-    return _rich(table_frame(lb, cols=cols),
-                 f"{lb.model} (baseline {lb.baseline}; every column: leaderboard.md / report.html)")
+    t = _rich(table_frame(lb, cols=cols), f"{lb.model} (baseline {lb.baseline}; every column: leaderboard.md / report.html)")
+    t.caption = STAR
+    return t
 
 
 def print_report(rep: Report, out: Console) -> None:
@@ -50,6 +51,14 @@ def print_report(rep: Report, out: Console) -> None:
         for heading, items in decisions(lb.recommendation):
             out.print(f"[bold]{heading.lower()}:[/bold]", highlight=False)
             for x in items:
+                out.print(f"  - {x}", highlight=False, markup=False)
+        if lb.regimes is not None:
+            out.print(f"[bold]serving regimes[/bold] (latency targets: {escape(rep.constraints.describe_slo())}):",
+                      highlight=False)
+            for r in lb.regimes.results:
+                out.print(f"  - {r.regime}{f' ({r.shape})' if r.shape else ''}: {r.text}", highlight=False,
+                          markup=False)
+            for x in [*lb.regimes.crossovers, *lb.regimes.untimed]:
                 out.print(f"  - {x}", highlight=False, markup=False)
     for s in rep.kv:
         if s.recommendation:

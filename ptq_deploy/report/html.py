@@ -8,9 +8,9 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from ptq_deploy.report import kv
+from ptq_deploy.report import kv, regimes
 from ptq_deploy.report.leaderboard import Report
-from ptq_deploy.report.render import (GROUPS, LEGEND, QUALITY_ONLY, decisions, header, notes, quality_only_frame,
+from ptq_deploy.report.render import (GROUPS, LEGEND, QUALITY_ONLY, STAR, decisions, header, notes, quality_only_frame,
                                      table_frame)
 
 CSS = """
@@ -73,6 +73,26 @@ def _kv(secs: list[kv.KVSection]) -> list[str]:
     return parts
 
 
+def _regimes(rg: regimes.Regimes, slo: str) -> list[str]:
+    import pandas as pd
+
+    res = pd.DataFrame([[r.regime, r.shape or "–", r.measure, r.text] for r in rg.results],
+                       columns=["regime", "shape", "measure", "winner"])
+    parts = ["<h3>Serving regimes</h3>",
+             f"<p class='small'>Latency targets (p99): {escape(slo)}. Candidates: the schemes meeting the quality "
+             "rule, the baseline included. Throughput per level is one timed pass of its requests.</p>",
+             table(res, "regimes")]
+    for title, items in (("Crossovers (output tok/s vs the baseline at the same concurrency)", rg.crossovers),
+                         ("Meet the quality rule but have no speed numbers here", rg.untimed)):
+        if items:
+            parts.append(f"<p class='small'><b>{escape(title)}:</b></p><ul class='small'>"
+                         + "".join(f"<li>{escape(x)}</li>" for x in items) + "</ul>")
+    if rg.curves:
+        parts += ["<p class='small'>Load curves: output tok/s at each concurrency c (TPOT p99 ms); ✗: a latency "
+                  "target missed.</p>", table(regimes.curve_frame(rg), "curves")]
+    return parts
+
+
 def _img(name: str, png: bytes) -> str:
     return (f"<h2>{escape(name.replace('_', ' '))}</h2>"
             f"<img alt='{escape(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
@@ -90,11 +110,14 @@ def page(rep: Report, plots: dict[str, bytes], kv_plots: dict[str, bytes] | None
             parts.append(f"<p class='small'><b>{escape(heading)}:</b></p><ul class='small'>"
                          + "".join(f"<li>{escape(x)}</li>" for x in items) + "</ul>")
         parts += [_table(lb, group) for group in GROUPS]
+        parts.append(f"<p class='small'>{escape(STAR)}</p>")
         if lb.quality_only:
             parts.append(f"<h3>{escape(QUALITY_ONLY)}</h3>{table(quality_only_frame(lb), 'qo')}")
         n = notes(lb)
         if n:
             parts.append("<ul class='small'>" + "".join(f"<li>{escape(x)}</li>" for x in n) + "</ul>")
+        if lb.regimes is not None:
+            parts += _regimes(lb.regimes, rep.constraints.describe_slo())
     parts.append(f"<p class='small'>{escape(LEGEND)}</p>")
     parts += _kv(rep.kv)
     parts += [_img(name, png) for name, png in (kv_plots or {}).items()]

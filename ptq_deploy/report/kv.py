@@ -239,7 +239,7 @@ def judge_table(sec: KVSection) -> list[list[str]]:
             for j in sec.judged]
 
 
-CAP_HEADERS = ("cell", "vLLM KV dtype", "KV capacity (tokens)", "KV B/token", "context", "sequences at once")
+CAP_HEADERS = ("cell", "vLLM KV dtype", "KV capacity (tokens)", "KV B/token", "context (tokens)", "sequences of that context at once")
 
 
 def cap_table(sec: KVSection) -> list[list[str]]:

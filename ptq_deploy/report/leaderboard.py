@@ -21,9 +21,11 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from ptq_deploy.report.cells import Cell
 from ptq_deploy.report.kv import KVSection
 from ptq_deploy.report.noninferiority import judge
 from ptq_deploy.report.recommend import Recommendation, recommend
+from ptq_deploy.report.regimes import Regimes, regimes
 from ptq_deploy.report.row import Row
 from ptq_deploy.report.settings import ReportSettings
 
@@ -41,6 +43,7 @@ class Leaderboard(BaseModel):
     rows: list[Row]  # baseline first, then ranked
     recommendation: Recommendation
     quality_only: list[Row] = []  # judged against the baseline, never ranked or recommended; most bits first
+    regimes: Regimes | None = None  # interactive / throughput within the SLOs / capacity (``regimes``)
 
     def curve_rows(self) -> list[Row]:
         """Every row on the bit-width curve: a weight-only method with its bits per weight."""
@@ -98,7 +101,8 @@ def task_order(rows: Sequence[Row]) -> list[str]:
     return sorted(tasks, key=key)
 
 
-def leaderboard(model: str, rows: Sequence[Row], baseline: str, settings: ReportSettings) -> Leaderboard:
+def leaderboard(model: str, rows: Sequence[Row], baseline: str, settings: ReportSettings,
+                cells: Sequence[Cell] = ()) -> Leaderboard:
     base = [r for r in rows if r.baseline]
     tasks = task_order(rows)
     judged = [judge(r, settings, list(base[0].tasks) if base else []) for r in rows]
@@ -110,13 +114,15 @@ def leaderboard(model: str, rows: Sequence[Row], baseline: str, settings: Report
                       key=lambda r: (_neg(r.bits_per_weight), r.method or "", r.cell))
     name = base[0].cell if base else baseline
     return Leaderboard(model=model, baseline=name, tasks=tasks, rows=out, recommendation=recommend(out, settings, name),
-                       quality_only=research)
+                       quality_only=research,
+                       regimes=regimes(out, cells, name, settings.slo, settings.capacity_context) if out else None)
 
 
 def build(rows: Sequence[Row], results_dir: Path, settings: ReportSettings, baseline: str,
-          constraints_from: str = "defaults", kv: Sequence[KVSection] = ()) -> Report:
+          constraints_from: str = "defaults", kv: Sequence[KVSection] = (), cells: Sequence[Cell] = ()) -> Report:
     models = list(dict.fromkeys(r.model for r in rows))
     return Report(results_dir=str(results_dir),
                   generated_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                   constraints=settings, constraints_from=constraints_from, kv=list(kv),
-                  leaderboards=[leaderboard(m, [r for r in rows if r.model == m], baseline, settings) for m in models])
+                  leaderboards=[leaderboard(m, [r for r in rows if r.model == m], baseline, settings, cells)
+                                for m in models])

@@ -34,7 +34,8 @@ def _speed(row: Row, perf, base: Cell | None) -> None:
     tp = _throughput(perf)
     if not tp:
         return
-    row.throughput_tok_s, row.throughput_tok_s_stdev, row.throughput_n = sig(tp[0]), err(tp[1]), tp[2]
+    # one iteration has no spread: no "± 0"
+    row.throughput_tok_s, row.throughput_tok_s_stdev, row.throughput_n = sig(tp[0]), err(tp[1]) if tp[2] > 1 else None, tp[2]
     btp = _throughput(base.results.get("perf")) if base is not None else None
     if row.baseline:
         row.speedup = 1.0
@@ -81,7 +82,7 @@ def _perf(row: Row, c: Cell, base: Cell | None) -> None:
     en = perf.throughput.energy if perf.throughput else None
     if en is not None and en.joules_per_output_token is not None and en.joules_per_output_token.n:
         row.energy_j_per_token = sig(en.joules_per_output_token.median)
-        row.energy_j_per_token_stdev = err(en.joules_per_output_token.stdev)
+        row.energy_j_per_token_stdev = err(en.joules_per_output_token.stdev) if en.joules_per_output_token.n > 1 else None
     if perf.roofline and perf.roofline.mbu.n:
         row.roofline_pct = sig(perf.roofline.mbu.median * 100)
 

@@ -6,6 +6,9 @@
   task's minimum recovery, coloured by outcome: where the tasks disagree it shows;
 - ``quality_vs_size``: the worst recovery against weight size, so schemes without speed numbers appear;
 - ``latency_percentiles``: TTFT and TPOT p50 / p99 per scheme;
+- ``serving_curves`` (when perf ran the load sweep): output tok/s against TPOT p50 at each concurrency, one
+  line per scheme, one panel per model x workload shape, as vLLM's sweep plots (throughput vs latency: up and
+  left is better), each point labelled with its concurrency;
 - ``bitwidth_curve`` (when the results hold weight-only methods at several bit widths): word perplexity and
   accuracy against bits per weight (codes + scales), one line per method (RTN, GPTQ, AWQ; POT, APOT dashed:
   quality only), 95% intervals (± 1.96 standard errors), the baseline as a band.
@@ -24,7 +27,7 @@ from ptq_deploy.report.row import Row
 from ptq_deploy.stats import Z95
 
 PLOTS = ("quality_vs_throughput", "recovery_by_task", "quality_vs_size", "latency_percentiles")
-OPTIONAL = ("bitwidth_curve",)  # drawn when the results hold what it needs (``has_curve``)
+OPTIONAL = ("bitwidth_curve", "serving_curves")  # drawn when the results hold what it needs (``has_curve``)
 COLOURS = {"baseline": "black", "meets": "tab:green", "fails": "tab:red", "inconclusive": "tab:orange",
            "unmeasured": "grey", None: "grey"}
 
@@ -61,8 +64,10 @@ def worst_scatter(ax, lb: Leaderboard, x: Callable[[Row], float | None], xerr: C
                     fmt="s" if r.baseline else "o", ms=8, capsize=3, color=COLOURS[r.quality],
                     label=r.quality if r.quality not in seen else "_nolegend_")
         seen.add(r.quality)
+        # a leader line from each label to its own point: labels of neighbouring points never swap
         ax.annotate(r.cell, (x(r), r.worst_recovery_pct), textcoords="offset points",
-                    xytext=(6, 6 if i % 2 else -12), fontsize=8)
+                    xytext=(10, 14 if i % 2 else -18), fontsize=8,
+                    arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "grey"})
     return pts
 
 
@@ -216,10 +221,34 @@ def bitwidth_curve(rep: Report) -> bytes:
     return _png(fig)
 
 
+def serving_curves(rep: Report) -> bytes:
+    panels = [(lb, shape, [c for c in lb.regimes.curves if c.shape == shape])
+              for lb in rep.leaderboards if lb.regimes for shape in dict.fromkeys(c.shape for c in lb.regimes.curves)]
+    fig, axes = _figure(len(panels))
+    for ax, (lb, shape, cvs) in zip(axes[0], panels):
+        for c in cvs:
+            pts = [p for p in c.points if p.tpot_p50_ms is not None]
+            style = {"color": "black", "marker": "s"} if c.cell == lb.baseline else {"marker": "o"}
+            ax.plot([p.tpot_p50_ms for p in pts], [p.output_tok_s for p in pts], label=c.cell, lw=1.2, ms=5, **style)
+            for p in pts:
+                ax.annotate(str(p.concurrency), (p.tpot_p50_ms, p.output_tok_s), textcoords="offset points",
+                            xytext=(3, 3), fontsize=7, color="grey")
+        ax.set(title=f"{lb.model}: {cvs[0].shape_label()}", xlabel="TPOT p50 (ms per output token, per request)",
+               ylabel="output tokens/s (all requests)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def has_serving_curves(rep: Report) -> bool:
+    return any(lb.regimes and lb.regimes.curves for lb in rep.leaderboards)
+
+
 def render_all(rep: Report) -> dict[str, bytes]:
     """``{plot name: PNG bytes}`` for every plot, in ``PLOTS`` order, then the optional ones that have data."""
     make = {"quality_vs_throughput": quality_vs_throughput, "recovery_by_task": recovery_by_task,
             "quality_vs_size": quality_vs_size, "latency_percentiles": latency_percentiles,
-            "bitwidth_curve": bitwidth_curve}
-    names = [*PLOTS, *(["bitwidth_curve"] if has_curve(rep) else [])]
+            "bitwidth_curve": bitwidth_curve, "serving_curves": serving_curves}
+    names = [*PLOTS, *(["bitwidth_curve"] if has_curve(rep) else []),
+             *(["serving_curves"] if has_serving_curves(rep) else [])]
     return {name: make[name](rep) for name in names}

@@ -29,6 +29,7 @@ class Recommendation(BaseModel):
     excluded: dict[str, str] = {}  # cell -> the binding constraint
     inconclusive: dict[str, str] = {}  # cell -> the measures needing more data, and about how much
     decided_by: dict[str, int] = {}  # measure -> number of schemes it excluded or left undecided
+    best_quantized: str | None = None  # when the baseline is recommended: the best quantized candidate
 
 
 def _neg(x: float | None) -> float:
@@ -85,4 +86,23 @@ def recommend(rows: Sequence[Row], s: ReportSettings, baseline: str) -> Recommen
                "decide them); relax a constraint or measure more.")
         return Recommendation(cell=None, scheme=None, why=why, **common)
     b = ok[0]
-    return Recommendation(cell=b.cell, scheme=b.scheme, why=_why(b, len(ok), s, baseline), **common)
+    why = _why(b, len(ok), s, baseline)
+    q = next((r for r in ok if not r.baseline), None) if b.baseline else None
+    if q is not None:
+        why += " " + _quantized(q, b)
+    elif b.baseline:
+        why += " No quantized scheme meets the quality rule."
+    return Recommendation(cell=b.cell, scheme=b.scheme, why=why, best_quantized=q.cell if q else None, **common)
+
+
+def _quantized(q: Row, base: Row) -> str:
+    """The best quantized candidate when the baseline wins: what it saves and what it costs."""
+    size = (f" at {num(q.weights_gb)} GB of weights ({q.weights_gb / base.weights_gb - 1:+.0%} vs "
+            f"{num(base.weights_gb)} GB)" if q.weights_gb and base.weights_gb else "")
+    if q.throughput_tok_s is not None:
+        speed = f"; it runs at {num(q.throughput_tok_s)} output tok/s ({num(q.speedup)}x the baseline)"
+    else:
+        why = q.status.get("perf")
+        speed = ("; its speed was not measured here (perf: "
+                 + ("not runnable here" if why == "not_runnable" else why or "no result") + ")")
+    return f"Best quantized: {q.cell} meets the quality rule{size}{speed}."

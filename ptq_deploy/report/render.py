@@ -14,12 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ptq_deploy.engine.kernels import brief_reason
-from ptq_deploy.report import kv
+from ptq_deploy.report import kv, regimes
 from ptq_deploy.report.fmt import MISSING, num, pm
 from ptq_deploy.report.leaderboard import Leaderboard, Report
 from ptq_deploy.report.recommend import Recommendation
 from ptq_deploy.report.row import Row, to_frame
 
+STAR = ("★: on the Pareto front of worst recovery × offline throughput (no other scheme is both more accurate "
+        "and faster). A row can be \"inconclusive\" and \"regressed\" at once: the delta is real (its interval "
+        "excludes 0) but whether it stays within the allowed recovery is not yet decided.")
 GROUPS = {"quality": "Quality vs the baseline", "speed": "Speed and size"}
 QUALITY_ONLY = "Quality only (weights on a grid, stored dense: not deployable, never ranked or recommended)"
 LEGEND = ("Recovery: candidate / baseline for accuracy, baseline / candidate for perplexity (below 100% is worse), "
@@ -32,7 +35,7 @@ LEGEND = ("Recovery: candidate / baseline for accuracy, baseline / candidate for
           "(GB = 1e9 bytes); engine mem: the perf engine's own memory (NVML per-process GPU memory, or the RSS its load "
           "added on CPU; older results: the whole process's peak), KV-cache space included. KV tokens / seqs: the "
           "KV-cache tokens vLLM allocated and how many 4k / 32k-token sequences fit at once. J/token: energy per output "
-          "token (NVML; not measured on CPU). ★: on the worst recovery × throughput Pareto front. "
+          "token (NVML; not measured on CPU). "
           "Bits/weight: stored bits of the quantized Linear layers (weights, scales, zero points) per weight. Quality "
           "only: POT / APOT weights sit on a power-of-two grid but are stored dense, so engines run them as 16-bit "
           "models; their bits/weight and effective size count the codes (bits × weights) and one 16-bit scale per group.")
@@ -155,9 +158,10 @@ def quality_only_frame(lb: Leaderboard):
 def decisions(rec: Recommendation) -> list[tuple[str, list[str]]]:
     """(heading, lines) for what decided the recommendation: the measures, the excluded and the undecided."""
     out = []
+    n_all = len(rec.candidates) + len(rec.excluded) + len(rec.inconclusive) - 1  # every scheme but the baseline
     if rec.decided_by:
-        out.append(("Decided by", [", ".join(f"{m} ({n} scheme{'s' if n > 1 else ''})"
-                                             for m, n in rec.decided_by.items())]))
+        out.append(("Measures that excluded or left undecided a scheme",
+                    [", ".join(f"{m}: {n} of the {n_all} other schemes" for m, n in rec.decided_by.items())]))
     if rec.excluded:
         out.append(("Excluded", [f"{c}: {why}" for c, why in rec.excluded.items()]))
     if rec.inconclusive:
@@ -166,15 +170,18 @@ def decisions(rec: Recommendation) -> list[tuple[str, list[str]]]:
 
 
 def notes(lb: Leaderboard) -> list[str]:
-    """Why a step failed or cannot run here, and what could not be computed, one line each."""
+    """Why a step failed or cannot run here, and what could not be computed, one line each; cells failing a
+    step for the same reason share one line."""
+    why_cells: dict[str, list[str]] = {}
     out = []
     for r in [*lb.rows, *lb.quality_only]:
         for step, st in r.status.items():
             if st != "ok":
                 what = {"not_runnable": "not runnable here", "not_applicable": "not applicable"}.get(st, "failed")
                 why = brief_reason(r.reasons.get(step) or "no reason recorded")
-                out.append(f"{r.cell} {step}: {why if why.startswith(what) else f'{what}: {why}'}")
+                why_cells.setdefault(f"{step}: {why if why.startswith(what) else f'{what}: {why}'}", []).append(r.cell)
         out.extend(f"{r.cell}: {n}" for n in r.notes)
+    out = [f"{', '.join(cells)} {why}" for why, cells in why_cells.items()] + out
     sources = list(dict.fromkeys(r.latency_source for r in lb.rows if r.latency_source))
     if sources:
         out.append(f"TTFT / TPOT measured in: {'; '.join(sources)}")
@@ -195,12 +202,15 @@ def markdown(rep: Report, plots: list[str] | None = None, kv_plots: dict[str, st
         for group, title in GROUPS.items():
             lines += [f"### {title}", "",
                       table_frame(lb, group).to_markdown(index=False, tablefmt="github", disable_numparse=True), ""]
+        lines += [STAR, ""]
         if lb.quality_only:
             lines += [f"### {QUALITY_ONLY}", "",
                       quality_only_frame(lb).to_markdown(index=False, tablefmt="github", disable_numparse=True), ""]
         n = notes(lb)
         if n:
             lines += ["Notes:", "", *(f"- {x}" for x in n), ""]
+        if lb.regimes is not None:
+            lines += ["### Serving regimes", "", *regimes.lines(lb.regimes, rep.constraints.describe_slo())]
     lines += [LEGEND, ""]
     lines += kv.markdown(rep.kv, kv_plots or {})
     if plots:

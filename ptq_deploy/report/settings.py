@@ -14,7 +14,7 @@ import difflib
 from collections.abc import Iterable, Sequence
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ptq_deploy.errors import UsageError
 from ptq_deploy.report.fmt import num
@@ -34,6 +34,23 @@ class ReportSettings(BaseModel):
                                                       description="per task (its primary metric), over min_recovery")
     max_memory_gb: float | None = Field(None, gt=0, description="weights held in memory, GB (1e9 bytes)")
     min_throughput: float | None = Field(None, ge=0, description="offline output tokens/s")
+    slo: dict[str, float] = Field(default_factory=dict, description=(
+        "latency targets of the throughput regime, p99 in ms: ttft, tpot, e2el (e.g. {ttft: 2000, tpot: 100}); "
+        "each scheme's best load meeting them is read from perf's load sweep"))
+    capacity_context: int = Field(4096, ge=1, description="the capacity regime: sequences of this many tokens "
+                                                          "whose KV cache fits at once")
+
+    @field_validator("slo")
+    @classmethod
+    def _slo(cls, v: dict[str, float]) -> dict[str, float]:
+        from ptq_deploy.perf.config import SLO_KEYS
+
+        bad = [k for k in v if k not in SLO_KEYS]
+        if bad:
+            raise ValueError(f"unknown latency target {bad[0]!r}; use {', '.join(SLO_KEYS)} (p99, milliseconds)")
+        if any(x <= 0 for x in v.values()):
+            raise ValueError("latency targets are positive milliseconds")
+        return v
 
     def threshold(self, task: str | None = None) -> float:
         """The minimum recovery of ``task`` (the default for every task without one)."""
@@ -53,13 +70,20 @@ class ReportSettings(BaseModel):
             parts.append(f"throughput ≥ {num(self.min_throughput)} tok/s")
         return "; ".join(parts)
 
+    def describe_slo(self) -> str:
+        return ", ".join(f"{k} p99 ≤ {num(v)} ms" for k, v in self.slo.items()) or "none (the throughput regime reads each curve's peak)"
+
     def override(self, min_recovery: float | None = None, min_recovery_by_task: dict[str, float] | None = None,
-                 max_memory_gb: float | None = None, min_throughput: float | None = None) -> "ReportSettings":
-        """These settings with each given value replacing its own (per task for ``min_recovery_by_task``)."""
+                 max_memory_gb: float | None = None, min_throughput: float | None = None,
+                 slo: dict[str, float] | None = None, capacity_context: int | None = None) -> "ReportSettings":
+        """These settings with each given value replacing its own (per task for ``min_recovery_by_task``, per
+        target for ``slo``)."""
         data = self.model_dump()
-        given = {"min_recovery": min_recovery, "max_memory_gb": max_memory_gb, "min_throughput": min_throughput}
+        given = {"min_recovery": min_recovery, "max_memory_gb": max_memory_gb, "min_throughput": min_throughput,
+                 "capacity_context": capacity_context}
         data.update({k: v for k, v in given.items() if v is not None})
         data["min_recovery_by_task"] = {**self.min_recovery_by_task, **(min_recovery_by_task or {})}
+        data["slo"] = {**self.slo, **(slo or {})}
         return ReportSettings.model_validate(data)
 
     def check_tasks(self, tasks: Iterable[str]) -> None:

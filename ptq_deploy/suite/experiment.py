@@ -138,6 +138,7 @@ class Experiment(BaseModel):
         if self.kv_quality_only and "none" not in self.kv_cache:
             self.kv_cache = ["none", *self.kv_cache]  # the kv step measures against the unquantized cache
         self._among_schemes("kv.schemes", self.kv.schemes or [])
+        self._among_schemes("perf.serving_schemes", self.perf.serving_schemes or [])
         for kv in self.kv.engine:
             m = kv_methods.get(kv, offered_dtypes())
             if m.quality_only or m.baseline or m.calibrated:

@@ -120,6 +120,8 @@ class StepRunner:
     def perf(self, ps: PlannedStep, m: ModelSpec):
         cfg = PerfConfig(**self.exp.perf.model_dump(), checkpoint=str(self._ckpt(ps)),
                          engine=cell_engine(m, ps.kv_cache), write=False)
+        if cfg.serving_schemes is not None and ps.scheme not in cfg.serving_schemes:
+            cfg.serving = False
         llm, info = self._engine(ps, m) if cfg.offline else (None, None)
         return run_perf(cfg, llm=llm, info=info, hw=self.hw)
 

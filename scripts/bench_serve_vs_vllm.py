@@ -1,0 +1,158 @@
+"""Compare one point of perf's serving sweep with ``vllm bench serve`` at the same concurrency, against the
+same running ``vllm serve``; write the ratio to perf_results/.
+
+    python scripts/bench_serve_vs_vllm.py [--checkpoint DIR] [--rounds 5] [--concurrency 4]
+        [--num-prompts 32 --input-len 128 --output-len 64]
+
+One server (``engine.server.Server``, the settings ``engine.resolve`` picks) serves both clients, so the
+only difference is the client that measures:
+- ptq-deploy's side is perf's own ``serving.drive`` (vLLM's ``benchmark()`` coroutine in-process, after
+  perf's warm-up of one short request per slot, prefix cache emptied before timing);
+- vLLM's side is ``vllm bench serve`` (a fresh process: ``--backend openai --endpoint /v1/completions``,
+  random dataset, same seed and lengths, ``--ignore-eos``, ``--max-concurrency``, no warm-up: the server is
+  already warm), the prefix cache emptied just before it starts;
+- the order alternates between rounds so that drift on the machine hits both.
+
+The figure is the per-round ratio ptq-deploy / vLLM of output tokens/s, with its spread over rounds and a
+95% t-interval of the mean; the target is a median within 0.98-1.02. TTFT / TPOT medians of both sides
+are recorded beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from ptq_deploy import engine
+from ptq_deploy.engine import vllm_cli
+from ptq_deploy.engine.server import Server, sigterm_as_interrupt
+from ptq_deploy.hardware import detect
+from ptq_deploy.perf import serving, workload
+from ptq_deploy.provenance import Provenance, collect
+from ptq_deploy.results import SCHEMA_VERSION, atomic_write_json
+from ptq_deploy.stats import Summary
+from ptq_deploy.timeutil import file_stamp
+
+
+class Side(BaseModel):
+    output_tokens_per_s: float
+    requests_per_s: float
+    median_ttft_ms: float
+    median_tpot_ms: float
+    completed: int
+
+
+class Round(BaseModel):
+    order: str
+    ours: Side
+    vllm: Side
+    ratio: float  # ours / vllm, output tok/s
+
+
+class BenchResult(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    kind: str = "bench-serve-vs-vllm"
+    checkpoint: str
+    settings: engine.ResolvedEngine
+    concurrency: int
+    num_prompts: int
+    input_len: int
+    output_len: int
+    seed: int
+    rounds: list[Round]
+    ratio: Summary  # per-round ratios, output tok/s
+    ratio_ci95: tuple[float, float]
+    ttft_ratio: Summary  # per-round median TTFT, ours / vllm
+    tpot_ratio: Summary
+    target: tuple[float, float] = (0.98, 1.02)
+    meets_target: bool
+    vllm_command: list[str]
+    provenance: Provenance
+
+
+def vllm_side(srv: Server, a) -> tuple[Side, list[str]]:
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [*vllm_cli.command(), "bench", "serve", "--backend", "openai", "--base-url", srv.base_url,
+               "--endpoint", "/v1/completions", "--model", srv.cfg.model, "--dataset-name", "random",
+               "--random-input-len", str(a.input_len), "--random-output-len", str(a.output_len),
+               "--random-range-ratio", "0", "--num-prompts", str(a.num_prompts), "--max-concurrency",
+               str(a.concurrency), "--request-rate", "inf", "--ignore-eos", "--seed", str(a.seed),
+               "--num-warmups", "0", "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el",
+               "--save-result", "--result-dir", d, "--result-filename", "vllm.json"]
+        srv.reset_prefix_cache()
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            sys.exit(f"error: vllm bench serve failed ({p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
+        r = json.loads((Path(d) / "vllm.json").read_text())
+    return Side(output_tokens_per_s=r["output_throughput"], requests_per_s=r["request_throughput"],
+                median_ttft_ms=r["median_ttft_ms"], median_tpot_ms=r["median_tpot_ms"],
+                completed=r["completed"]), cmd
+
+
+def ours_side(srv: Server, reqs, tokenizer, a) -> Side:
+    lv = serving.drive(srv, reqs, a.concurrency, None, warmup=1, goodput={}, tokenizer=tokenizer, seed=a.seed)
+    return Side(output_tokens_per_s=lv.output_throughput, requests_per_s=lv.request_throughput,
+                median_ttft_ms=lv.ttft_ms.median, median_tpot_ms=lv.tpot_ms.median, completed=lv.completed)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=None, help="default: the embedded SmolLM2-135M (BF16)")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--num-prompts", type=int, default=32)
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--max-model-len", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--output-dir", type=Path, default=Path("perf_results"))
+    a = ap.parse_args()
+    if a.checkpoint is None:
+        from ptq_deploy.models import resolve
+
+        a.checkpoint = str(resolve("default").path)
+    hw = detect()
+    ecfg = engine.EngineConfig(max_model_len=a.max_model_len, seed=a.seed)
+    engine.preflight(a.checkpoint, ecfg, hw)
+    cfg = engine.resolve(a.checkpoint, ecfg, hw)
+    engine.apply_environment(cfg)
+    tokenizer = workload.load_tokenizer(cfg.model)
+    reqs = workload.build(tokenizer, "random", a.num_prompts, a.input_len, a.output_len, a.seed)
+    rounds, cmd = [], []
+    with sigterm_as_interrupt(), Server(cfg) as srv:
+        for r in range(a.rounds):
+            order = ["vllm", "ours"] if r % 2 == 0 else ["ours", "vllm"]
+            got = {}
+            for side in order:
+                if side == "vllm":
+                    got[side], cmd = vllm_side(srv, a)
+                else:
+                    got[side] = ours_side(srv, reqs, tokenizer, a)
+            o, v = got["ours"], got["vllm"]
+            rnd = Round(order=",".join(order), ours=o, vllm=v, ratio=o.output_tokens_per_s / v.output_tokens_per_s)
+            rounds.append(rnd)
+            print(f"round {r} ({rnd.order}): vllm bench serve {v.output_tokens_per_s:.1f} tok/s, ptq-deploy "
+                  f"{o.output_tokens_per_s:.1f} tok/s, ratio {rnd.ratio:.3f}", flush=True)
+    ratios = [x.ratio for x in rounds]
+    ratio = Summary.of(ratios)
+    out = BenchResult(checkpoint=a.checkpoint, settings=cfg, concurrency=a.concurrency, num_prompts=a.num_prompts,
+                      input_len=a.input_len, output_len=a.output_len, seed=a.seed, rounds=rounds, ratio=ratio,
+                      ratio_ci95=ratio.ci95(),
+                      ttft_ratio=Summary.of([x.ours.median_ttft_ms / x.vllm.median_ttft_ms for x in rounds]),
+                      tpot_ratio=Summary.of([x.ours.median_tpot_ms / x.vllm.median_tpot_ms for x in rounds]),
+                      meets_target=0.98 <= ratio.median <= 1.02, vllm_command=cmd, provenance=collect(hw))
+    path = a.output_dir / f"bench_serve_vs_vllm_{Path(a.checkpoint).name}_{file_stamp()}.json"
+    atomic_write_json(path, out)
+    lo, hi = out.ratio_ci95
+    print(f"ratio ptq-deploy / vllm bench serve (output tok/s, concurrency {a.concurrency}): median "
+          f"{ratio.median:.3f} over {len(rounds)} rounds (95% CI [{lo:.3f}, {hi:.3f}]) -> {path}")
+
+
+if __name__ == "__main__":
+    main()

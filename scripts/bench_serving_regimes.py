@@ -1,0 +1,110 @@
+"""Benchmark: serving regimes on the embedded model (``smollm2-135m-serving``); writes JSON.
+
+    python scripts/bench_serving_regimes.py [--experiment smollm2-135m-serving] [--results-dir DIR]
+        [--keep tests/data/results-regimes] [--out perf_results/]
+
+Runs ``ptq-deploy run EXPERIMENT`` (compressed checkpoints are reused by content where the ready experiment
+made them) and builds its report, then records, per model: every scheme's load curve per workload shape
+(each level's output tok/s, TTFT / TPOT p50 and p99, requests, and why the sweep stopped), the crossover
+loads against the baseline, and the winner of each regime (interactive, throughput within the
+experiment's latency targets, capacity) with the sentence the report prints, plus the same regimes under
+each extra ``--slo`` set (how the targets move the throughput winner). ``--keep DIR`` copies the results
+dir without checkpoints and logs (the step records and result JSONs the report reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from ptq_deploy.perf.config import parse_slos
+from ptq_deploy.provenance import Provenance, collect
+from ptq_deploy.report import build_report
+from ptq_deploy.report.regimes import Regimes
+from ptq_deploy.results import atomic_write_json
+from ptq_deploy.suite.experiment import load
+from ptq_deploy.timeutil import file_stamp
+
+
+class Variant(BaseModel):
+    slo_ms: dict[str, float]
+    winners: dict[str, str | None]  # "regime[/shape]" -> winning cell
+    texts: list[str]
+
+
+class ModelRegimes(BaseModel):
+    model: str
+    regimes: Regimes  # curves, crossovers, results under the experiment's targets
+    variants: list[Variant] = []  # the same results under other targets
+
+
+class BenchRecord(BaseModel):
+    kind: str = "bench-serving-regimes"
+    experiment: dict
+    results_dir: str
+    run_wall_s: float
+    run_exit_code: int
+    models: list[ModelRegimes]
+    provenance: Provenance
+
+
+def winners(rg: Regimes) -> dict[str, str | None]:
+    return {f"{r.regime}/{r.shape}" if r.shape else r.regime: r.winner for r in rg.results}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", default="smollm2-135m-serving")
+    ap.add_argument("--results-dir", type=Path, default=None, help="default: a fresh temporary directory")
+    ap.add_argument("--keep", type=Path, default=None, help="copy the results (no checkpoints, no logs) here")
+    ap.add_argument("--slo", action="append", default=None, metavar="NAME:MS[,NAME:MS]",
+                    help="another set of latency targets to decide the regimes under (repeatable); default: "
+                         "tpot:60 and ttft:1000,tpot:300")
+    ap.add_argument("--out", type=Path, default=Path("perf_results"))
+    a = ap.parse_args()
+    exp = load(a.experiment)
+    root = a.results_dir or Path(tempfile.mkdtemp(prefix="ptq-serving-")) / exp.name
+    t0 = time.perf_counter()
+    rc = subprocess.run([sys.executable, "-m", "ptq_deploy.cli", "run", a.experiment, "-o", str(root)]).returncode
+    run_s = time.perf_counter() - t0
+    rep = build_report(root)
+    models = []
+    for lb in rep.leaderboards:
+        if lb.regimes is None:
+            continue
+        mr = ModelRegimes(model=lb.model, regimes=lb.regimes)
+        for spec in a.slo or ["tpot:60", "ttft:1000,tpot:300"]:
+            slo = parse_slos(spec.split(","), option="--slo")
+            other = next(x for x in build_report(root, slo=slo).leaderboards if x.model == lb.model).regimes
+            mr.variants.append(Variant(slo_ms=other.slo_ms, winners=winners(other),
+                                       texts=[f"{r.regime}{f' ({r.shape})' if r.shape else ''}: {r.text}"
+                                              for r in other.results]))
+        models.append(mr)
+    if a.keep is not None:
+        if a.keep.exists():
+            shutil.rmtree(a.keep)
+        shutil.copytree(root, a.keep, ignore=shutil.ignore_patterns("checkpoints", "logs", "report"))
+    rec = BenchRecord(experiment=exp.model_dump(mode="json"), results_dir=str(root.resolve()),
+                      run_wall_s=round(run_s, 1), run_exit_code=rc, models=models,
+                      provenance=collect(compress_env=True))
+    path = atomic_write_json(a.out / f"bench_serving_regimes_{exp.name}_{file_stamp()}.json", rec)
+    for m in models:
+        for r in m.regimes.results:
+            print(f"{m.model} {r.regime}{f' ({r.shape})' if r.shape else ''}: {r.text}")
+        for x in m.regimes.crossovers:
+            print(f"{m.model} {x}")
+        for v in m.variants:
+            print(f"{m.model} under {v.slo_ms}: {v.winners}")
+    print(f"run: {run_s:.0f} s (exit {rc}) -> {path}")
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()
