@@ -87,14 +87,14 @@ def main() -> None:
                                        texts=[f"{r.regime}{f' ({r.shape})' if r.shape else ''}: {r.text}"
                                               for r in other.results]))
         models.append(mr)
-    if a.keep is not None:
-        if a.keep.exists():
-            shutil.rmtree(a.keep)
-        shutil.copytree(root, a.keep, ignore=shutil.ignore_patterns("checkpoints", "logs", "report"))
     rec = BenchRecord(experiment=exp.model_dump(mode="json"), results_dir=str(root.resolve()),
                       run_wall_s=round(run_s, 1), run_exit_code=rc, models=models,
                       provenance=collect(compress_env=True))
     path = atomic_write_json(a.out / f"bench_serving_regimes_{exp.name}_{file_stamp()}.json", rec)
+    if a.keep is not None:
+        if a.keep.exists():
+            shutil.rmtree(a.keep)
+        shutil.copytree(root, a.keep, ignore=shutil.ignore_patterns("checkpoints", "logs", "report"))
     for m in models:
         for r in m.regimes.results:
             print(f"{m.model} {r.regime}{f' ({r.shape})' if r.shape else ''}: {r.text}")
