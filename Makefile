@@ -1,7 +1,9 @@
 # ptq-deploy: two commands for a newcomer (see README).
 PYTHON ?= python3
 RUNTIME_PY = $(shell $(PYTHON) -m ptq_deploy.environments python runtime)
-TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)  # pytest-xdist workers, one per core (at most 4)
+# pytest-xdist workers: one per core and one more (at most 4): with one per core the CPUs were idle a third of the
+# time (server start-ups, imports and locks are single-threaded), see perf_results/README.md's test-suite records
+TEST_WORKERS ?= $(shell n=$$(( $$(nproc) + 1 )); [ $$n -gt 4 ] && n=4; echo $$n)
 LANES ?= $(shell [ $$(nproc) -ge 2 ] && echo 2 || echo 1)  # cells compressed/scored at once (perf runs alone)
 
 .PHONY: setup demo test
@@ -13,5 +15,5 @@ demo: setup  ## the main job: every scheme of the embedded SmolLM2-135M, compres
 	$(RUNTIME_PY) -m ptq_deploy.cli run smollm2-135m --lanes $(LANES); rc=$$?; \
 	$(RUNTIME_PY) -m ptq_deploy.cli report results/smollm2-135m && exit $$rc
 
-test: setup  ## the test suite (real vLLM, real llmcompressor) in one pytest-xdist worker per core, a file each, longest first
+test: setup  ## the test suite (real vLLM, real llmcompressor) in pytest-xdist workers, a file each, longest first
 	$(RUNTIME_PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)

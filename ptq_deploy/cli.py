@@ -13,6 +13,7 @@ from rich.markup import escape
 from ptq_deploy import __version__
 from ptq_deploy.compress import CalibrationSettings, CompressConfig
 from ptq_deploy.engine import EngineConfig
+from ptq_deploy.engine.kernels import brief_reason
 from ptq_deploy.errors import PtqError, UsageError, validation_line
 from ptq_deploy.eval.config import EvalConfig, EvalOptions
 from ptq_deploy.inspection.report import InspectConfig
@@ -294,7 +295,7 @@ def run_suite(
         return
     for s in summary.steps:
         if s.state in ("failed", "not_runnable", "not_applicable", "blocked"):
-            out.print(f"{s.model}/{s.cell}/{s.step}: {s.state}: {s.reason}", highlight=False)
+            out.print(f"{s.model}/{s.cell}/{s.step}: {s.state}: {brief_reason(s.reason or '')}", highlight=False)
     n_fail = len(summary.failed)
     out.print(f"{exp.name}: {sum(s.state in ('ok', 'done') for s in summary.steps)} steps done, "
               f"{n_fail} failed, results in {opts.results_dir} ({summary.wall_time_s:.0f} s)")

@@ -6,7 +6,7 @@
 Runs ``ptq-deploy run EXPERIMENT`` into a fresh results dir (or DIR: a rerun there times only what is
 left), then ``ptq-deploy report``, each as the CLI a user runs, and records the wall time of both, every
 step's duration, start (seconds after the run's first step began) and status from the step records, and
-the totals per step kind. With ``--make-demo`` it runs ``make demo`` in this checkout instead (setup
+the totals per step kind, and the report's recommendation and serving regimes. With ``--make-demo`` it runs ``make demo`` in this checkout instead (setup
 check, run and report as a newcomer gets them; ``results/smollm2-135m`` must not exist yet) and records
 its wall time. Checkpoint reuse is off either way: the time is a fresh clone's. The record is what the
 next change to the ready experiment is measured against.
@@ -26,7 +26,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from ptq_deploy.errors import UsageError
 from ptq_deploy.provenance import Provenance, collect
+from ptq_deploy.report import build_report
 from ptq_deploy.results import atomic_write_json
 from ptq_deploy.suite import layout
 from ptq_deploy.suite.experiment import load
@@ -54,6 +56,8 @@ class BenchRecord(BaseModel):
     total_wall_s: float
     steps: list[StepTime]
     seconds_by_step: dict[str, float]
+    recommendations: dict[str, str] = {}  # model -> the report's recommendation sentence
+    regimes: dict[str, list[str]] = {}  # model -> each serving regime's sentence, crossovers, untimed schemes
     provenance: Provenance
 
 
@@ -103,11 +107,23 @@ def main() -> None:
     by_step: dict[str, float] = defaultdict(float)
     for s in steps:
         by_step[s.step] += s.seconds
+    recs, regs = {}, {}
+    try:
+        rep = build_report(root)
+    except UsageError as e:  # a run that wrote nothing to report: the timings are still the record
+        print(f"report: {e}", file=sys.stderr)
+        rep = None
+    for lb in rep.leaderboards if rep else []:
+        recs[lb.model] = lb.recommendation.why
+        if lb.regimes is not None:
+            regs[lb.model] = [f"{r.regime}{f' ({r.shape})' if r.shape else ''}: {r.text}" for r in lb.regimes.results] \
+                + lb.regimes.crossovers + lb.regimes.untimed
     rec = BenchRecord(experiment=exp.model_dump(mode="json"), results_dir=str(root.resolve()), lanes=a.lanes,
                       command="make demo" if a.make_demo else BenchRecord.model_fields["command"].default,
                       run_wall_s=_round(run_s), run_exit_code=run_rc, report_wall_s=_round(report_s),
                       total_wall_s=round(total_s, 1),
                       steps=steps, seconds_by_step={k: round(v, 1) for k, v in by_step.items()},
+                      recommendations=recs, regimes=regs,
                       provenance=collect(compress_env=True))
     path = atomic_write_json(a.out / f"bench_ready_experiment_{exp.name}_{file_stamp()}.json", rec)
     for s in steps:

@@ -102,7 +102,7 @@ def vllm_side(cfg: engine.ResolvedEngine, a, stats: bool = True) -> tuple[dict, 
 
 
 def ours_side(a) -> dict:
-    """A fresh process running perf's throughput measurement; returns its ThroughputStats as a dict."""
+    """A fresh process running perf's throughput measurement; returns each timed pass's req/s."""
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "ours.json"
         cmd = [sys.executable, __file__, "--side", "ours", "--side-output", str(out), "--checkpoint", a.checkpoint,

@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# One core per xdist worker for the vLLM engines it starts: vLLM's CPU backend binds its OpenMP threads to every
-# core ("auto"), so two workers' engines would spin against each other on the same cores. A run's `--lanes`
+# Each xdist worker's vLLM engines on one core (round robin): vLLM's CPU backend binds its OpenMP threads to every
+# core ("auto"), so the workers' engines would spin against each other on the same cores. A run's `--lanes`
 # rebinds each lane's engines to its own cores (suite.lanes).
 if os.environ.get("PTQ_TEST_BIND", "1") == "1" and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     _cores = sorted(os.sched_getaffinity(0))

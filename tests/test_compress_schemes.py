@@ -54,6 +54,12 @@ def test_bf16_baseline_is_a_plain_bf16_copy(embedded_compressed, embedded_model)
     assert {d for d, _ in t.values()} == {"BF16"}
     assert t.keys() == _tensors(embedded_model).keys()
     assert json.loads((ck / "ptq_deploy.json").read_text())["source"]["kind"] == "embedded"
+    # bit for bit the source's weights, so vLLM runs it as it runs the source (the tiny BF16 copies load in vLLM
+    # throughout the suite)
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(ck / "model.safetensors")), load_file(str(embedded_model / "model.safetensors"))
+    assert all(a[k].dtype == b[k].dtype and a[k].equal(b[k]) for k in b)
 
 
 @pytest.mark.parametrize("scheme", list(EXPECT))
@@ -141,19 +147,20 @@ PROMPTS = ["The capital of France is", "It is a truth universally acknowledged t
 # FP8-W8A8 is left out: vLLM's CPU build emulates it with torch._scaled_mm, which on a CPU without a fast FP8 path
 # costs many times a bf16 matmul (scripts/bench_cpu_matmul.py records how many), too slow for the suite on the
 # embedded model. Its checkpoint format and its vLLM path are tested on the tiny model (test_compress.py).
-@pytest.mark.parametrize("scheme,min_first,min_prefix", [("BF16", 1.0, 16), ("INT8-W8A8", 4 / 6, 4)])
+# (the BF16 copy is the source bit for bit: test_bf16_baseline_is_a_plain_bf16_copy)
+@pytest.mark.parametrize("scheme,min_first,min_prefix", [("INT8-W8A8", 4 / 6, 4)])
 def test_vllm_greedy_output_stays_close_to_bf16(embedded_compressed, embedded_model, engines, scheme,
                                                 min_first, min_prefix):
     """Agreement with the BF16 source, both run by vLLM with identical settings.
 
-    Bounds: the BF16 copy must reproduce the source exactly. An 8-bit scheme perturbs logits by
+    Bounds: an 8-bit scheme perturbs logits by
     well under the typical top-1/top-2 gap of this model, so at most two of six first tokens may
     flip and greedy continuations must stay identical for >= 4 tokens on average (a broken
     checkpoint gives ~0 on both).
     """
     _, base = _greedy(engines, embedded_model, PROMPTS)
     info, gens = _greedy(engines, embedded_compressed(scheme), PROMPTS)
-    assert info.quantization == (None if scheme == "BF16" else "compressed-tensors")
+    assert info.quantization == "compressed-tensors"
     first = sum(g.token_ids[0] == b.token_ids[0] for g, b in zip(gens, base)) / len(PROMPTS)
     prefix = []
     for g, b in zip(gens, base):

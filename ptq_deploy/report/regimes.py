@@ -211,8 +211,9 @@ def crossovers(cvs: Sequence[Curve], base: str) -> list[str]:
         flips = [k for (_, d0), (k, d1) in zip(pairs, pairs[1:]) if (d0 > 0) != (d1 > 0)]
         if not flips:
             word = "faster" if pairs[0][1] > 0 else "slower"
+            span = f"concurrency {lo}" if lo == hi else f"concurrency {lo}–{hi}"
             out.append(f"{c.shape}: {c.cell} is {word} than {base} at every load measured "
-                       f"(concurrency {lo}–{hi}; {gains}): no crossover in that range")
+                       f"({span}; {gains}): no crossover in that range")
         else:
             turns = "; ".join(f"{'slower' if dict(pairs)[k] < 0 else 'faster'} from concurrency {k}" for k in flips)
             out.append(f"{c.shape}: {c.cell} crosses {base}: {turns} ({gains})")
