@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ptq_deploy.report import build_report
 from ptq_deploy.report.fmt import num
@@ -28,16 +29,24 @@ def _curves(root: Path) -> dict[str, dict[str, list[dict]]]:
     return out
 
 
-def _best(levels: list[dict], tpot_ms: float | None) -> float | None:
-    ok = [lv["output_throughput"] for lv in levels if tpot_ms is None or lv["tpot_ms"]["p99"] <= tpot_ms]
+def _slo(root: Path, tpot_ms: float | None) -> dict[str, float]:
+    """The targets a report applies: the experiment's ``report: slo``, with ``tpot`` replaced (None: none at all)."""
+    if tpot_ms is None:
+        return {}
+    return {**yaml.safe_load((root / "experiment.yaml").read_text()).get("report", {}).get("slo", {}), "tpot": tpot_ms}
+
+
+def _best(levels: list[dict], slo: dict[str, float]) -> float | None:
+    ok = [lv["output_throughput"] for lv in levels if all(lv[f"{k}_ms"]["p99"] <= v for k, v in slo.items())]
     return max(ok, default=None)
 
 
 def _expected_winners(root: Path, cells: set[str], tpot_ms: float | None) -> dict[str, str | None]:
     by_shape: dict[str, dict[str, float]] = {}
+    slo = _slo(root, tpot_ms)
     for cell, shapes in _curves(root).items():
         for shape, levels in shapes.items():
-            b = _best(levels, tpot_ms)
+            b = _best(levels, slo)
             if cell in cells and b is not None:
                 by_shape.setdefault(shape, {})[cell] = b
     shapes = {s for sh in _curves(root).values() for s in sh}
@@ -54,7 +63,7 @@ LOOSE = 0.75
 
 
 def test_the_latency_target_decides_the_throughput_winner():
-    base = build_report(REGIMES, min_recovery=LOOSE, slo={"tpot": 1e9})  # a target nothing misses: the best levels
+    base = build_report(REGIMES, min_recovery=LOOSE, slo={"tpot": 1e9, "ttft": 1e9})  # targets nothing misses
     lb = base.leaderboards[0]
     cells = {r.cell for r in lb.rows if r.quality in ("meets", "baseline")}
     assert cells == {"BF16", "INT8-W8A8", "INT4-W4A16"} and lb.regimes.curves
@@ -110,10 +119,11 @@ def test_an_untimed_quality_meeting_scheme_is_named_with_what_it_saves(tmp_path)
 
 
 def test_report_slo_option(cli, tmp_path):
-    p = cli("report", str(REGIMES), "-o", str(tmp_path / "r"), "--slo", "tpot:1000000", "--format", "csv", env=CLI_ENV)
+    p = cli("report", str(REGIMES), "-o", str(tmp_path / "r"), "--slo", "tpot:1000000", "--slo", "ttft:900000",
+            "--format", "csv", env=CLI_ENV)
     assert p.returncode == 0, p.stderr
-    text = " ".join(p.stdout.split())
-    assert "serving regimes (latency targets: tpot p99 ≤ 1000000 ms)" in text
+    text = " ".join(p.stdout.split())  # each target the command line gives replaces the experiment's
+    assert "serving regimes (latency targets: ttft p99 ≤ 900000 ms, tpot p99 ≤ 1000000 ms)" in text
     assert "throughput (chat (256 in / 128 out)):" in text and "interactive:" in text and "capacity:" in text
     import pandas as pd
 
