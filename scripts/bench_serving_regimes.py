@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel
 
 from ptq_deploy.perf.config import parse_slos
@@ -77,9 +78,10 @@ def main() -> None:
     a = ap.parse_args()
     if a.decide is not None:
         root, rc, run_s = a.decide, 0, None
-        exp = load(root / "experiment.yaml")
+        experiment = yaml.safe_load((root / "experiment.yaml").read_text())  # as run (with its version)
     else:
         exp = load(a.experiment)
+        experiment = exp.model_dump(mode="json")
         root = a.results_dir or Path(tempfile.mkdtemp(prefix="ptq-serving-")) / exp.name
         t0 = time.perf_counter()
         rc = subprocess.run([sys.executable, "-m", "ptq_deploy.cli", "run", a.experiment, "-o", str(root)]).returncode
@@ -98,11 +100,11 @@ def main() -> None:
                                        texts=[f"{r.regime}{f' ({r.shape})' if r.shape else ''}: {r.text}"
                                               for r in other.results]))
         models.append(mr)
-    rec = BenchRecord(experiment=exp.model_dump(mode="json"), results_dir=str(root.resolve()),
+    rec = BenchRecord(experiment=experiment, results_dir=str(root.resolve()),
                       run_wall_s=round(run_s, 1) if run_s is not None else None, run_exit_code=rc,
                       min_recovery=a.min_recovery, models=models,
                       provenance=collect(compress_env=True))
-    path = atomic_write_json(a.out / f"bench_serving_regimes_{exp.name}_{file_stamp()}.json", rec)
+    path = atomic_write_json(a.out / f"bench_serving_regimes_{experiment['name']}_{file_stamp()}.json", rec)
     if a.keep is not None:
         if a.keep.exists():
             shutil.rmtree(a.keep)
