@@ -116,7 +116,40 @@ def _kv_delta(method: str, field: str):
     return lambda d: (lambda x: (x["delta"], *x["ci95"]))(_kv(method, field)(d))
 
 
+REGIMES = "perf_results/bench_serving_regimes_smollm2-135m-serving_20261206T094255Z.json"
+REGIMES_75 = "perf_results/bench_serving_regimes_smollm2-135m-serving_20261206T094526Z.json"
+
+
+def _level(cell: str, shape: str, concurrency: int):
+    return lambda d: next(lv for c in d["models"][0]["regimes"]["curves"] if c["cell"] == cell and c["shape"] == shape
+                          for lv in c["points"] if lv["concurrency"] == concurrency)["output_tok_s"]
+
+
+def _regime(regime: str, shape: str | None = None):
+    return lambda d: next(r for r in d["models"][0]["regimes"]["results"]
+                          if r["regime"] == regime and (shape is None or (r["shape"] or "").startswith(shape)))
+
+
 QUOTED = [
+    ("docs/results.md", "BF16 from 16.8 at concurrency 1 to 172.5 at 32", REGIMES,
+     lambda d: (_level("BF16", "chat", 1)(d), _level("BF16", "chat", 32)(d)),
+     "BF16 from {:.1f} at concurrency 1 to {:.1f} at 32"),
+    ("docs/results.md", "at concurrency 1 (+44%) and slower at 8 (-22%)", REGIMES,
+     lambda d: next(x for x in d["models"][0]["regimes"]["crossovers"] if x.startswith("long_prompt: INT4-W4A16")),
+     lambda x: "at concurrency 1 ({}) and slower at 8 ({})".format(x.split("1: ")[1].split(",")[0],
+                                                                  x.split("8: ")[1].rstrip(")"))),
+    ("docs/results.md", "INT4-W4A16, 494.1 ms per request at batch 1, 0.7341x BF16's (95% CI 0.6929–0.7753)",
+     REGIMES_75, _regime("interactive"),
+     lambda r: "{}, {} ms per request at batch 1, {} BF16's (95% CI {})".format(
+         r["winner"], r["text"].split(": ")[1].split(" ms")[0], r["text"].split(", ")[1].split(" (")[0],
+         r["text"].split("95% CI ")[1].split(")")[0])),
+    ("docs/results.md", "INT8-W8A8, 120.9 tok/s at concurrency 8, 1.837x", REGIMES_75, _regime("throughput", "chat"),
+     lambda r: "{}, {} tok/s at concurrency {}, {}".format(r["winner"], r["standings"][0]["value"],
+                                                           r["standings"][0]["detail"].split()[2],
+                                                           r["text"].split("), ")[1].split(" ")[0])),
+    ("docs/results.md", "every scheme holds 11 sequences of 4096", REGIMES_75, _regime("capacity"),
+     lambda r: "every scheme holds {:.0f} sequences of 4096".format(
+         r["standings"][0]["value"] if len({s["value"] for s in r["standings"]}) == 1 else -1)),
     ("docs/results.md", "+0.76 (95% CI +0.42 to +1.12), regressed", KV_SERVED, _kv_delta("fp8", "longdoc_delta"),
      "{:+.2f} (95% CI {:+.2f} to {:+.2f}), regressed"),
     ("docs/results.md", "+2.89 (95% CI +1.97 to +4.09), regressed", KV_SERVED,
