@@ -27,10 +27,12 @@ from ptq_deploy.suite.plan import PlannedStep, RunOptions
 from ptq_deploy.suite.steps import BLOCKED, StepRunner, blocks_cell
 
 TIMED = ("perf",)
-# relative cost of a cell's untimed steps, to start the longest first (measured on the 2-core host:
-# AWQ's search ~430 s, GPTQ ~120 s, a vLLM eval ~60 s, the kv step ~70 s, anything else seconds)
-_COMPRESS_COST = {"AWQModifier": 7.0, "GPTQModifier": 2.0}
-_STEP_COST = {"eval": 1.0, "eval-hf": 3.0, "kv": 1.2}
+# relative cost of a cell's untimed steps, to start the longest first, in units of one vLLM eval of the embedded
+# model (~23 s); measured in the ready experiment on the 2-core AMX CPU (bench_ready_experiment records): GPTQ
+# ~45 s plus ~5.5 ms per calibration token (67 s at 16 x 256, 225 s at 64 x 512), AWQ (grid 5) ~107 s at 16 x 256,
+# the kv step ~122 s, anything else seconds
+_PER_4K_TOKENS = {"GPTQModifier": (1.0, 1.0), "AWQModifier": (4.0, 0.6)}  # (fixed, per 4096 calibration tokens)
+_STEP_COST = {"eval": 1.0, "eval-hf": 3.0, "kv": 5.0}
 
 
 def cpu_sets(lanes: int) -> list[list[int]]:
@@ -42,14 +44,16 @@ def cpu_sets(lanes: int) -> list[list[int]]:
     return [cpus[i * size:(i + 1) * size] for i in range(lanes)]
 
 
-def _cost(steps: list[PlannedStep]) -> float:
-    total = 0.0
-    for ps in steps:
-        if ps.step == "compress":
-            mods = schemes.get(ps.scheme).modifier_names
-            total += max((_COMPRESS_COST.get(m, 0.3) for m in mods), default=0.1)
-        total += _STEP_COST.get(ps.step, 0.0)
-    return total
+def _compress_cost(scheme: str, exp: Experiment) -> float:
+    cal = exp.compress.for_scheme(scheme)
+    k = cal.num_samples * cal.max_seq_len / 4096
+    return max((a + b * k for a, b in (_PER_4K_TOKENS.get(m, (0.3, 0.0)) for m in schemes.get(scheme).modifier_names)),
+               default=0.1)
+
+
+def _cost(steps: list[PlannedStep], exp: Experiment) -> float:
+    return sum(_compress_cost(ps.scheme, exp) if ps.step == "compress" else _STEP_COST.get(ps.step, 0.0)
+               for ps in steps)
 
 
 # ---------------------------------------------------------------- in a lane
@@ -114,7 +118,7 @@ def run_untimed(exp: Experiment, opts: RunOptions, steps: list[PlannedStep], lan
         except queue.Empty:
             pass
 
-    order = sorted(cells.values(), key=_cost, reverse=True)
+    order = sorted(cells.values(), key=lambda steps: _cost(steps, exp), reverse=True)
     with ProcessPoolExecutor(lanes, mp_context=ctx, initializer=_init_lane,
                              initargs=(cpus, events, exp, opts)) as pool:
         futures: dict[Future, list[PlannedStep]] = {pool.submit(_run_cell, cell): cell for cell in order}
