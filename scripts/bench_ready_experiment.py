@@ -26,13 +26,17 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ptq_deploy.errors import UsageError
-from ptq_deploy.provenance import Provenance, collect
-from ptq_deploy.report import build_report
-from ptq_deploy.results import atomic_write_json
-from ptq_deploy.suite import layout
-from ptq_deploy.suite.experiment import load
-from ptq_deploy.timeutil import file_stamp
+# this checkout's ptq_deploy, whose revision the record names: the environment's editable link may still point at
+# another clone (`make demo` relinks it only once it runs)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ptq_deploy.errors import UsageError  # noqa: E402
+from ptq_deploy.provenance import Provenance, collect  # noqa: E402
+from ptq_deploy.report import build_report  # noqa: E402
+from ptq_deploy.results import atomic_write_json  # noqa: E402
+from ptq_deploy.suite import layout  # noqa: E402
+from ptq_deploy.suite.experiment import load  # noqa: E402
+from ptq_deploy.timeutil import file_stamp  # noqa: E402
 
 
 class StepTime(BaseModel):
