@@ -92,6 +92,7 @@ def compress_s(*cells: str) -> Callable[[dict], object]:
 
 READY_1205 = "perf_results/bench_ready_experiment_smollm2-135m_20261205T021447Z.json"
 READY_1206 = "perf_results/bench_ready_experiment_smollm2-135m_20261206T075530Z.json"
+READY_SWEEP = "perf_results/bench_ready_experiment_smollm2-135m_20261206T103145Z.json"
 COMPARE_1206 = "perf_results/compare_conclusions_20261206T075710Z.json"
 READY_1204 = "perf_results/bench_ready_experiment_smollm2-135m_20261204T172300Z.json"
 COMPARE_1204 = "perf_results/compare_conclusions_20261204T172351Z.json"
@@ -177,8 +178,8 @@ QUOTED = [
     ("docs/hardware.md", "took 24.85 ms for one token", MATMUL, _matmul("fp8", 1), "took {:.2f} ms for one token"),
     ("docs/hardware.md", "against 0.1142 ms in bf16", MATMUL, _matmul("bfloat16", 1), "against {:.4f} ms in bf16"),
     ("docs/hardware.md", "and 1370.27 ms for 48 tokens", MATMUL, _matmul("fp8", 48), "and {:.2f} ms for 48 tokens"),
-    ("README.md", "9 min 2 s", READY_1206, key("total_wall_s"), minutes),
-    ("README.md", "(542 s)", READY_1206, key("total_wall_s"), "({:.0f} s)"),
+    ("README.md", "11 min 9 s", READY_SWEEP, key("total_wall_s"), minutes),
+    ("README.md", "(669 s)", READY_SWEEP, key("total_wall_s"), "({:.0f} s)"),
     ("docs/results.md", "compress 509, eval 173, kv 132, perf 71, inspect 4", READY_1206, key("seconds_by_step"),
      "compress {compress:.0f}, eval {eval:.0f}, kv {kv:.0f}, perf {perf:.0f}, inspect {inspect:.0f}"),
     ("docs/results.md", "66.51–72.65% here", COMPARE_1206, conclusion("INT4-W4A16-RTN"), "{}–{}% here"),

@@ -213,6 +213,15 @@ def test_the_shipped_experiment_loads_and_plans():
     assert all(s.state in ("pending", "not_runnable") for s in steps)
 
 
+def test_serving_schemes_name_the_experiments_own_schemes(tmp_path):
+    from ptq_deploy.errors import UsageError
+
+    spec = dict(name="s", models=[{"name": "m", "source": str(tmp_path)}], schemes=["BF16", "INT8-W8A8"])
+    assert Experiment(**spec, perf={"serving_schemes": ["BF16"]}).perf.serving_schemes == ["BF16"]
+    with pytest.raises(UsageError, match=r"perf.serving_schemes: INT4-W4A16 is not one of the experiment's schemes"):
+        Experiment(**spec, perf={"serving_schemes": ["INT4-W4A16"]})
+
+
 def test_the_shipped_hf_experiment_scores_every_cell_with_the_hf_backend():
     """``smollm2-135m-hf``: the GPU check where vLLM is absent is a shipped experiment, not a script."""
     from ptq_deploy.suite.experiment import load
