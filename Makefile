@@ -1,9 +1,8 @@
 # ptq-deploy: two commands for a newcomer (see README).
 PYTHON ?= python3
 RUNTIME_PY = $(shell $(PYTHON) -m ptq_deploy.environments python runtime)
-# pytest-xdist workers: one per core and one more (at most 4): with one per core the CPUs were idle a third of the
-# time (server start-ups, imports and locks are single-threaded), see perf_results/README.md's test-suite records
-TEST_WORKERS ?= $(shell n=$$(( $$(nproc) + 1 )); [ $$n -gt 4 ] && n=4; echo $$n)
+# pytest-xdist workers, one per core (at most 4); one more per core measured slower (perf_results/README.md)
+TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
 LANES ?= $(shell [ $$(nproc) -ge 2 ] && echo 2 || echo 1)  # cells compressed/scored at once (perf runs alone)
 
 .PHONY: setup demo test

@@ -57,7 +57,7 @@ def main() -> int:
     if subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip():
         sys.exit("error: the checkout has uncommitted changes; commit them, the record names the commit it timed")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    workers = min((os.cpu_count() or 1) + 1, 4)  # as the Makefile's TEST_WORKERS
+    workers = min(os.cpu_count() or 1, 4)  # as the Makefile's TEST_WORKERS
     python = resolve_python("runtime")
     provenance = collect(compress_env=True)  # this checkout as it is now: clean, at the commit timed
     tiers = []

@@ -52,9 +52,18 @@ HEAVY_FIXTURES = {"compressed", "probe", "runs_here", "fake_probe", "not_runnabl
 
 # The longest files first: `make test` hands whole files to its xdist workers in collection order
 # (`--dist loadfile --no-loadscope-reorder`), so the files that start last are short ones and the workers finish
-# together. A file's cost is its seconds in the last run here (pytest's cache), else a guess from its tests.
+# together. A file's cost is its seconds in the last run here (pytest's cache), else FILE_SECONDS_HINT, else a guess
+# from its tests.
 FILE_SECONDS = "ptq-deploy/file-seconds"
 INTEGRATION_GUESS_S, UNIT_GUESS_S = 15.0, 0.3
+# a fresh clone has no cache: the heavy files' seconds in `make test` on the 2-core AMX CPU (2026-12-06, pytest
+# --durations; a run here replaces them with its own). Only the order depends on them, never a result.
+FILE_SECONDS_HINT = {"tests/test_perf.py": 210, "tests/test_compress_schemes.py": 190, "tests/test_commands.py": 190,
+                     "tests/test_suite.py": 180, "tests/test_eval.py": 140, "tests/test_ray.py": 130,
+                     "tests/test_lanes.py": 70, "tests/test_compress.py": 67, "tests/test_cli.py": 67,
+                     "tests/test_models.py": 48, "tests/test_kv.py": 40, "tests/test_report.py": 35,
+                     "tests/test_inspect.py": 33, "tests/test_fakequant.py": 26, "tests/test_envs.py": 25,
+                     "tests/test_dequantize.py": 20, "tests/test_probe.py": 11}
 
 
 def _file(nodeid: str) -> str:
@@ -71,7 +80,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         heavy = item.get_closest_marker("integration") is not None
         guess[_file(item.nodeid)] = guess.get(_file(item.nodeid), 0.0) + (INTEGRATION_GUESS_S if heavy else UNIT_GUESS_S)
-    cost = {f: seen.get(f, g) for f, g in guess.items()}
+    cost = {f: seen.get(f, FILE_SECONDS_HINT.get(f, g)) for f, g in guess.items()}
     items.sort(key=lambda it: -cost[_file(it.nodeid)])  # stable: a file's tests keep their order
 
 
