@@ -18,7 +18,7 @@ from ptq_deploy.errors import PtqError, UsageError, validation_line
 from ptq_deploy.eval.config import EvalConfig, EvalOptions
 from ptq_deploy.inspection.report import InspectConfig
 from ptq_deploy.kvcache.command import kv_cmd
-from ptq_deploy.perf.config import PerfConfig, PerfSettings
+from ptq_deploy.perf.config import PerfConfig, PerfSettings, parse_kv_args, parse_shapes, parse_slos
 from ptq_deploy.report.settings import ReportSettings, parse_min_recovery
 from ptq_deploy.suite.plan import RayOptions, RunOptions
 from ptq_deploy.ui import console, out
@@ -340,7 +340,6 @@ def perf(
 ):
     """Measure CHECKPOINT in vLLM: load, memory, latency, throughput, serving (TTFT/TPOT/ITL), roofline."""
     from ptq_deploy.perf import run_perf
-    from ptq_deploy.perf.config import parse_kv_args, parse_shapes, parse_slos
     from ptq_deploy.perf.report import summary_tables
 
     try:
@@ -415,8 +414,6 @@ def report_cmd(
 
     fmts = parse_formats(formats)
     default, by_task = parse_min_recovery(min_recovery)
-    from ptq_deploy.perf.config import parse_slos
-
     given = {"min_recovery": default, "min_recovery_by_task": by_task, "max_memory_gb": max_memory_gb,
              "min_throughput": min_throughput, "slo": parse_slos(slo, option="--slo"),
              "capacity_context": capacity_context}

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ptq_deploy.engine import EngineConfig
+from ptq_deploy.errors import UsageError
 
 SLO_KEYS = ("ttft", "tpot", "e2el")
 
@@ -126,8 +127,6 @@ def parse_kv_args(items: list[str]) -> dict[str, Any]:
     """``["max_num_seqs=8", "block_size=16"]`` -> typed dict (int/float/bool/JSON where it parses)."""
     import json
 
-    from ptq_deploy.errors import UsageError
-
     out: dict[str, Any] = {}
     for it in items:
         if "=" not in it:
@@ -143,8 +142,6 @@ def parse_kv_args(items: list[str]) -> dict[str, Any]:
 
 def parse_slos(items: list[str], option: str = "--goodput") -> dict[str, float]:
     """``["ttft:500", "tpot:50"]`` (ms), as ``vllm bench serve --goodput``."""
-    from ptq_deploy.errors import UsageError
-
     out = {}
     for it in items:
         k, sep, v = it.partition(":")
@@ -161,8 +158,6 @@ def parse_slos(items: list[str], option: str = "--goodput") -> dict[str, float]:
 
 def parse_shapes(items: list[str]) -> dict[str, Shape]:
     """``["chat", "rag=4096:128"]`` -> shapes (a preset name from ``SHAPES``, or NAME=IN:OUT tokens)."""
-    from ptq_deploy.errors import UsageError
-
     out: dict[str, Shape] = {}
     for it in items:
         name, sep, spec = it.partition("=")

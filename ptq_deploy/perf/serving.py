@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import time
 from typing import Any
 
 from pydantic import BaseModel, model_validator
@@ -191,8 +192,6 @@ def drive(server: Server, reqs: list[Request], concurrency: int, request_rate: f
 def sweep(server: Server, name: str, shape: Shape, s: PerfSettings, tokenizer, dataset: str, seed: int,
           say=lambda msg: None) -> ServingCurve:
     """One shape's curve: the given levels, or the load sweep up to the knee (module docstring)."""
-    import time
-
     levels: list[ServingLevel] = []
     stopped = "every level given" if not s.adaptive else f"max concurrency {s.max_concurrency} reached"
     t0 = time.perf_counter()

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from ptq_deploy.report.fmt import num
 from ptq_deploy.report.noninferiority import clause
-from ptq_deploy.report.row import Row
+from ptq_deploy.report.row import Row, perf_missing
 from ptq_deploy.report.settings import ReportSettings
 
 
@@ -102,7 +102,5 @@ def _quantized(q: Row, base: Row) -> str:
     if q.throughput_tok_s is not None:
         speed = f"; it runs at {num(q.throughput_tok_s)} output tok/s ({num(q.speedup)}x the baseline)"
     else:
-        why = q.status.get("perf")
-        speed = ("; its speed was not measured here (perf: "
-                 + ("not runnable here" if why == "not_runnable" else why or "no result") + ")")
+        speed = f"; its speed was not measured here ({perf_missing(q)})"
     return f"Best quantized: {q.cell} meets the quality rule{size}{speed}."

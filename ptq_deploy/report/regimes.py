@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from ptq_deploy.perf.serving import breaks
 from ptq_deploy.report.cells import Cell
 from ptq_deploy.report.fmt import num
-from ptq_deploy.report.row import Row, err, sig
+from ptq_deploy.report.row import Row, err, perf_missing, sig
 from ptq_deploy.stats import Z95
 
 Regime = Literal["interactive", "throughput", "capacity"]
@@ -127,7 +127,8 @@ def curves(cells: Sequence[Cell], slo: dict[str, float]) -> list[Curve]:
     return out
 
 
-def batch1(cells: Sequence[Cell]) -> dict[tuple[str, str], Batch1]:
+def batch1(cells: Sequence[Cell]) -> dict[str, Batch1]:
+    """Per cell (of one model), its batch-1 latency."""
     out = {}
     for c in cells:
         perf = c.results.get("perf")
@@ -135,7 +136,7 @@ def batch1(cells: Sequence[Cell]) -> dict[tuple[str, str], Batch1]:
         if lat is not None and lat.batch1_e2e.n:
             s = lat.batch1_e2e
             se = s.stdev / math.sqrt(s.n) * 1e3 if s.n > 1 else None
-            out[c.model, c.cell] = Batch1(mean_ms=s.mean * 1e3, stderr_ms=se, n=s.n,
+            out[c.cell] = Batch1(mean_ms=s.mean * 1e3, stderr_ms=se, n=s.n,
                                           source=f"offline batch-1 requests ({perf.workload.input_len} in / "
                                                  f"{perf.workload.output_len} out)")
         elif perf is not None and perf.serving is not None and perf.serving.curves:
@@ -143,7 +144,7 @@ def batch1(cells: Sequence[Cell]) -> dict[tuple[str, str], Batch1]:
             lv = next((lv for lv in cv.levels if lv.concurrency == 1 and lv.e2el_ms.n), None)
             if lv is not None:
                 se = lv.e2el_ms.stdev / math.sqrt(lv.e2el_ms.n) if lv.e2el_ms.n > 1 else None
-                out[c.model, c.cell] = Batch1(mean_ms=lv.e2el_ms.mean, stderr_ms=se, n=lv.e2el_ms.n,
+                out[c.cell] = Batch1(mean_ms=lv.e2el_ms.mean, stderr_ms=se, n=lv.e2el_ms.n,
                                               source=f"serving, concurrency 1, shape {cv.shape}")
     return out
 
@@ -231,17 +232,16 @@ def regimes(rows: Sequence[Row], cells: Sequence[Cell], base: str, slo: dict[str
     res = []
 
     inter = [Standing(cell=k, value=v.mean_ms, stderr=v.stderr_ms, detail=f"(n={v.n})")
-             for (m, k), v in b1.items() if k in cand]
-    src = "; ".join(sorted({v.source for (m, k), v in b1.items() if k in cand}))
+             for k, v in b1.items() if k in cand]
+    src = "; ".join(sorted({v.source for k, v in b1.items() if k in cand}))
     res.append(_decide("interactive", "batch-1 latency per request", " ms", False, inter, base, cand,
                        note=f" [{src}]" if src else ""))
 
     slo_txt = ", ".join(f"{k} p99 ≤ {v:g} ms" for k, v in slo.items())
     for shape in dict.fromkeys(c.shape for c in cvs):
-        st, label = [], shape
+        st, label = [], next(c.shape_label() for c in cvs if c.shape == shape)
         for c in (c for c in cvs if c.shape == shape and c.cell in cand):
-            label = c.shape_label()
-            p = c.best() if slo else max(c.points, key=lambda p: p.output_tok_s)
+            p = c.best()  # without targets no level misses one: the peak
             if p is not None:
                 st.append(Standing(cell=c.cell, value=p.output_tok_s,
                                    detail=f"at concurrency {p.concurrency} ({p.requests} requests, one pass)"))
@@ -264,11 +264,9 @@ def regimes(rows: Sequence[Row], cells: Sequence[Cell], base: str, slo: dict[str
     for r in cand.values():
         if r.baseline or r.throughput_tok_s is not None or any(c.cell == r.cell for c in cvs):
             continue
-        why = "; ".join(f"{s}: {'not runnable here' if st == 'not_runnable' else st}" for s, st in r.status.items()
-                        if s == "perf" and st != "ok") or "no perf result"
         save = (f" ({(r.weights_gb / bw - 1):+.0%} vs {base}'s {num(bw)} GB)" if r.weights_gb and bw else "")
         untimed.append(f"{r.cell}: meets the quality rule at {num(r.weights_gb)} GB of weights{save}; "
-                       f"speed not measured here ({why})")
+                       f"speed not measured here ({perf_missing(r)})")
     return Regimes(slo_ms=dict(slo), capacity_context=capacity_context, curves=cvs, results=res,
                    crossovers=crossovers(cvs, base), untimed=untimed)
 

@@ -111,6 +111,13 @@ class Row(BaseModel):
     effective_gb: float | None = None  # the weights as a deployable format would store them (codes + scales)
 
 
+def perf_missing(row: Row) -> str:
+    """Why ``row`` has no speed numbers, as a note says it: "perf: not runnable here", "perf: failed", ..."""
+    st = row.status.get("perf")
+    return "perf: " + ({"not_runnable": "not runnable here", "not_applicable": "not applicable"}.get(st, st)
+                       if st and st != "ok" else "no result")
+
+
 def flat(row: Row) -> dict[str, Any]:
     """A row as one flat dict (``tasks.<task>.<field>``, ``status.<step>``): CSV and DataFrame columns."""
     d = row.model_dump()
