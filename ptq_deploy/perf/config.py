@@ -14,6 +14,16 @@ from ptq_deploy.errors import UsageError
 SLO_KEYS = ("ttft", "tpot", "e2el")
 
 
+def check_slos(v: dict[str, float]) -> dict[str, float]:
+    """Latency targets (ms, p99 where a percentile applies): known names, positive values (pydantic validators)."""
+    bad = [k for k in v if k not in SLO_KEYS]
+    if bad:
+        raise ValueError(f"unknown latency target {bad[0]!r}; use {', '.join(SLO_KEYS)} (milliseconds)")
+    if any(x <= 0 for x in v.values()):
+        raise ValueError("latency targets are positive milliseconds")
+    return v
+
+
 class Shape(BaseModel):
     """A serving workload shape: prompts of ``input_len`` tokens, each asking for exactly ``output_len``."""
 
@@ -85,10 +95,7 @@ class PerfSettings(BaseModel):
     @field_validator("goodput")
     @classmethod
     def _slo(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [k for k in v if k not in SLO_KEYS]
-        if bad:
-            raise ValueError(f"unknown SLO {bad[0]!r}; use {', '.join(SLO_KEYS)} (milliseconds)")
-        return v
+        return check_slos(v)
 
     @property
     def n_latency_prompts(self) -> int:

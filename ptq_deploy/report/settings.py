@@ -17,7 +17,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ptq_deploy.errors import UsageError
-from ptq_deploy.perf.config import SLO_KEYS
+from ptq_deploy.perf.config import check_slos
 from ptq_deploy.report.fmt import num
 from ptq_deploy.report.row import sig
 
@@ -44,12 +44,7 @@ class ReportSettings(BaseModel):
     @field_validator("slo")
     @classmethod
     def _slo(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [k for k in v if k not in SLO_KEYS]
-        if bad:
-            raise ValueError(f"unknown latency target {bad[0]!r}; use {', '.join(SLO_KEYS)} (p99, milliseconds)")
-        if any(x <= 0 for x in v.values()):
-            raise ValueError("latency targets are positive milliseconds")
-        return v
+        return check_slos(v)
 
     def threshold(self, task: str | None = None) -> float:
         """The minimum recovery of ``task`` (the default for every task without one)."""
