@@ -119,9 +119,7 @@ def main() -> None:
         a.checkpoint = str(resolve("default").path)
     hw = detect()
     ecfg = engine.EngineConfig(max_model_len=a.max_model_len, seed=a.seed)
-    engine.preflight(a.checkpoint, ecfg, hw)
-    cfg = engine.resolve(a.checkpoint, ecfg, hw)
-    engine.apply_environment(cfg)
+    cfg = engine.prepare(a.checkpoint, ecfg, hw)
     tokenizer = workload.load_tokenizer(cfg.model)
     reqs = workload.build(tokenizer, "random", a.num_prompts, a.input_len, a.output_len, a.seed)
     rounds, cmd = [], []

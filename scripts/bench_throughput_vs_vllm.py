@@ -148,9 +148,7 @@ def main() -> None:
         a.checkpoint = str(resolve("default").path)
     hw = detect()
     ecfg = engine.EngineConfig(max_model_len=a.max_model_len, seed=a.seed)
-    engine.preflight(a.checkpoint, ecfg, hw)
-    cfg = engine.resolve(a.checkpoint, ecfg, hw)
-    engine.apply_environment(cfg)
+    cfg = engine.prepare(a.checkpoint, ecfg, hw)
     if a.side == "ours":
         return run_ours(ecfg, cfg, hw, a)
 

@@ -15,8 +15,9 @@ from ptq_deploy.engine.args import (
                                     vllm_version_shim,
 )
 from ptq_deploy.engine.config import EngineConfig, EngineInfo, ResolvedEngine
-from ptq_deploy.engine.load import Generation, LoadFailed, generate, load, parse_load_log, preflight, shutdown
+from ptq_deploy.engine.load import (Generation, LoadFailed, generate, load, parse_load_log, preflight, prepare,
+                                    shutdown)
 
 __all__ = ["EngineConfig", "EngineInfo", "Generation", "LoadFailed", "ResolvedEngine", "apply_environment",
            "check_parallel", "generate", "lm_eval_model_args", "lm_eval_server_args", "llm_kwargs", "load",
-           "parse_load_log", "preflight", "resolve", "serve_flags", "shutdown", "vllm_version_shim"]
+           "parse_load_log", "preflight", "prepare", "resolve", "serve_flags", "shutdown", "vllm_version_shim"]

@@ -134,14 +134,21 @@ def _configure_vllm_logging() -> None:
         pass
 
 
-def load(model: str | Path, cfg: EngineConfig, hw: HardwareInfo | None = None, check: bool = True):
-    """Build a ``vllm.LLM`` for ``model``; returns ``(llm, EngineInfo)``. ``check=False`` skips ``preflight``
-    (the probe asks vLLM itself)."""
-    hw = hw or detect()
+def prepare(model: str | Path, cfg: EngineConfig, hw: HardwareInfo, check: bool = True) -> ResolvedEngine:
+    """What every engine of ``model`` needs first: ``preflight`` (one line, unless ``check=False``), the resolved
+    settings, and the process environment vLLM reads for them."""
     if check:
         preflight(model, cfg, hw)
     resolved = args.resolve(model, cfg, hw)
     args.apply_environment(resolved)
+    return resolved
+
+
+def load(model: str | Path, cfg: EngineConfig, hw: HardwareInfo | None = None, check: bool = True):
+    """Build a ``vllm.LLM`` for ``model``; returns ``(llm, EngineInfo)``. ``check=False`` skips ``preflight``
+    (the probe asks vLLM itself)."""
+    hw = hw or detect()
+    resolved = prepare(model, cfg, hw, check)
     from vllm import LLM  # heavy: imported once the environment is set
 
     log_file = keep_vllm_log()
