@@ -84,13 +84,32 @@ def doctor(
 
 # ---------------------------------------------------------------- schemes
 @schemes_app.callback()
-def schemes_list(ctx: typer.Context):
-    """List the schemes (one YAML file each in the top-level schemes/)."""
+def schemes_list(
+    ctx: typer.Context,
+    device: str = typer.Option("local", "--device", help="where to ask whether each runs: local (this machine, as "
+                               "the probe measured it) | cpu | a named GPU (vLLM's rules, see `inspect --device`)"),
+):
+    """List the schemes (one YAML file each in the top-level schemes/) and whether vLLM runs each on a device."""
     if ctx.invoked_subcommand:
         return
+    from ptq_deploy import probe
     from ptq_deploy.compress import schemes
+    from ptq_deploy.hardware import detect
+    from ptq_deploy.hardware.support import hardware_for, scheme_support
 
-    out.print(schemes.table())
+    hw = detect()
+    target = hardware_for(device, hw)
+    rules = probe.rules(hw) if device == "local" else None
+    answers = {s.name: rules.scheme(s) if rules else scheme_support(s, target) for s in schemes.registry().values()}
+    where = (f"here ({target.summary()}; {rules.source})" if rules
+             else f"on {target.gpus[0].name if target.gpus else 'CPU'} (static rules, vLLM's kernel selection)")
+    out.print(schemes.table(runs={n: _runs(a) for n, a in answers.items()}, where=where))
+
+
+def _runs(support) -> str:
+    if not support.runnable:
+        return "no"
+    return support.kernel + ("" if support.fast_path else " (slow path)")
 
 
 @schemes_app.command("show")

@@ -29,7 +29,7 @@ def run_quicklook(workdir: Path, scheme_names: list[str], num_samples: int, max_
         else:
             console.rule(f"compress {name}")
             compress(CompressConfig(model=DEFAULT_MODEL, scheme=name, output=target, group_size=EMBEDDED_GROUP
-                                    if schemes.get(name).group_size else None,
+                                    if schemes.get(name).group_adjustable else None,
                                     calibration=CalibrationSettings(num_samples=num_samples, max_seq_len=max_seq_len),
                                     compress_python=compress_python))
         variants.append((name, target))

@@ -42,9 +42,16 @@ def test_scheme_files_are_real_recipes(name):
     assert "lm_head" in args["ignore"]
     w = args["config_groups"]["group_0"]["weights"]
     assert w["num_bits"] == s.weight_bits
-    assert (w["strategy"] == "group") == (s.group_size is not None)
-    # calibration-free schemes use only data-free modifiers
-    assert s.calibration == any(m in mods for m in ("GPTQModifier", "AWQModifier", "SmoothQuantModifier"))
+    assert (w["strategy"] in ("group", "tensor_group", "block")) == (s.group_size is not None)
+    if w["strategy"] == "block":  # FP8-BLOCK: square blocks of the scheme's group size
+        assert w["block_structure"] == [s.group_size, s.group_size]
+    else:
+        assert w.get("group_size") == s.group_size
+    # calibration-free schemes use only data-free modifiers and dynamic (or no) activation scales
+    a = args["config_groups"]["group_0"].get("input_activations") or {}
+    static_acts = bool(a) and a.get("dynamic") is not True
+    assert s.calibration == (static_acts or any(m in mods for m in ("GPTQModifier", "AWQModifier",
+                                                                     "SmoothQuantModifier")))
 
 
 def test_lookup_is_case_insensitive_and_unknown_is_clear():

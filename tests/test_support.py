@@ -3,7 +3,7 @@ import pytest
 from ptq_deploy.compress import schemes
 from ptq_deploy.errors import UsageError
 from ptq_deploy.hardware import CPUInfo, GPUInfo, HardwareInfo, devices
-from ptq_deploy.hardware.support import hardware_for, kv_cache_support, scheme_support
+from ptq_deploy.hardware.support import FORMAT_SCHEMES, hardware_for, kv_cache_support, scheme_support
 
 AVX2 = HardwareInfo(cpu=CPUInfo(model="EPYC", arch="x86_64", cores=2, flags=["avx", "avx2", "fma"]),
                     memory_total_bytes=24 * 2**30)
@@ -20,7 +20,10 @@ def runs(hw):
 
 
 def test_avx2_cpu_matches_measured_vllm_cpu_facts():
-    assert runs(AVX2) == {"BF16": True, "FP8-W8A8": True, "INT8-W8A8": True, "INT8-W8A16": False,
+    r = runs(AVX2)
+    float_formats = {n for n, s in schemes.registry().items() if s.kind in FORMAT_SCHEMES}  # no CPU kernel listed
+    assert float_formats and not any(r.pop(n) for n in float_formats)
+    assert r == {"BF16": True, "FP8-W8A8": True, "INT8-W8A8": True, "INT8-W8A16": False,
                           "INT8-W8A16-RTN": False, "INT4-W4A16": False, "INT4-W4A16-AWQ": False,
                           "INT4-W4A16-RTN": False, "APOT-W4A16": True, "POT-W4A16": True, "INT3-W3A16": False,
                           "INT3-W3A16-AWQ": False, "INT3-W3A16-RTN": False, "APOT-W3A16": True, "POT-W3A16": True,

@@ -10,12 +10,45 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from ptq_deploy.errors import UsageError
 
 DENSE_NAMES = {"bfloat16": "BF16", "float16": "FP16", "float32": "FP32"}
-QUANT_MODIFIERS = ("GPTQModifier", "QuantizationModifier")
+QUANT_MODIFIERS = ("GPTQModifier", "QuantizationModifier", "AutoRoundModifier")
+# the floating-point formats that are each their own kernel family (vLLM has a scheme class per format)
+FORMAT_KINDS = ("fp8-block", "nvfp4", "mxfp4", "mxfp8")
+FORMAT_BITS = {"fp8": 8, "fp8-block": 8, "nvfp4": 4, "mxfp4": 4, "mxfp8": 8}
+FORMAT_GROUP = {"nvfp4": 16, "mxfp4": 32, "mxfp8": 32}  # the group the format itself fixes
+
+
+def kernel_kind(weights: str, activations: str) -> str:
+    """The kernel family of weights / activations kinds (``fp8``, ``int4``, ``nvfp4`` ... / ``bf16``, ``fp8`` ...):
+    ``dense``; ``fp8-w8a8``, ``int8-w8a8``; ``wna16`` (weight-only); ``w4afp8``; a float format's own
+    family, ``nvfp4`` (W4A4) or ``nvfp4a16`` (weight-only), likewise ``mxfp4``, ``mxfp8``, ``fp8-block``."""
+    if weights == "bf16":
+        return "dense"
+    if weights in FORMAT_KINDS:
+        return weights if activations != "bf16" else f"{weights}a16"
+    if activations == "bf16":
+        return "wna16"
+    if weights.startswith("int") and weights != "int8" and activations == "fp8":
+        return f"w{weights[3:]}afp8"
+    return f"{weights}-w8a8"
+
+
+def format_kind(args: "QuantArgs") -> str:
+    """``fp8`` | ``fp8-block`` | ``nvfp4`` | ``mxfp4`` | ``mxfp8`` | ``int<bits>`` of one tensor's quantization args:
+    FP4 with a per-tensor global scale over FP8 group scales is NVFP4, FP4 / FP8 with E8M0 (uint8) group scales
+    is MX, FP8 with 2-D block scales is FP8-BLOCK."""
+    if args.type != "float":
+        return f"int{args.num_bits}"
+    e8m0 = "uint8" in str(args.scale_dtype or "")
+    if args.num_bits == 4:
+        return "nvfp4" if args.strategy == "tensor_group" else "mxfp4" if e8m0 else "fp4"
+    if args.strategy == "block":
+        return "fp8-block"
+    return "mxfp8" if e8m0 and args.strategy == "group" else "fp8"
 
 
 class QuantArgs(BaseModel):
@@ -31,6 +64,12 @@ class QuantArgs(BaseModel):
     dynamic: bool | str = False
     actorder: str | bool | None = None
     block_structure: list[int] | None = None
+    scale_dtype: str | None = None  # "torch.uint8": E8M0 (MX) scales; "torch.float8_e4m3fn": NVFP4's
+
+    @field_validator("scale_dtype", mode="before")
+    @classmethod
+    def _dtype_name(cls, v: Any) -> str | None:
+        return None if v is None else str(v)
 
 
 class Quantization(BaseModel):
@@ -51,26 +90,20 @@ class Quantization(BaseModel):
 
     @property
     def weight_kind(self) -> str:
-        """``bf16`` | ``fp8`` | ``int8`` | ``int4`` ... (the registry's vocabulary)."""
-        if self.weights is None:
-            return "bf16"
-        return "fp8" if self.weights.type == "float" and self.weights.num_bits == 8 else f"int{self.weights.num_bits}"
+        """``bf16`` | ``fp8`` | ``fp8-block`` | ``nvfp4`` | ``mxfp4`` | ``mxfp8`` | ``int8`` | ``int4`` ... (the
+        registry's vocabulary)."""
+        return "bf16" if self.weights is None else format_kind(self.weights)
 
     @property
     def activation_kind(self) -> str:
+        """``bf16`` | ``fp8`` | ``nvfp4`` | ``mxfp4`` | ``mxfp8`` | ``int8``: what the activations are quantized to."""
         a = self.input_activations
-        if a is None:
-            return "bf16"
-        return "fp8" if a.type == "float" else f"int{a.num_bits}"
+        return "bf16" if a is None else format_kind(a)
 
     @property
     def kind(self) -> str:
-        """Kernel family: dense, fp8-w8a8, int8-w8a8, wna16 (what ``support`` decides on)."""
-        if self.weights is None:
-            return "dense"
-        if self.input_activations is None:
-            return "wna16"
-        return f"{self.weight_kind}-w8a8"
+        """Kernel family (``kernel_kind``): what ``support`` and the probe decide on."""
+        return kernel_kind(self.weight_kind, self.activation_kind)
 
     @property
     def group_size(self) -> int | None:
@@ -85,7 +118,7 @@ class Quantization(BaseModel):
             return DENSE_NAMES.get(self.dense_dtype, self.dense_dtype.upper())
         acts = self.input_activations.num_bits if self.input_activations else 16
         prefix = self.method.upper() if self.method in ("gptq", "awq") else self.weight_kind.upper()
-        return f"{prefix}-W{self.weight_bits}A{acts}"
+        return f"{prefix}-W{self.weight_bits}A{acts}{'-FP8' if self.activation_kind == 'fp8' and self.weight_bits < 8 else ''}"
 
     @property
     def kv_cache_dtype(self) -> str | None:

@@ -23,13 +23,15 @@ from rich.table import Table
 from ptq_deploy import DATA_DIR
 from ptq_deploy.checkpoint.grid import IGNORE as FAKE_QUANT_IGNORE
 from ptq_deploy.checkpoint.grid import FakeQuantSpec, magnitudes
-from ptq_deploy.checkpoint.quant import QUANT_MODIFIERS, from_recipe, modifiers
+from ptq_deploy.checkpoint.quant import FORMAT_BITS, FORMAT_GROUP, QUANT_MODIFIERS, from_recipe, kernel_kind, modifiers
 from ptq_deploy.errors import UsageError
 from ptq_deploy.kvcache import methods as kv_methods
 
 SCHEMES_DIR = DATA_DIR / "schemes"
-INT_BITS = {"bf16": 16, "fp8": 8, "int8": 8, "int4": 4, "int3": 3, "int2": 2}
-WeightKind = Literal["bf16", "fp8", "int8", "int4", "int3", "int2", "pot", "apot"]
+WEIGHT_BITS = {"bf16": 16, "int8": 8, "int4": 4, "int3": 3, "int2": 2, **FORMAT_BITS}
+WeightKind = Literal["bf16", "fp8", "fp8-block", "nvfp4", "mxfp4", "mxfp8", "int8", "int4", "int3", "int2", "pot",
+                     "apot"]
+ActivationKind = Literal["bf16", "fp8", "int8", "nvfp4", "mxfp4", "mxfp8"]
 
 KV_CACHE_SCHEMES: dict[str, dict[str, Any] | None] = {
     "none": None,
@@ -44,8 +46,9 @@ class Scheme(BaseModel):
     description: str
     calibration: bool
     weights: WeightKind
-    activations: Literal["bf16", "fp8", "int8"]
-    group_size: int | None = None
+    activations: ActivationKind
+    group_size: int | None = Field(None, description="weight group (FP8-BLOCK: the block side); NVFP4 / MX: the "
+                                                     "format's own, not to be changed")
     hardware_notes: str = ""
     method: Literal["llmcompressor", "pot", "apot"] = "llmcompressor"
     bits: int | None = Field(None, ge=2, le=8, description="pot / apot: bits per weight code, sign included")
@@ -77,16 +80,18 @@ class Scheme(BaseModel):
 
     @property
     def weight_bits(self) -> int:
-        return INT_BITS.get(self.weights) or self.bits or 16
+        return WEIGHT_BITS.get(self.weights) or self.bits or 16
 
     @property
     def kind(self) -> str:
-        """Kernel family key: dense, fp8-w8a8, int8-w8a8, wna16 (a quality-only scheme runs as dense)."""
-        if self.weights == "bf16" or self.quality_only:
-            return "dense"
-        if self.activations == "bf16":
-            return "wna16"
-        return f"{self.weights}-w8a8"
+        """Kernel family key (``checkpoint.quant.kernel_kind``; a quality-only scheme runs as dense)."""
+        return "dense" if self.quality_only else kernel_kind(self.weights, self.activations)
+
+    @property
+    def group_adjustable(self) -> bool:
+        """Does ``--group-size`` (a model's ``group_size``) apply? Not to per-channel schemes nor to the formats
+        whose group the format fixes (NVFP4 16, MX 32)."""
+        return self.group_size is not None and self.weights not in FORMAT_GROUP
 
     def resolve(self, group_size: int | None = None, kv_cache: str = "none",
                 modifier_args: dict[str, dict[str, Any]] | None = None) -> "ResolvedRecipe":
@@ -135,14 +140,15 @@ def registry() -> dict[str, Scheme]:
     return {s.name: s for s in loaded}
 
 
-def table() -> Table:
-    """The registry as the console shows it (``ptq-deploy schemes``)."""
-    t = Table(title="schemes")
-    for c in ("name", "weights", "activations", "group", "calibration", "description"):
+def table(runs: dict[str, str] | None = None, where: str = "") -> Table:
+    """The registry as the console shows it (``ptq-deploy schemes``); ``runs``: per scheme, whether vLLM runs it
+    (and with which kernel) ``where``."""
+    t = Table(title="schemes", caption=f"runs: vLLM {where}" if runs else None)
+    for c in ("name", "weights", "activations", "group", "calibration", *(["runs"] if runs else []), "description"):
         t.add_column(c)
     for s in registry().values():
-        t.add_row(s.name, f"{s.weights}{s.bits or ''}", s.activations, str(s.group_size or "-"), "yes" if s.calibration else "no",
-                  s.description)
+        t.add_row(s.name, f"{s.weights}{s.bits or ''}", s.activations, str(s.group_size or "-"),
+                  "yes" if s.calibration else "no", *([runs.get(s.name, "?")] if runs else []), s.description)
     return t
 
 
@@ -178,7 +184,7 @@ def from_recipe_file(path: Path) -> Scheme:
     if not isinstance(data, dict):
         raise UsageError(f"recipe {path} is not a YAML mapping")
     q = from_recipe(data)
-    if q.weight_kind not in INT_BITS or q.activation_kind not in ("bf16", "fp8", "int8"):
+    if q.weight_kind not in WEIGHT_BITS or q.activation_kind not in ActivationKind.__args__:
         raise UsageError(f"recipe {path} quantizes to {q.weight_kind} weights / {q.activation_kind} activations, "
                          "which no vLLM kernel family here covers")
     static_acts = q.input_activations is not None and not q.input_activations.dynamic
@@ -205,6 +211,9 @@ def resolve_recipe(scheme: Scheme, group_size: int | None = None, kv_cache: str 
             raise UsageError(f"group size {group_size} is not a positive power of two")
         if scheme.group_size is None:
             raise UsageError(f"scheme {scheme.name} is not group-quantized; --group-size does not apply")
+        if not scheme.group_adjustable and group_size != scheme.group_size:
+            raise UsageError(f"{scheme.name}'s group is {scheme.group_size} by the {scheme.weights.upper()} format; "
+                             "--group-size does not apply")
         effective_group = group_size
     if scheme.method != "llmcompressor":
         if kv_cache != "none":
@@ -218,9 +227,15 @@ def resolve_recipe(scheme: Scheme, group_size: int | None = None, kv_cache: str 
             args.update((modifier_args or {}).get(name, {}))
             ignore.extend(args.get("ignore", []))
             for grp in (args.get("config_groups") or {}).values():
-                w = grp.get("weights") or {}
-                if w.get("strategy") == "group" and group_size is not None:
+                if group_size is None:
+                    continue
+                w, a = grp.get("weights") or {}, grp.get("input_activations") or {}
+                if w.get("strategy") == "group":
                     w["group_size"] = group_size
+                elif w.get("strategy") == "block":  # FP8-BLOCK: square blocks, activations grouped alike
+                    w["block_structure"] = [group_size, group_size]
+                    if a.get("strategy") == "group":
+                        a["group_size"] = group_size
     kv = KV_CACHE_SCHEMES[kv_cache]
     if kv is not None:
         if recipe is None:

@@ -105,6 +105,11 @@ class EvalResult(ResultEnvelope):
     baseline: str | None = None
     recovery: list[Recovery] | None = None
     dequantized_from: str | None = None  # scored on a dense copy of this quantized checkpoint
+    # what the scored model did with activations the scheme quantizes (``eval.runner.activation_path``): "16-bit"
+    # (the scheme does not quantize them), "kernel" (vLLM ran the scheme's kernel), "emulated" (transformers with
+    # compressed-tensors quantized them in the forward pass), "not emulated" (a dense copy ran them 16-bit: the
+    # row is judged apart, not ranked); None: not recorded
+    activations: Literal["16-bit", "kernel", "emulated", "not emulated"] | None = None
 
     @classmethod
     def _upgrade_v1(cls, data: dict[str, Any]) -> dict[str, Any]:

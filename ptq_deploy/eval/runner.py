@@ -38,6 +38,21 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- checks before loading anything
+def activation_path(path: str, backend: str, dequantized_from: str | None) -> str | None:
+    """``EvalResult.activations`` for a score of ``path`` on ``backend``: does the scored model quantize the
+    activations its scheme quantizes? A dense copy's scheme is read from the checkpoint it was made from."""
+    try:
+        q = checkpoint.read(path).quantization
+        source = checkpoint.read(dequantized_from).quantization if dequantized_from else q
+    except (UsageError, OSError):
+        return None
+    if source.input_activations is None:
+        return "16-bit"
+    if q.input_activations is None:  # the dense copy of an activation-quantized checkpoint
+        return "not emulated"
+    return "kernel" if backend == "vllm" else "emulated"
+
+
 def resolve_checkpoint(spec: str) -> tuple[str, Identity, str | None]:
     """``(path or hub id, identity, the checkpoint a dense copy was dequantized from)``; one clear error for
     a path that does not exist."""
@@ -261,6 +276,7 @@ def run_eval(cfg: EvalConfig, llm=None) -> EvalResult:
     result = _evaluate(cfg, path, identity, settings, args, tasks, tm, llm,
                        against=baseline.settings if baseline is not None else None)
     result.dequantized_from = dequantized_from
+    result.activations = activation_path(path, settings.backend, dequantized_from) if Path(path).exists() else None
     if baseline is not None:
         result.baseline = baseline.path or baseline.identity.checkpoint
         result.recovery = recovery.compare(baseline, result, iters=cfg.bootstrap_iters, seed=cfg.engine.seed)

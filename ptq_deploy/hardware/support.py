@@ -39,8 +39,19 @@ def scheme_support(scheme: SchemeLike, hw: HardwareInfo) -> Support:
     return _cpu_support(scheme, hw)
 
 
+# vLLM's compressed-tensors scheme class per float-format kernel family (its get_min_capability and kernel lists)
+FORMAT_SCHEMES = {"fp8-block": "CompressedTensorsW8A8Fp8 (block)", "nvfp4": "CompressedTensorsW4A4Fp4",
+                  "nvfp4a16": "CompressedTensorsW4A4Fp4 (a16)", "mxfp4": "CompressedTensorsW4A4Mxfp4",
+                  "mxfp4a16": "CompressedTensorsW4A4Mxfp4", "mxfp8": "CompressedTensorsW8A8Mxfp8",
+                  "mxfp8a16": "CompressedTensorsW8A8Mxfp8", "w4afp8": "CompressedTensorsW4A8Fp8"}
+
+
 def _cpu_support(scheme: SchemeLike, hw: HardwareInfo) -> Support:
     kind = scheme.kind
+    if kind in FORMAT_SCHEMES:
+        return Support(runnable=False, fast_path=False, kernel="-", reason=(
+            f"vLLM's CPU build lists no kernel for {FORMAT_SCHEMES[kind]} (its kernels are CUDA's): the probe measures it "
+            "here; quality is scored on an emulation (--backend hf, or the dequantized fallback)"))
     if kind == "dense":
         slow = not (hw.cpu.avx512 or hw.cpu.amx)
         return Support(runnable=True, fast_path=True, kernel="dense (oneDNN/torch)",
@@ -65,8 +76,50 @@ def _cpu_support(scheme: SchemeLike, hw: HardwareInfo) -> Support:
     return Support(runnable=True, fast_path=True, kernel="CPUWNA16 (cpu_gemm_wna16)")
 
 
+def _format_gpu_support(kind: str, cc: tuple[int, int]) -> Support:
+    """vLLM's rules for the float formats (compressed-tensors scheme classes and their kernel lists, vLLM 0.32)."""
+    no = lambda need: Support(runnable=False, fast_path=False, kernel="-",  # noqa: E731
+                              reason=f"{FORMAT_SCHEMES[kind]} needs {need}")
+    weight_only = "activations stay 16-bit: the weight-only kernel ignores the activation quantization"
+    if kind == "fp8-block":
+        if cc >= (8, 9):
+            return Support(runnable=True, fast_path=True, kernel="block FP8 scaled_mm (CUTLASS / DeepGEMM / Triton)")
+        if cc >= (8, 0):
+            return Support(runnable=True, fast_path=False, kernel="FP8 Marlin (weight-only)", reason=weight_only)
+        return no("compute capability >= 8.0")
+    if kind in ("nvfp4", "nvfp4a16"):
+        if cc < (7, 5):
+            return no("compute capability >= 7.5")
+        if cc >= (10, 0):
+            return Support(runnable=True, fast_path=True, kernel="CUTLASS / FlashInfer FP4 GEMM" if kind == "nvfp4"
+                           else "FlashInfer CuTe DSL NVFP4 W4A16")
+        return Support(runnable=True, fast_path=kind == "nvfp4a16", kernel="FP4 Marlin (weight-only)",
+                       reason="" if kind == "nvfp4a16" else weight_only)
+    if kind in ("mxfp4", "mxfp4a16"):
+        if cc < (8, 0):
+            return no("compute capability >= 8.0")
+        if cc >= (10, 0) and kind == "mxfp4":
+            return Support(runnable=True, fast_path=True, kernel="FlashInfer MXFP4 W4A4")
+        return Support(runnable=True, fast_path=kind == "mxfp4a16", kernel="MXFP4 Marlin (weight-only)",
+                       reason="" if kind == "mxfp4a16" else weight_only)
+    if kind in ("mxfp8", "mxfp8a16"):
+        if cc < (7, 5):
+            return no("compute capability >= 7.5")
+        if cc >= (10, 0):
+            return Support(runnable=True, fast_path=True, kernel="FlashInfer MXFP8 GEMM")
+        return Support(runnable=True, fast_path=False, kernel="MXFP8 Marlin (weight-only) or emulation",
+                       reason="no MXFP8 GEMM before Blackwell (cc 10.0)")
+    if kind == "w4afp8":
+        if cc[0] == 9:
+            return Support(runnable=True, fast_path=True, kernel="CUTLASS W4A8-FP8 mixed-input GEMM")
+        return no("a Hopper GPU (compute capability 9.x exactly)")
+    raise ValueError(f"no GPU rule for kernel family {kind}")
+
+
 def _gpu_support(scheme: SchemeLike, cc: tuple[int, int]) -> Support:
     kind = scheme.kind
+    if kind in FORMAT_SCHEMES:
+        return _format_gpu_support(kind, cc)
     if kind == "dense":
         return Support(runnable=True, fast_path=True, kernel="dense (cuBLAS)")
     if kind == "fp8-w8a8":

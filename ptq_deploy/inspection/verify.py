@@ -68,8 +68,10 @@ def _shape_eq(actual: list[int], expected: list[int]) -> bool:
     return _squeeze(actual) == _squeeze(expected)
 
 
-def _check_ct_linear(mod: Module, t: dict[str, TensorEntry], scheme, fmt: str) -> tuple[list[str], str]:
-    """Problems of one targeted Linear under a compressed-tensors scheme, and how it is stored."""
+def _check_ct_linear(mod: Module, t: dict[str, TensorEntry], scheme, fmt: str,
+                     read: Callable[[TensorEntry], Any] | None = None) -> tuple[list[str], str]:
+    """Problems of one targeted Linear under a compressed-tensors scheme, and how it is stored. ``read`` loads a
+    tensor's values (scales, FP8 weights), for the checks a header cannot answer; None: headers only."""
     w = scheme.weights
     problems: list[str] = []
     if w is None:  # activation-only scheme: nothing to prove on the weights
@@ -106,10 +108,31 @@ def _check_ct_linear(mod: Module, t: dict[str, TensorEntry], scheme, fmt: str) -
         elif in_f and out_f and dense.shape != [out_f, in_f]:
             problems.append(f"weight shape {dense.shape} != [{out_f}, {in_f}]")
         storage = f"{dense.dtype if dense is not None else want}"
-    elif fmt in ("nvfp4-pack-quantized", "mxfp4-pack-quantized"):
-        if "weight_packed" not in t:
-            problems.append("no weight_packed tensor")
-        storage = f"{fmt.split('-')[0]} packed in U8"
+    elif fmt in FP4_FORMATS:
+        packed = t.get("weight_packed")
+        storage = f"{fmt.split('-')[0]} (FP4 E2M1) packed two per U8"
+        if packed is None:
+            problems.append(f"no weight_packed (weight is {dense.dtype}, not quantized)" if dense is not None
+                            else "no weight_packed tensor")
+        elif packed.dtype != "U8":
+            problems.append(f"weight_packed is {packed.dtype}, expected U8 (two FP4 values per byte)")
+        elif in_f and out_f and packed.shape != [out_f, math.ceil(in_f / 2)]:
+            problems.append(f"weight_packed shape {packed.shape} != [{out_f}, {math.ceil(in_f / 2)}] for FP4 "
+                            f"[{out_f}, {in_f}] (two values per byte)")
+        if fmt.startswith("nvfp4"):
+            g = t.get("weight_global_scale")
+            if g is None:
+                problems.append("no weight_global_scale (NVFP4 scales its FP8 group scales per tensor)")
+            elif g.numel != 1 or g.dtype not in FLOAT16:
+                problems.append(f"weight_global_scale is {g.dtype} {g.shape}, expected one float")
+            elif read is not None:
+                problems += _positive_finite("weight_global_scale", read(g))
+    elif fmt == "mxfp8-quantized":
+        storage = "F8_E4M3"
+        if dense is None or dense.dtype != "F8_E4M3":
+            problems.append(f"weight is {dense.dtype if dense is not None else 'missing'}, expected F8_E4M3")
+        elif in_f and out_f and dense.shape != [out_f, in_f]:
+            problems.append(f"weight shape {dense.shape} != [{out_f}, {in_f}]")
     elif fmt == "dense":
         storage = f"{dense.dtype if dense is not None else '?'} (format 'dense': quantize-dequantized, not compressed)"
         return problems, storage
@@ -127,7 +150,16 @@ def _check_ct_linear(mod: Module, t: dict[str, TensorEntry], scheme, fmt: str) -
             problems.append(f"weight_scale shape {scale.shape} != {expected} ({strategy}"
                             f"{f' {w.group_size}' if strategy == 'group' else ''})")
     if scale is not None:
-        storage += f" + {scale.dtype} scales ({strategy}{f' {w.group_size}' if strategy in ('group', 'tensor_group') else ''})"
+        want_scale = SCALE_DTYPES.get(fmt)
+        if want_scale and scale.dtype != want_scale:
+            problems.append(f"weight_scale is {scale.dtype}, expected {want_scale} ({SCALE_NAMES[want_scale]} for {fmt})")
+        elif read is not None and (typ == "float" or want_scale):
+            problems += _positive_finite("weight_scale", read(scale))
+        if read is not None and dense is not None and dense.dtype == "F8_E4M3" and not problems:
+            problems += _no_nan_codes("weight", read(dense))
+        detail = (f" {w.group_size}" if strategy in ("group", "tensor_group") else
+                  f" {'x'.join(map(str, w.block_structure))}" if strategy == "block" and w.block_structure else "")
+        storage += f" + {scale.dtype} scales ({strategy}{detail})"
     if not w.symmetric:
         zp = t.get("weight_zero_point")
         if zp is None:
@@ -139,7 +171,43 @@ def _check_ct_linear(mod: Module, t: dict[str, TensorEntry], scheme, fmt: str) -
     a = scheme.input_activations
     if a is not None and not a.dynamic and "input_scale" not in t:
         problems.append("static input activations but no input_scale")
+    if a is not None and str(getattr(a.dynamic, "value", a.dynamic)) == "local":  # NVFP4 activations
+        if "input_global_scale" not in t:
+            problems.append("FP4 activations with local scales but no input_global_scale")
+        elif read is not None:
+            problems += _positive_finite("input_global_scale", read(t["input_global_scale"]))
     return problems, storage
+
+
+FP4_FORMATS = ("nvfp4-pack-quantized", "mxfp4-pack-quantized")
+# the scale dtype each format stores: NVFP4 FP8 E4M3 group scales, MX E8M0 (a power-of-two exponent in a byte)
+SCALE_DTYPES = {"nvfp4-pack-quantized": "F8_E4M3", "mxfp4-pack-quantized": "U8", "mxfp8-quantized": "U8"}
+SCALE_NAMES = {"F8_E4M3": "FP8 E4M3", "U8": "E8M0"}
+E8M0_NAN = 0xFF
+
+
+def _positive_finite(name: str, values) -> list[str]:
+    """Scales must be finite and > 0: an E8M0 byte 0xFF is NaN, FP8/float scales must be finite positive."""
+    import torch
+
+    if values is None:
+        return []
+    if values.dtype == torch.uint8:  # E8M0: 2^(byte - 127), every byte but 0xFF a scale
+        bad = int((values == E8M0_NAN).sum())
+        return [f"{name}: {bad} E8M0 scales are 0xFF (NaN)"] if bad else []
+    v = values.float()
+    bad = int((~torch.isfinite(v) | (v <= 0)).sum())
+    return [f"{name}: {bad} of {v.numel()} scales are not finite and positive"] if bad else []
+
+
+def _no_nan_codes(name: str, values) -> list[str]:
+    """FP8 E4M3 (fn) has no infinities; its NaN codes are 0x7F / 0xFF: no quantizer writes them."""
+    import torch
+
+    if values is None:
+        return []
+    bad = int(torch.isnan(values.float()).sum())
+    return [f"{name}: {bad} FP8 values are NaN codes (off the E4M3 grid)"] if bad else []
 
 
 def _check_hub_linear(mod: Module, t: dict[str, TensorEntry], method: str, bits: int, group: int) -> tuple[list[str], str]:
@@ -176,6 +244,20 @@ class VerifyContext:
     def __init__(self, q: Quantization, ct: Any | None, fake_quant: FakeQuant | None = None,
                  path: Path | None = None):
         self.q, self.ct, self.fake_quant, self.path = q, ct, fake_quant, path
+        self._files: dict[str, Any] = {}
+
+    def read(self, entry: TensorEntry):
+        """A tensor's values (torch), from the checkpoint's safetensors file (kept open for the next reads); None
+        when the file does not open (a cut file: the header checks report it)."""
+        if entry.file not in self._files:
+            from safetensors import safe_open  # imports torch for "pt"
+
+            try:
+                self._files[entry.file] = safe_open(str(Path(self.path) / entry.file), "pt")
+            except Exception:  # safetensors' own error types: the file is reported by the file checks
+                self._files[entry.file] = None
+        f = self._files[entry.file]
+        return f.get_tensor(entry.name) if f is not None else None
 
     @property
     def method(self) -> str | None:
@@ -195,7 +277,8 @@ def _verify_ct(m: Module, t: dict[str, TensorEntry], ctx: VerifyContext):
     if group is None or ignored_by is not None:
         return ignored_by, None
     fmt = group.format or ctx.ct.format or "dense"
-    return None, _check_ct_linear(m, t, group, str(getattr(fmt, "value", fmt)))
+    readable = ctx.path is not None and not any(e.truncated for e in t.values())  # a cut file: headers only
+    return None, _check_ct_linear(m, t, group, str(getattr(fmt, "value", fmt)), ctx.read if readable else None)
 
 
 def _verify_hub(m: Module, t: dict[str, TensorEntry], ctx: VerifyContext):

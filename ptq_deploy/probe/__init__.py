@@ -42,7 +42,15 @@ WEIGHT_CASES = (ProbeCase(key="dense", scheme="BF16"),
                 ProbeCase(key="w4a16", scheme="INT4-W4A16-RTN", group_size=64),
                 ProbeCase(key="w8a16", scheme="INT8-W8A16-RTN"),
                 ProbeCase(key="w3a16", scheme="INT3-W3A16-RTN", group_size=64),
-                ProbeCase(key="w2a16", scheme="INT2-W2A16-RTN", group_size=64))
+                ProbeCase(key="w2a16", scheme="INT2-W2A16-RTN", group_size=64),
+                # the float formats (each its own vLLM scheme class); the tiny model's 192 inputs take a 64 block
+                ProbeCase(key="fp8-block", scheme="FP8-BLOCK", group_size=64),
+                ProbeCase(key="nvfp4a16", scheme="NVFP4A16"),
+                ProbeCase(key="nvfp4", scheme="NVFP4"),
+                ProbeCase(key="mxfp4a16", scheme="MXFP4A16"),
+                ProbeCase(key="mxfp4", scheme="MXFP4"),
+                ProbeCase(key="mxfp8", scheme="MXFP8"),
+                ProbeCase(key="w4afp8", scheme="W4AFP8", group_size=64))
 
 
 def cases(kv_dtypes: tuple[str, ...] | list[str] = FP8_KV_DTYPES) -> tuple[ProbeCase, ...]:
@@ -139,7 +147,8 @@ def load(hw: HardwareInfo, build: str | None = None) -> ProbeResult | None:
 
 
 def family_key(scheme: SchemeLike) -> str:
-    """The probe case of a scheme's kernel family: dense, fp8-w8a8, int8-w8a8, w2a16 ... w8a16."""
+    """The probe case of a scheme's kernel family: dense, fp8-w8a8, int8-w8a8, w2a16 ... w8a16, or a float format's
+    own (fp8-block, nvfp4, nvfp4a16, mxfp4, mxfp4a16, mxfp8, w4afp8)."""
     return f"w{scheme.weight_bits}a16" if scheme.kind == "wna16" else scheme.kind
 
 

@@ -119,7 +119,11 @@ def fill(row: Row, c: Cell, base: Cell | None, iters: int, seed: int) -> None:
     backend = "vllm" if "vllm" in evs else next(iter(evs))
     ev = evs[backend]
     row.eval_backend = backend
-    if ev.dequantized_from:
+    if ev.activations == "not emulated":
+        row.quality_only = True  # judged against the baseline, never ranked: its activations ran 16-bit
+        row.notes.append(f"{row.scheme} quantizes activations but this score ran them 16-bit (a dense copy in vLLM): "
+                         "judged apart, not ranked; `fallback: hf` scores it with the activations emulated")
+    elif ev.dequantized_from:
         row.notes.append("quality scored in vLLM on dequantized weights; speed not measured here")
     _scores(row, ev)
     if row.baseline:

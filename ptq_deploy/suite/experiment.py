@@ -44,9 +44,11 @@ class ExperimentEval(EvalOptions):
         "vllm", description="the backend every cell is scored with: vllm, or hf (lm-eval's HF backend, e.g. on a "
                             "host without vLLM; the experiment's steps then leave out perf)")
     fallback: Literal["dequantized", "hf"] | None = Field(
-        "dequantized", description="how a scheme vLLM cannot run here is scored: dequantized (weight-only schemes "
-                                   "in vLLM on a dense copy of their weights), hf (lm-eval's HF backend, the baseline "
-                                   "too), or null (recorded as not runnable)")
+        "dequantized", description="how a scheme vLLM cannot run here is scored: dequantized (in vLLM on a dense "
+                                   "copy of its weights; a scheme that quantizes activations then runs them 16-bit "
+                                   "and its row is judged apart, not ranked), hf (lm-eval's HF backend, which also "
+                                   "quantizes the activations as the scheme says; the baseline too), or null "
+                                   "(recorded as not runnable)")
 
 
 class CalibrationOverride(BaseModel):

@@ -125,7 +125,7 @@ def _compress_key(exp: Experiment, m: ModelSpec, scheme: str, kv: str) -> str:
     if args := {k: v for k, v in exp.compress.modifier_args.items() if k in s.modifier_names}:
         calib["modifier_args"] = args  # only what reaches this scheme's recipe
     return _hash({"source": m.source, "trust": m.trust_remote_code, "scheme": s.model_dump(exclude={"source"}),
-                  "group": m.group_size if s.group_size else None, "kv": compress_kv(kv),
+                  "group": m.group_size if s.group_adjustable else None, "kv": compress_kv(kv),
                   "calib": calib} | ({"kv_option": kv} if kv not in ("none", "fp8") else {}))
 
 
@@ -173,8 +173,8 @@ def _fallback(exp: Experiment, scheme: schemes.Scheme, kv: str) -> str | None:
     """The eval backend of a cell vLLM cannot run here (``PlannedStep.backend``), or None."""
     if kv != "none" or exp.eval.fallback is None:
         return None
-    if exp.eval.fallback == "dequantized":
-        return DEQUANTIZED if scheme.kind == "wna16" else None
+    if exp.eval.fallback == "dequantized":  # activation-quantized schemes: judged apart (activations not emulated)
+        return DEQUANTIZED if scheme.kind != "dense" else None
     return "hf"
 
 
@@ -220,10 +220,11 @@ def check_group_sizes(models: list[ModelSpec], names: list[str]) -> None:
             continue
         for s in grouped:
             try:
-                schemes.check_group_size(sizes, s.resolve().ignore, m.group_size or s.group_size,
-                                         option="group_size" if m.group_size else "group size")
+                own = m.group_size if s.group_adjustable else None
+                schemes.check_group_size(sizes, s.resolve().ignore, own or s.group_size,
+                                         option="group_size" if own else "group size")
             except UsageError as e:
-                hint = "" if m.group_size else " (set the model's group_size)"
+                hint = "" if m.group_size or not s.group_adjustable else " (set the model's group_size)"
                 raise UsageError(f"models: {m.name} ({m.source}), {s.name}: {e}{hint}") from None
 
 

@@ -80,7 +80,7 @@ class StepRunner:
                 return kept
         res = compress(CompressConfig(
             model=m.source, scheme=ps.scheme, output=out, kv_cache=compress_kv(ps.kv_cache),
-            group_size=m.group_size if s.group_size else None, calibration=self.exp.compress.for_scheme(ps.scheme),
+            group_size=m.group_size if s.group_adjustable else None, calibration=self.exp.compress.for_scheme(ps.scheme),
             trust_remote_code=m.trust_remote_code, force=True, compress_python=self.opts.compress_python))
         reuse.store(ps.key, res.checkpoint.source, out, res)
         return res

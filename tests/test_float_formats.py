@@ -1,0 +1,191 @@
+"""The 2026 float formats (FP8-BLOCK, NVFP4, MXFP4, MXFP8) and W4AFP8 on real checkpoints of the tiny model:
+inspect proves each format from its tensors and fails a tampered copy; vLLM's rules for other GPUs; a score whose
+activations ran 16-bit is judged apart, never ranked."""
+
+import math
+import shutil
+
+import pytest
+import torch
+from conftest import COMPRESS_RESULTS
+from report_synth import answers, cloze_task, documents, eval_result, ppl_task, put
+from safetensors.torch import load_file, save_file
+
+from ptq_deploy.compress import schemes
+from ptq_deploy.hardware import detect
+from ptq_deploy.hardware.support import hardware_for, scheme_support
+from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
+from ptq_deploy.report import build_report
+
+# the tiny Llama of conftest: (out, in) of each targeted Linear, 2 layers
+LINEARS = {"self_attn.q_proj": (192, 192), "self_attn.k_proj": (64, 192), "self_attn.v_proj": (64, 192),
+           "self_attn.o_proj": (192, 192), "mlp.gate_proj": (512, 192), "mlp.up_proj": (512, 192),
+           "mlp.down_proj": (192, 512)}
+TINY_BLOCK = 64  # FP8-BLOCK's 128 block does not divide the tiny model's 192 inputs; W4AFP8's group likewise
+
+# scheme -> (kernel family, options, what the proof names, bits per weight of a [out, in] Linear by the format's
+# definition: value bits + scale bits per value (+ one global / block scale))
+FORMATS = {
+    "NVFP4": ("nvfp4", {}, "nvfp4 (FP4 E2M1) packed two per U8 + F8_E4M3 scales (tensor_group 16)",
+              lambda o, i: 4 + 8 / 16),
+    "NVFP4A16": ("nvfp4a16", {}, "nvfp4 (FP4 E2M1) packed two per U8", lambda o, i: 4 + 8 / 16),
+    "MXFP4": ("mxfp4", {}, "mxfp4 (FP4 E2M1) packed two per U8 + U8 scales (group 32)", lambda o, i: 4 + 8 / 32),
+    "MXFP4A16": ("mxfp4a16", {}, "U8 scales (group 32)", lambda o, i: 4 + 8 / 32),
+    "MXFP8": ("mxfp8", {}, "F8_E4M3 + U8 scales (group 32)", lambda o, i: 8 + 8 / 32),
+    "FP8-BLOCK": ("fp8-block", {"group_size": TINY_BLOCK}, "F8_E4M3 + BF16 scales (block 64x64)",
+                  lambda o, i: 8 + 16 * math.ceil(o / 64) * math.ceil(i / 64) / (o * i)),
+    "W4AFP8": ("w4afp8", {"group_size": TINY_BLOCK}, "int4 packed in I32 + BF16 scales (group 64)",
+               lambda o, i: 4 + 16 / 64 + 8 * 16 / (o * i)),  # + pack-quantized's weight_shape (two I64)
+}
+
+
+def _inspect(path):
+    return inspect_checkpoint(InspectConfig(checkpoint=path))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("scheme", list(FORMATS))
+def test_each_format_is_proven_from_its_tensors(compressed, scheme):
+    kind, opts, storage, bits = FORMATS[scheme]
+    rep = _inspect(compressed(scheme, **opts))
+    assert rep.ok, [f.message for f in rep.findings if f.severity == "error"]
+    assert rep.quantization.kind == kind == schemes.get(scheme).kind
+    targeted = [lin for lin in rep.linears if lin.name != "lm_head"]
+    assert len(targeted) == 2 * len(LINEARS) and {lin.status for lin in targeted} == {"quantized"}
+    assert all(storage in lin.storage for lin in targeted), targeted[0].storage
+    for lin in targeted:  # the stored bytes per weight are the format's, scales included (NVFP4's global: 1 value)
+        o, i = LINEARS[lin.name.split(".", 3)[3]]
+        assert lin.bits_per_weight == pytest.approx(bits(o, i), abs=64 / (o * i))
+
+
+def _tamper(src, dst, name, change):
+    """A copy of ``src`` whose tensor ``name`` (layer 0's q_proj) is replaced by ``change(tensor)``, or removed
+    when that returns None."""
+    shutil.copytree(src, dst)
+    sd = load_file(dst / "model.safetensors")
+    key = f"model.layers.0.self_attn.q_proj.{name}"
+    new = change(sd.pop(key))
+    if new is not None:
+        sd[key] = new.contiguous()
+    save_file(sd, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def _nan_scales(t):
+    if t.dtype == torch.uint8:  # E8M0: 0xFF is NaN
+        return torch.full_like(t, 0xFF)
+    return torch.full(t.shape, float("nan")).to(t.dtype)
+
+
+TAMPERS = {  # id -> (scheme, tensor, change, what the proof says)
+    "nvfp4-scales-of-a-wider-group": ("NVFP4", "weight_scale", lambda t: t[:, ::2], "weight_scale shape"),
+    "nvfp4-without-global-scale": ("NVFP4", "weight_global_scale", lambda t: None, "no weight_global_scale"),
+    "nvfp4-activation-global-scale-nan": ("NVFP4", "input_global_scale", _nan_scales, "input_global_scale:"),
+    "mxfp4-e8m0-nan-scales": ("MXFP4", "weight_scale", _nan_scales, "E8M0 scales are 0xFF"),
+    "mxfp4-one-value-per-byte": ("MXFP4", "weight_packed", lambda t: t.repeat_interleave(2, dim=1),
+                                 "weight_packed shape"),
+    "mxfp8-nan-codes": ("MXFP8", "weight", lambda t: torch.where(torch.arange(t.shape[1]) % 7 == 0,
+                                                                  torch.tensor(float("nan")), t.float()).to(t.dtype),
+                        "NaN codes"),
+    "mxfp8-bf16-scales": ("MXFP8", "weight_scale", lambda t: t.to(torch.bfloat16), "expected U8"),
+    "fp8-block-per-channel-scales": ("FP8-BLOCK", "weight_scale", lambda t: t[:, :1].repeat(64, 1),
+                                     "weight_scale shape"),
+    "fp8-block-negative-scales": ("FP8-BLOCK", "weight_scale", lambda t: -t, "not finite and positive"),
+    "w4afp8-half-packed": ("W4AFP8", "weight_packed", lambda t: t[:, : t.shape[1] // 2], "weight_packed shape"),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", list(TAMPERS))
+def test_a_tampered_copy_fails_the_proof(compressed, tmp_path, case):
+    scheme, name, change, says = TAMPERS[case]
+    src = compressed(scheme, **FORMATS[scheme][1])
+    assert _inspect(src).ok
+    rep = _inspect(_tamper(src, tmp_path / case, name, change))
+    broken = {lin.name: lin.problems for lin in rep.linears if lin.status == "broken"}
+    assert not rep.ok and list(broken) == ["model.layers.0.self_attn.q_proj"], broken
+    assert any(says in p for p in broken["model.layers.0.self_attn.q_proj"]), broken
+
+
+@pytest.mark.parametrize("scheme", ["FP8-BLOCK", "NVFP4A16", "NVFP4", "MXFP4A16", "MXFP4", "MXFP8", "W4AFP8"])
+def test_what_ifs_follow_vllms_kernel_rules(scheme):
+    """Each format by vLLM's rules on a T4 (7.5), A100 (8.0), H100 (9.0) and B200 (10.0): the weight-only fallback
+    of a W4A4 format before Blackwell is runnable but not the fast path, and says the activations stay 16-bit."""
+    s = schemes.get(scheme)
+    by = {d: scheme_support(s, hardware_for(d, detect())) for d in ("t4", "a100-80gb", "h100-sxm", "b200")}
+    w4afp8, weight_only = scheme == "W4AFP8", s.activations == "bf16"
+    assert by["h100-sxm"].runnable  # every format has a Hopper path
+    assert by["b200"].runnable != w4afp8 and by["b200"].fast_path != w4afp8  # W4AFP8's kernel is Hopper's only
+    for sup in by.values():
+        assert sup.runnable or sup.reason and sup.kernel == "-"
+        if sup.runnable and not sup.fast_path and not weight_only:
+            assert "16-bit" in sup.reason or "emulation" in sup.kernel or "before Blackwell" in sup.reason
+    if scheme in ("NVFP4", "MXFP4"):  # W4A4: true FP4 activations on Blackwell only
+        assert not by["h100-sxm"].fast_path and by["b200"].fast_path and "Marlin" in by["h100-sxm"].kernel
+
+
+@pytest.mark.integration
+def test_schemes_lists_what_the_probe_measured_for_each_format(cli, probe):
+    p = cli("schemes")
+    assert p.returncode == 0, p.stderr
+    from ptq_deploy import probe as probe_mod
+
+    rules = probe_mod.rules(detect())
+    assert rules.probe is not None and "probe:" in " ".join(p.stdout.split())
+    for scheme, (kind, *_rest) in FORMATS.items():
+        if scheme == "NVFP4A16" or kind not in rules.probe.cases:
+            continue
+        case = rules.probe.cases[kind]
+        assert case.runnable is not None, case  # decided here by loading it in vLLM
+        line = next(ln for ln in p.stdout.splitlines() if ln.startswith(f"│ {scheme} "))
+        assert ("│ no " in line) == (not case.runnable), line
+    what_if = cli("schemes", "--device", "b200")
+    assert what_if.returncode == 0 and "NVIDIA B200" in " ".join(what_if.stdout.split())
+    assert cli("schemes", "--device", "nope").returncode == 2
+
+
+@pytest.mark.integration
+def test_a_score_whose_activations_ran_16_bit_is_judged_apart(compressed, tmp_path, cli):
+    """MXFP4 quantizes activations; its dense copy in vLLM runs them 16-bit: the eval result says so (the HF
+    backend on the real checkpoint quantizes them: "emulated") and the report never ranks that row."""
+    from ptq_deploy.checkpoint.dequantize import dequantize
+    from ptq_deploy.eval.result import EvalResult
+
+    src = compressed("MXFP4")
+    dense = dequantize(src, tmp_path / "dense")
+    p = cli("eval", str(dense), "--tasks", "austen_ppl", "--limit", "2", "--output-dir", str(tmp_path / "ev"))
+    assert p.returncode == 0, p.stderr
+    res = EvalResult.read(next((tmp_path / "ev").glob("*.json")))
+    assert res.activations == "not emulated" and res.dequantized_from == str(src.resolve())
+    p = cli("eval", str(src), "--backend", "hf", "--tasks", "austen_ppl", "--limit", "2",
+            "--output-dir", str(tmp_path / "hf"))
+    assert p.returncode == 0, p.stderr
+    assert EvalResult.read(next((tmp_path / "hf").glob("*.json"))).activations == "emulated"
+
+
+@pytest.mark.integration
+def test_a_row_whose_activations_ran_16_bit_is_never_ranked(tiny_model, compressed, tmp_path):
+    """Report on real compress / inspect results with synthetic scores: MXFP4 scored on its dense copy (activations
+    16-bit) looks best on every count yet sits with the quality-only rows, saying why; NVFP4 scored with its
+    activations emulated (HF backend, the baseline too) is ranked."""
+    root = tmp_path / "results"
+    root.mkdir()
+    (root / "experiment.yaml").write_text("name: formats-test\nbaseline: BF16\n")
+    cells = {"BF16": ("vllm", None, 0), "MXFP4": ("vllm", "not emulated", 0), "NVFP4": ("hf", "emulated", 3)}
+    for cell, (backend, activations, losses) in cells.items():
+        ck = tiny_model if cell == "BF16" else compressed(cell)
+        if cell != "BF16":
+            put(root, "tiny", cell, "compress", COMPRESS_RESULTS[str(ck)])
+        put(root, "tiny", cell, "inspect", inspect_checkpoint(InspectConfig(checkpoint=ck)))
+        tasks = [cloze_task(answers(100, 54, 0, losses)), ppl_task(documents(40.0, 0.5 * losses, 0.2))]
+        ev = eval_result("tiny", cell, tasks, backend=backend)
+        ev.activations = activations
+        put(root, "tiny", cell, "eval", ev)
+        if cell == "BF16":
+            put(root, "tiny", cell, "eval-hf", eval_result("tiny", cell, tasks, backend="hf"))
+        put(root, "tiny", cell, "perf", status="not_runnable", reason="no CPU kernel") if cell != "BF16" else None
+    lb = build_report(root).leaderboards[0]
+    assert [r.cell for r in lb.rows] == ["BF16", "NVFP4"] and [r.cell for r in lb.quality_only] == ["MXFP4"]
+    mx = lb.quality_only[0]
+    assert mx.rank is None and mx.cell not in lb.recommendation.candidates
+    assert any("ran them 16-bit" in n and "fallback: hf" in n for n in mx.notes), mx.notes
