@@ -6,9 +6,9 @@ W4AFP8); writes one JSON record.
 Runs the bundled ``formats-smollm2`` experiment through the suite (a rerun skips finished steps), writes its
 report (``RESULTS_DIR/report``) and records per scheme: the proof inspect gives (status, storage, bits per weight
 with the scales), word perplexity with its 95% interval and its paired recovery interval against BF16 on the same
-backend, the verdict, the size and the compression time; and what vLLM itself says when asked to load each
-checkpoint here (bypassing ``ptq_deploy.hardware.support`` and the probe): where it refuses, speed is not measured
-here, and the record says why.
+backend, the verdict, how the activations were treated (``EvalResult.activations``), the size and the compression
+time; and what vLLM itself says when asked to load each checkpoint here (bypassing ``ptq_deploy.hardware.support``
+and the probe): where it refuses, speed is not measured here, and the record says why.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ EXPERIMENT = "formats-smollm2"
 
 def _proof(ckpt: Path) -> dict:
     rep = inspect_checkpoint(InspectConfig(checkpoint=ckpt))
-    targeted = [lin for lin in rep.linears if lin.status != "16-bit"]
+    targeted = [lin for lin in rep.linears if lin.status == "quantized"]
     return {"ok": rep.ok, "kind": rep.quantization.kind, "name": rep.quantization.name,
             "storage": sorted({lin.storage for lin in targeted}), "layers_quantized": len(targeted),
             "linear_bits_per_weight": rep.linear_bits_per_weight, "errors": [f.message for f in rep.errors]}
@@ -77,10 +77,11 @@ def main() -> None:
              for s in layout.records(a.results_dir)}
     record = {"kind": "formats-benchmark", "schema_version": 1, "experiment": exp.model_dump(mode="json"),
               "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "note": ("one run per scheme on a shared 2-core CPU; every format is scored with lm-eval's HF backend "
-                       "(compressed-tensors: weights dequantized from the checkpoint, activations quantized in the "
-                       "forward pass as the scheme says), against BF16 scored with the same backend and settings; "
-                       "the recovery interval is the paired bootstrap over the same documents"),
+              "note": ("one run per scheme on a shared 2-core CPU; vLLM runs none of these formats here, so each is "
+                       "scored in vLLM on a dense copy of its dequantized weights with its activations quantized as "
+                       "the scheme says (compressed-tensors' forward_quantize before each Linear, engine.emulation), "
+                       "against BF16 scored with the same backend and settings; the recovery interval is the paired "
+                       "bootstrap over the same documents"),
               "rows": rows, "proofs": proofs, "vllm_here": in_vllm, "steps": steps,
               "recommendation": lb.recommendation.model_dump(), "provenance": collect(compress_env=True).model_dump(mode="json")}
     a.out.mkdir(parents=True, exist_ok=True)

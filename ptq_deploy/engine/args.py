@@ -15,9 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ptq_deploy.engine import emulation
 from ptq_deploy.engine.config import MAX_MODEL_LEN_CAP, EngineConfig, ResolvedEngine
 from ptq_deploy.environments import home
-from ptq_deploy.errors import UsageError
+from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.hardware import HardwareInfo
 
 
@@ -54,6 +55,12 @@ def resolve(model: str | Path, cfg: EngineConfig, hw: HardwareInfo) -> ResolvedE
         data["enforce_eager"] = not hw.gpus
     if cfg.max_model_len is None:
         data["max_model_len"] = default_max_model_len(str(model))
+    spec = emulation.spec_file(model)
+    if spec is not None:  # vLLM quantizes the dense copy's activations (eager: the plugin wraps the Linear method)
+        if not emulation.installed():
+            raise PtqError(f"{model} needs its activations quantized in vLLM, but the ptq-deploy vLLM plugin is not "
+                           "registered in this environment: run `make setup`")
+        data["enforce_eager"], data["emulated_activations"] = True, str(spec.resolve())
     return ResolvedEngine(model=str(model), gpus=bool(hw.gpus), **data)
 
 
@@ -111,6 +118,8 @@ def lm_eval_server_args(r: ResolvedEngine, base_url: str, tokenizer: str, **lm_e
 def environment(r: ResolvedEngine, in_process: bool) -> dict[str, str]:
     """Variables vLLM reads at import time. ``in_process``: this interpreter's engine (not a server)."""
     env = {"VLLM_CACHE_ROOT": str(home() / "vllm-cache")}
+    if r.emulated_activations:
+        env[emulation.ENV] = r.emulated_activations
     if not r.gpus:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(r.cpu_kvcache_space_gib)
         env["VLLM_TARGET_DEVICE"] = "cpu"
@@ -125,8 +134,14 @@ def apply_environment(r: ResolvedEngine) -> None:
     # to a log file (``load.keep_vllm_log``)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    for k, v in environment(r, in_process=True).items():
+    env = environment(r, in_process=True)
+    for k, v in env.items():
         os.environ.setdefault(k, v)
+    # per model, not a user's setting: this engine's spec, or none
+    os.environ.pop(emulation.ENV, None)
+    if emulation.ENV in env:
+        os.environ[emulation.ENV] = env[emulation.ENV]
+        emulation.register()  # an in-process engine: as vLLM's plugin loader would (it runs it once per process)
 
 
 def vllm_version_answer() -> str | None:

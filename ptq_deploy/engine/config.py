@@ -57,6 +57,8 @@ class ResolvedEngine(EngineConfig):
     dtype: str
     max_model_len: int
     enforce_eager: bool
+    # a dense copy whose scheme quantizes activations: the spec vLLM quantizes them by (``engine.emulation``)
+    emulated_activations: str | None = None
 
 
 class EngineInfo(BaseModel):

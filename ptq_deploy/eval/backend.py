@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import gc
+import json
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from ptq_deploy.hardware import HardwareInfo, detect
 
 SERVER = "server"  # model_args key of a data-parallel vllm backend: the ResolvedEngine a `vllm serve` runs
 SERVE_FROM_DATA_PARALLEL = 2  # data_parallel_size from which the vllm backend scores a `vllm serve`
+DECOMPRESS = "decompress"  # hf model_args key: load the compressed-tensors checkpoint decompressed, float32 throughout
 HF_CPU_BATCH = 4  # lm-eval's auto batch detection on CPU tries batches that do not fit in RAM
 
 
@@ -68,10 +70,16 @@ def plan(cfg: EvalConfig, model_path: str, hw: HardwareInfo, llm=None) -> tuple[
         if cfg.engine.parallel:
             raise UsageError("tensor / pipeline / data parallel sizes apply to the vllm backend only")
         batch = HF_CPU_BATCH if cfg.batch_size == "auto" and not hw.gpus else cfg.batch_size
-        settings = EvalSettings(backend="hf", dtype=r.dtype, max_model_len=r.max_model_len,
-                                kv_cache_dtype="auto", enforce_eager=None, **{**common, "batch_size": batch})
+        # log-probabilities in float32 whatever the model's dtype, as vLLM computes them (lm-eval's default is
+        # the model's: bf16 sums of a document's log-likelihoods are rounded to ~0.1%)
+        softmax = None if r.dtype == "float32" else "float32"
+        settings = EvalSettings(backend="hf", dtype=r.dtype, max_model_len=r.max_model_len, kv_cache_dtype="auto",
+                                enforce_eager=None, softmax_dtype=softmax, **{**common, "batch_size": batch})
         args = dict(pretrained=model_path, dtype=r.dtype, device="cuda" if hw.gpus else "cpu",
-                    max_length=r.max_model_len, add_bos_token=cfg.add_bos_token, batch_size=batch)
+                    max_length=r.max_model_len, add_bos_token=cfg.add_bos_token, batch_size=batch,
+                    **({"softmax_dtype": softmax} if softmax else {}))
+        if r.dtype == "float32" and _compressed_tensors(model_path):
+            args[DECOMPRESS] = True  # ``_open_lm`` loads it decompressed, in float32 throughout
         return settings, args
     settings = EvalSettings(backend="vllm", dtype=r.dtype, max_model_len=r.max_model_len,
                             kv_cache_dtype=r.kv_cache_dtype, enforce_eager=r.enforce_eager, **common)
@@ -80,6 +88,31 @@ def plan(cfg: EvalConfig, model_path: str, hw: HardwareInfo, llm=None) -> tuple[
                           "batch_size": cfg.batch_size}
     engine.apply_environment(r)
     return settings, engine.lm_eval_model_args(r, add_bos_token=cfg.add_bos_token, batch_size=cfg.batch_size)
+
+
+def _compressed_tensors(model_path: str) -> bool:
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
+
+
+def _decompressed_float32(args: dict[str, Any]) -> dict[str, Any]:
+    """lm-eval's HF args with the compressed-tensors model loaded here, decompressed and float32 throughout.
+    compressed-tensors unpacks FP4 / MX weights to bf16 (at every forward when run compressed), which a float32
+    model cannot multiply: decompressed once at load, their bf16 values become float32 exactly."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils.quantization_config import CompressedTensorsConfig
+
+    model = AutoModelForCausalLM.from_pretrained(args["pretrained"], dtype=torch.float32,
+                                                 quantization_config=CompressedTensorsConfig(run_compressed=False))
+    for p in model.parameters():
+        if p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+    rest = {k: v for k, v in args.items() if k != DECOMPRESS}
+    return {**rest, "pretrained": model, "tokenizer": args["pretrained"]}
 
 
 def _wrap_existing(llm, args: dict[str, Any]):
@@ -119,6 +152,8 @@ def _open_lm(backend: str, args: dict[str, Any], llm=None):
     try:
         if backend == "vllm" and llm is not None:
             lm = _wrap_existing(llm, args)
+        elif args.get(DECOMPRESS):
+            lm = get_model(backend).create_from_arg_obj(_decompressed_float32(args))
         else:
             lm = get_model(backend).create_from_arg_obj(args)
     except (KeyboardInterrupt, UsageError):

@@ -30,6 +30,7 @@ class EvalSettings(BaseModel):
     pipeline_parallel_size: int = 1
     data_parallel_size: int = 1
     host_heap: str | None = None  # CPU: how host memory was allocated (``engine.heap``)
+    softmax_dtype: str | None = None  # hf: the dtype of its log-probabilities when not the model's (None: the model's)
 
     # fields that may differ between two comparable runs (they do not change the scores)
     NOT_COMPARED: ClassVar[tuple[str, ...]] = ("batch_size", "tensor_parallel_size", "pipeline_parallel_size",
@@ -106,9 +107,10 @@ class EvalResult(ResultEnvelope):
     recovery: list[Recovery] | None = None
     dequantized_from: str | None = None  # scored on a dense copy of this quantized checkpoint
     # what the scored model did with activations the scheme quantizes (``eval.runner.activation_path``): "16-bit"
-    # (the scheme does not quantize them), "kernel" (vLLM ran the scheme's kernel), "emulated" (transformers with
-    # compressed-tensors quantized them in the forward pass), "not emulated" (a dense copy ran them 16-bit: the
-    # row is judged apart, not ranked); None: not recorded
+    # (the scheme does not quantize them), "kernel" (vLLM ran the scheme's kernel), "emulated" (compressed-tensors'
+    # forward_quantize before each Linear: transformers on the checkpoint, or vLLM on a dense copy through
+    # ``engine.emulation``), "not emulated" (a dense copy ran them 16-bit: the row is judged apart, not ranked);
+    # None: not recorded
     activations: Literal["16-bit", "kernel", "emulated", "not emulated"] | None = None
 
     @classmethod

@@ -22,6 +22,7 @@ from typing import Any
 from unittest import mock
 
 from ptq_deploy import checkpoint, stats
+from ptq_deploy.checkpoint.dequantize import ACTIVATIONS_FILE
 from ptq_deploy.engine import heap, vllm_version_shim
 from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.eval import backend, recovery
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- checks before loading anything
 def activation_path(path: str, backend: str, dequantized_from: str | None) -> str | None:
     """``EvalResult.activations`` for a score of ``path`` on ``backend``: does the scored model quantize the
-    activations its scheme quantizes? A dense copy's scheme is read from the checkpoint it was made from."""
+    activations its scheme quantizes? A dense copy's scheme is read from the checkpoint it was made from; vLLM
+    quantizes a copy's activations where the copy carries its spec (``engine.emulation``, checked at load)."""
     try:
         q = checkpoint.read(path).quantization
         source = checkpoint.read(dequantized_from).quantization if dequantized_from else q
@@ -48,8 +50,9 @@ def activation_path(path: str, backend: str, dequantized_from: str | None) -> st
         return None
     if source.input_activations is None:
         return "16-bit"
-    if q.input_activations is None:  # the dense copy of an activation-quantized checkpoint
-        return "not emulated"
+    if q.input_activations is None:  # the dense copy of an activation-quantized checkpoint: vLLM quantizes them
+        emulated = backend == "vllm" and (Path(path) / ACTIVATIONS_FILE).is_file()  # ... by its spec (the plugin)
+        return "emulated" if emulated else "not emulated"
     return "kernel" if backend == "vllm" else "emulated"
 
 

@@ -121,10 +121,12 @@ def fill(row: Row, c: Cell, base: Cell | None, iters: int, seed: int) -> None:
     row.eval_backend = backend
     if ev.activations == "not emulated":
         row.quality_only = True  # judged against the baseline, never ranked: its activations ran 16-bit
-        row.notes.append(f"{row.scheme} quantizes activations but this score ran them 16-bit (a dense copy in vLLM): "
-                         "judged apart, not ranked; `fallback: hf` scores it with the activations emulated")
+        row.notes.append(f"{row.scheme} quantizes activations but this score ran them 16-bit (a dense copy without "
+                         "its activation spec): judged apart, not ranked; dequantize it again (the copy then carries "
+                         "the spec vLLM quantizes them by) or score it with `fallback: hf`")
     elif ev.dequantized_from:
-        row.notes.append("quality scored in vLLM on dequantized weights; speed not measured here")
+        emulated = ", activations quantized as the scheme says" if ev.activations == "emulated" else ""
+        row.notes.append(f"quality scored in vLLM on dequantized weights{emulated}; speed not measured here")
     _scores(row, ev)
     if row.baseline:
         row.verdict = "baseline"

@@ -45,10 +45,9 @@ class ExperimentEval(EvalOptions):
                             "host without vLLM; the experiment's steps then leave out perf)")
     fallback: Literal["dequantized", "hf"] | None = Field(
         "dequantized", description="how a scheme vLLM cannot run here is scored: dequantized (in vLLM on a dense "
-                                   "copy of its weights; a scheme that quantizes activations then runs them 16-bit "
-                                   "and its row is judged apart, not ranked), hf (lm-eval's HF backend, which also "
-                                   "quantizes the activations as the scheme says; the baseline too), or null "
-                                   "(recorded as not runnable)")
+                                   "copy of its weights, its activations quantized as the scheme says), hf (lm-eval's "
+                                   "HF backend on the checkpoint itself; the baseline too), or null (recorded as not "
+                                   "runnable)")
 
 
 class CalibrationOverride(BaseModel):
