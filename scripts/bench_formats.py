@@ -8,7 +8,9 @@ report (``RESULTS_DIR/report``) and records per scheme: the proof inspect gives 
 with the scales), word perplexity with its 95% interval and its paired recovery interval against BF16 on the same
 backend, the verdict, how the activations were treated (``EvalResult.activations``), the size and the compression
 time; and what vLLM itself says when asked to load each checkpoint here (bypassing ``ptq_deploy.hardware.support``
-and the probe): where it refuses, speed is not measured here, and the record says why.
+and the probe): where it refuses, speed is not measured here, and the record says why. Last, per document
+(``--equivalence NVFP4``): transformers on the checkpoint against vLLM on its dense copy with and without the
+activations quantized, and the two backends on BF16, all float32.
 """
 
 from __future__ import annotations
@@ -42,6 +44,45 @@ def _proof(ckpt: Path) -> dict:
             "linear_bits_per_weight": rep.linear_bits_per_weight, "errors": [f.message for f in rep.errors]}
 
 
+def _equivalence(root: Path, model: str, cell: str, baseline: str, limit: int) -> dict:
+    """Per document, float32: transformers on ``cell``'s checkpoint (compressed-tensors quantizes the activations),
+    vLLM on its dense copy with the activations quantized by the copy's spec, the same copy without it (16-bit
+    activations); and the two backends on the baseline, for the gap that is theirs alone."""
+    import shutil
+    import tempfile
+
+    from ptq_deploy.checkpoint.dequantize import ACTIVATIONS_FILE
+    from ptq_deploy.engine import EngineConfig
+    from ptq_deploy.eval import EvalConfig, run_eval
+
+    # documents within one window on both backends (lm-eval cuts rolling windows one token apart on the two)
+    opts = dict(tasks=["austen_ppl"], limit=limit, engine=EngineConfig(max_model_len=2048, dtype="float32"),
+                write=False)
+
+    def per_doc(ckpt: Path, backend: str) -> list[float]:
+        res = run_eval(EvalConfig(checkpoint=str(ckpt), backend=backend, **opts))
+        return [ll for ll, _ in res.tasks["austen_ppl"].per_sample.values["word_perplexity"]]
+
+    def rel(a: list[float], b: list[float]) -> dict:
+        d = [abs(x - y) / abs(x) for x, y in zip(a, b)]
+        return {"worst": max(d), "mean": sum(d) / len(d)}
+
+    dense = layout.dequantized_dir(root, model, cell)
+    with tempfile.TemporaryDirectory(prefix="ptq-plain-") as tmp:
+        plain = Path(tmp) / "plain"
+        shutil.copytree(dense, plain)
+        (plain / ACTIVATIONS_FILE).unlink()
+        docs = {"hf_checkpoint": per_doc(layout.checkpoint_dir(root, model, cell), "hf"),
+                "vllm_emulated": per_doc(dense, "vllm"), "vllm_16bit_activations": per_doc(plain, "vllm"),
+                "hf_baseline": per_doc(layout.checkpoint_dir(root, model, baseline), "hf"),
+                "vllm_baseline": per_doc(layout.checkpoint_dir(root, model, baseline), "vllm")}
+    return {"scheme": cell, "documents": limit, "dtype": "float32", "max_model_len": 2048,
+            "loglikelihood_per_document": docs,
+            "rel_diff": {"emulated_vs_checkpoint": rel(docs["hf_checkpoint"], docs["vllm_emulated"]),
+                         "16bit_activations_vs_checkpoint": rel(docs["hf_checkpoint"], docs["vllm_16bit_activations"]),
+                         "backends_on_baseline": rel(docs["hf_baseline"], docs["vllm_baseline"])}}
+
+
 def _table(rows: list[dict]) -> str:
     lines = ["| scheme | bits/weight | word ppl (95% CI) | recovery % (paired 95% CI) | verdict | backend | "
              "activations | effective GB |", "|---|---|---|---|---|---|---|---|"]
@@ -59,6 +100,9 @@ def main() -> None:
     ap.add_argument("--results-dir", type=Path, default=Path("results") / EXPERIMENT)
     ap.add_argument("--no-run", action="store_true", help="report on what the results dir holds")
     ap.add_argument("--no-probe", action="store_true", help="skip asking vLLM to load each checkpoint")
+    ap.add_argument("--equivalence", default="NVFP4", help="the scheme whose emulation is checked against "
+                    "transformers on its checkpoint, per document ('' skips it)")
+    ap.add_argument("--equivalence-docs", type=int, default=8)
     ap.add_argument("--out", type=Path, default=Path("perf_results"))
     a = ap.parse_args()
     exp = experiment.load(EXPERIMENT)
@@ -73,6 +117,8 @@ def main() -> None:
     ckpts = {c: layout.checkpoint_dir(a.results_dir, lb.model, c) for c in exp.schemes if c != exp.baseline}
     proofs = {c: _proof(p) for c, p in ckpts.items()}
     in_vllm = {} if a.no_probe else {c: _probe(p) for c, p in ckpts.items()}
+    equivalence = (_equivalence(a.results_dir, lb.model, a.equivalence, exp.baseline, a.equivalence_docs)
+                   if a.equivalence else None)
     steps = {f"{s.cell}/{s.step}": {"status": s.status, "s": round(s.duration_s, 1), "reason": s.reason}
              for s in layout.records(a.results_dir)}
     record = {"kind": "formats-benchmark", "schema_version": 1, "experiment": exp.model_dump(mode="json"),
@@ -82,7 +128,8 @@ def main() -> None:
                        "the scheme says (compressed-tensors' forward_quantize before each Linear, engine.emulation), "
                        "against BF16 scored with the same backend and settings; the recovery interval is the paired "
                        "bootstrap over the same documents"),
-              "rows": rows, "proofs": proofs, "vllm_here": in_vllm, "steps": steps,
+              "rows": rows, "proofs": proofs, "vllm_here": in_vllm, "emulation_vs_checkpoint": equivalence,
+              "steps": steps,
               "recommendation": lb.recommendation.model_dump(), "provenance": collect(compress_env=True).model_dump(mode="json")}
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / f"formats_{EXPERIMENT}_{dt.datetime.now():%Y%m%dT%H%M%S}.json"
@@ -92,6 +139,9 @@ def main() -> None:
         print(f"inspect {c}: {'proven' if p['ok'] else 'FAILED'}, {p['storage']}, {p['linear_bits_per_weight']} bits/weight")
     for c, said in in_vllm.items():
         print(f"vLLM here, {c}: {said}")
+    if equivalence:
+        print(f"{a.equivalence} per document vs transformers on the checkpoint (worst relative difference): "
+              + ", ".join(f"{k} {v['worst']:.2e}" for k, v in equivalence["rel_diff"].items()))
     print(f"wrote {path} and {a.results_dir / 'report'}")
 
 

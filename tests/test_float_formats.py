@@ -2,6 +2,7 @@
 inspect proves each format from its tensors and fails a tampered copy; vLLM's rules for other GPUs; a score whose
 activations ran 16-bit is judged apart, never ranked."""
 
+import json
 import math
 import shutil
 
@@ -210,3 +211,32 @@ def test_a_row_whose_activations_ran_16_bit_is_never_ranked(tiny_model, compress
     mx = lb.quality_only[0]
     assert mx.rank is None and mx.cell not in lb.recommendation.candidates
     assert any("ran them 16-bit" in n and "fallback: hf" in n for n in mx.notes), mx.notes
+
+
+ROTATED = "INT4-W4A16-SPINQUANT"  # R1, R2 folded into the weights, then GPTQ
+
+
+@pytest.mark.integration
+def test_rotations_are_proven_where_claimed(compressed, tmp_path):
+    """SpinQuant's R1 (residual stream: embeddings and o/down outputs, q/k/v/gate/up and lm_head inputs) and R2
+    (v output, o input) name modules this model has; a copy whose config lost its rotations, or names a module the
+    model lacks, is an error."""
+    src = compressed(ROTATED, group_size=TINY_BLOCK)
+    rep = _inspect(src)
+    assert rep.ok and rep.quantization.kind == "wna16"
+    rotations = {f.message.split()[1]: f.message for f in rep.findings if f.code == "rotation"}
+    layers = 2
+    assert f"{layers * 5 + 1} modules at weight_input, {1 + layers * 2} modules at weight_output" in rotations["R1"]
+    assert f"{layers} modules at weight_input, {layers} modules at weight_output" in rotations["R2"]
+
+    def tampered(name, change):
+        dst = tmp_path / name
+        shutil.copytree(src, dst)
+        cfg = json.loads((dst / "config.json").read_text())
+        change(cfg["quantization_config"])
+        (dst / "config.json").write_text(json.dumps(cfg))
+        return {f.code for f in _inspect(dst).errors}
+
+    assert tampered("lost", lambda qc: qc.pop("transform_config")) == {"rotation-missing"}
+    renamed = lambda qc: qc["transform_config"]["config_groups"]["R2"]["apply"][0].update(targets=["re:.*w_proj$"])  # noqa: E731
+    assert tampered("renamed", renamed) == {"transform-target-missing"}

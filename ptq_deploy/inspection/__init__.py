@@ -114,6 +114,7 @@ def inspect_checkpoint(cfg: InspectConfig) -> InspectReport:
     linears = verify_linears(linear_mods, by_module, VerifyContext(q, _ct(ck, find), fake, path), find)
     checks.summarise_proof(q, linears, find, fake)
     checks.check_kv_cache(path, q, modules, by_module, headers, find)
+    checks.check_transforms(ck.config, modules, ck.metadata, find)
     checks.check_metadata(ck.metadata, ck.metadata_problem, q, find)
     by_type, by_dtype = aggregate(tensors, modules, linears)
     tensor_bytes = sum(t.nbytes for t in tensors.values())

@@ -97,6 +97,44 @@ def check_kv_cache(path: Path, q: Quantization, modules: dict[str, Module],
         find("info", "kv-cache", f"{len(attn)} attention layers carry calibrated k_scale/v_scale")
 
 
+FOLDED = {"weight_input", "weight_output"}  # compressed-tensors transform locations fused into the weights offline
+
+
+ROTATIONS = ("SpinQuantModifier", "QuIPModifier")
+
+
+def check_transforms(config: dict, modules: dict[str, Module], meta: CheckpointMetadata | None, find) -> None:
+    """A compressed-tensors ``transform_config`` (SpinQuant, QuIP rotations): every transform must target modules
+    this architecture has. Rotations folded into the weights (``weight_input`` / ``weight_output``) leave no
+    tensor of their own: the proof is that each target exists and the weights are stored as the scheme says;
+    online ones (``input`` / ``output``) run at inference."""
+    from compressed_tensors.utils.match import match_name  # imports torch
+
+    groups = ((config.get("quantization_config") or {}).get("transform_config") or {}).get("config_groups") or {}
+    claimed = None
+    if meta is not None and meta.scheme in schemes.names():
+        claimed = next((m for m in ROTATIONS if m in schemes.get(meta.scheme).modifier_names), None)
+    if claimed and not groups:
+        find("error", "rotation-missing", f"ptq_deploy.json says {meta.scheme} ({claimed}) but config.json carries no "
+             "transform_config: the rotations never ran")
+    for name, group in groups.items():
+        where: Counter = Counter()
+        for apply in group.get("apply") or []:
+            for target in apply.get("targets") or []:
+                hit = [n for n in modules if match_name(n, target)]
+                if not hit:
+                    find("error", "transform-target-missing", f"rotation {name} ({group.get('type')}) targets "
+                         f"{target!r} at {apply.get('location')}, which matches no module of this model")
+                where[apply.get("location")] += len(hit)
+        if not where:
+            find("error", "transform-target-missing", f"rotation {name} applies to nothing")
+            continue
+        how = "folded into the weights" if set(where) <= FOLDED else "applied online at inference"
+        block = f", block {group['head_dim']}" if group.get("head_dim") else ""
+        find("info", "rotation", f"rotation {name} ({group.get('type')}{block}): {how}, "
+             + ", ".join(f"{n} modules at {loc}" for loc, n in sorted(where.items())))
+
+
 def check_metadata(meta: CheckpointMetadata | None, problem: str | None, q: Quantization, find) -> None:
     """Does the checkpoint's ``ptq_deploy.json`` agree with what its config carries?"""
     if problem:

@@ -101,7 +101,7 @@ def checkpoint_dir(root: Path, model: str, cell: str) -> Path:
 
 
 def dequantized_dir(root: Path, model: str, cell: str) -> Path:
-    """A weight-only cell's dense copy, scored in vLLM where its kernel does not run."""
+    """A cell's dense copy, scored in vLLM where its kernel does not run (activations quantized by its spec)."""
     return root / "checkpoints" / model / f"{cell}.dequantized"
 
 
