@@ -105,3 +105,19 @@ def test_user_recipe_file(tmp_path):
     assert (s.name, s.weights, s.activations, s.group_size, s.calibration) == ("custom:mine", "int4", "bf16", 32, False)
     with pytest.raises(UsageError, match="not found"):
         schemes.from_recipe_file(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("scheme, method", [("NVFP4A16", "NVFP4"), ("MXFP4A16", "MXFP4"), ("NVFP4", None),
+                                            ("INT4-W4A16-AUTOROUND", "AutoRound"),
+                                            ("INT4-W4A16-SPINQUANT", "SpinQuant+GPTQ"), ("INT4-W4A16", "GPTQ"),
+                                            ("INT4-W4A16-RTN", "RTN")])
+def test_each_weight_only_method_is_its_own_line_on_the_bit_width_curve(scheme, method):
+    """The curve draws a line per ``weight_method``: a float format by its name, AutoRound and the rotations by
+    theirs (not "RTN", which a recipe without GPTQ / AWQ would otherwise read as); activation-quantized: none."""
+    from ptq_deploy.checkpoint.metadata import CheckpointMetadata
+    from ptq_deploy.models import ModelSource
+
+    s = schemes.get(scheme)
+    meta = CheckpointMetadata(scheme=scheme, source=ModelSource(spec="x", kind="local", path="/x"),
+                              recipe=s.resolve(group_size=64 if s.group_adjustable else None).recipe)
+    assert meta.weight_method == method

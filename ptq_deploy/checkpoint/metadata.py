@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ptq_deploy.checkpoint.grid import FakeQuant
-from ptq_deploy.checkpoint.quant import from_recipe, modifiers
+from ptq_deploy.checkpoint.quant import FORMAT_KINDS, from_recipe, modifiers
 from ptq_deploy.data import CalibrationInfo
 from ptq_deploy.models import ModelSource
 from ptq_deploy.provenance import Provenance
@@ -50,8 +50,10 @@ class CheckpointMetadata(BaseModel):
 
     @property
     def weight_method(self) -> str | None:
-        """How the weights were quantized, for weight-only schemes: POT, APOT, AWQ, GPTQ or RTN (a recipe with
-        only a QuantizationModifier); None for a dense copy or a scheme that also quantizes activations."""
+        """How the weights were quantized, for weight-only schemes (one line each on the bit-width curve): POT,
+        APOT, AWQ, AutoRound, GPTQ (SpinQuant+GPTQ after rotations) or RTN (a recipe with only a
+        QuantizationModifier), a float format by its name (NVFP4, MXFP4, MXFP8); None for a dense copy or a
+        scheme that also quantizes activations."""
         if self.fake_quant is not None:
             return self.fake_quant.method.upper()
         if not self.recipe:
@@ -59,8 +61,14 @@ class CheckpointMetadata(BaseModel):
         q = from_recipe(self.recipe)
         if q.weights is None or q.input_activations is not None:
             return None
+        if q.weight_kind in FORMAT_KINDS:
+            return q.weight_kind.upper()
         names = {name for name, _ in modifiers(self.recipe)}
-        return "AWQ" if "AWQModifier" in names else "GPTQ" if "GPTQModifier" in names else "RTN"
+        rotated = "SpinQuant+" if "SpinQuantModifier" in names else "QuIP+" if "QuIPModifier" in names else ""
+        for modifier, method in (("AWQModifier", "AWQ"), ("AutoRoundModifier", "AutoRound"), ("GPTQModifier", "GPTQ")):
+            if modifier in names:
+                return rotated + method
+        return rotated + "RTN"
 
     def write(self, checkpoint: Path) -> None:
         atomic_write_text(Path(checkpoint) / METADATA_FILE, self.model_dump_json(indent=2) + "\n", force=True)
