@@ -81,6 +81,22 @@ def _tamper(ckpt: Path) -> dict:
             "tampered_errors": [f.message for f in rep.errors]}
 
 
+def run_and_report(name: str, results_dir: Path, no_run: bool):
+    """Run the bundled experiment ``name`` into ``results_dir`` (unless ``no_run``; a rerun skips finished
+    steps), write its report there and return (experiment, report, the first leaderboard)."""
+    exp = experiment.load(name)
+    if not no_run:
+        run(exp, RunOptions(results_dir=results_dir))
+    rep = build_report(results_dir)
+    write_report(rep, results_dir / "report")
+    return exp, rep, rep.leaderboards[0]
+
+
+def step_times(results_dir: Path) -> dict:
+    return {f"{s.cell}/{s.step}": {"status": s.status, "s": round(s.duration_s, 1), "reason": s.reason}
+            for s in layout.records(results_dir)}
+
+
 def _table(rows: list[dict]) -> str:
     lines = ["| scheme | method | bits | bits/weight | word ppl (95% CI) | cloze acc ± se | effective GB | compress s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -98,12 +114,7 @@ def main() -> None:
     ap.add_argument("--no-probe", action="store_true", help="skip asking vLLM to load the W3A16 / W2A16 checkpoints")
     ap.add_argument("--out", type=Path, default=Path("perf_results"))
     a = ap.parse_args()
-    exp = experiment.load(EXPERIMENT)
-    if not a.no_run:
-        run(exp, RunOptions(results_dir=a.results_dir))
-    rep = build_report(a.results_dir)
-    write_report(rep, a.results_dir / "report")
-    lb = rep.leaderboards[0]
+    exp, rep, lb = run_and_report(EXPERIMENT, a.results_dir, a.no_run)
     rows = sorted((_row(r) for r in [*lb.rows, *lb.quality_only]), key=lambda x: (x["method"] or "", -x["bits"]))
     base = next(c for c in load_cells(a.results_dir) if c.cell == exp.baseline)
     by_backend = {r.backend: r.tasks["austen_ppl"].metrics["word_perplexity"].value
@@ -113,8 +124,7 @@ def main() -> None:
         if schemes.get(c).weight_bits in (2, 3) and not schemes.get(c).quality_only}
     tamper = {c: _tamper(layout.checkpoint_dir(a.results_dir, lb.model, c)) for c in exp.schemes
               if schemes.get(c).quality_only}
-    steps = {f"{s.cell}/{s.step}": {"status": s.status, "s": round(s.duration_s, 1), "reason": s.reason}
-             for s in layout.records(a.results_dir)}
+    steps = step_times(a.results_dir)
     record = {"kind": "bitwidth-benchmark", "schema_version": 1, "experiment": exp.model_dump(mode="json"),
               "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "note": ("one run per scheme on a shared 2-core CPU (OMP_NUM_THREADS=1); compress_s is the compress "

@@ -21,17 +21,14 @@ import json
 import sys
 from pathlib import Path
 
-from bench_bitwidth import _probe, _row  # the same figures per scheme as the bit-width record
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's ptq_deploy (the record's revision)
+
+from bench_bitwidth import _probe, _row, run_and_report, step_times  # noqa: E402  (the bit-width record's figures)
 
 from ptq_deploy.inspection import InspectConfig, inspect_checkpoint  # noqa: E402
 from ptq_deploy.provenance import collect  # noqa: E402
-from ptq_deploy.report import build_report, write_report  # noqa: E402
 from ptq_deploy.report.cells import load_cells  # noqa: E402
-from ptq_deploy.suite import experiment, layout  # noqa: E402
-from ptq_deploy.suite.execute import run  # noqa: E402
-from ptq_deploy.suite.plan import RunOptions  # noqa: E402
+from ptq_deploy.suite import layout  # noqa: E402
 
 EXPERIMENT = "formats-smollm2"
 
@@ -105,12 +102,7 @@ def main() -> None:
     ap.add_argument("--equivalence-docs", type=int, default=8)
     ap.add_argument("--out", type=Path, default=Path("perf_results"))
     a = ap.parse_args()
-    exp = experiment.load(EXPERIMENT)
-    if not a.no_run:
-        run(exp, RunOptions(results_dir=a.results_dir))
-    rep = build_report(a.results_dir)
-    write_report(rep, a.results_dir / "report")
-    lb = rep.leaderboards[0]
+    exp, _, lb = run_and_report(EXPERIMENT, a.results_dir, a.no_run)
     evals = {c.cell: c.results.get("eval") for c in load_cells(a.results_dir)}
     rows = [{**_row(r), "verdict_note": r.quality_note, "activations": getattr(evals.get(r.cell), "activations", None)}
             for r in [*lb.rows, *lb.quality_only]]
@@ -119,8 +111,7 @@ def main() -> None:
     in_vllm = {} if a.no_probe else {c: _probe(p) for c, p in ckpts.items()}
     equivalence = (_equivalence(a.results_dir, lb.model, a.equivalence, exp.baseline, a.equivalence_docs)
                    if a.equivalence else None)
-    steps = {f"{s.cell}/{s.step}": {"status": s.status, "s": round(s.duration_s, 1), "reason": s.reason}
-             for s in layout.records(a.results_dir)}
+    steps = step_times(a.results_dir)
     record = {"kind": "formats-benchmark", "schema_version": 1, "experiment": exp.model_dump(mode="json"),
               "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "note": ("one run per scheme on a shared 2-core CPU; vLLM runs none of these formats here, so each is "

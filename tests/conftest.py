@@ -136,6 +136,21 @@ def ckpt_dir(shared) -> Path:
 COMPRESS_RESULTS: dict[str, object] = {}  # checkpoint path -> its CompressResult
 
 
+def austen_ppl_per_document(ckpt: Path, backend: str, max_model_len: int, limit: int = 4):
+    """``(eval result, each document's log-likelihood)``: austen_ppl scored float32 on ``backend`` (the
+    dense-copy tests compare what is computed, not bf16 rounding)."""
+    from ptq_deploy.engine import EngineConfig
+    from ptq_deploy.eval import EvalConfig, run_eval
+
+    res = run_eval(EvalConfig(checkpoint=str(ckpt), backend=backend, tasks=["austen_ppl"], limit=limit, write=False,
+                              engine=EngineConfig(max_model_len=max_model_len, dtype="float32")))
+    return res, [ll for ll, _ in res.tasks["austen_ppl"].per_sample.values["word_perplexity"]]
+
+
+def worst_relative_difference(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) / abs(x) for x, y in zip(a, b))
+
+
 def _compressed_once(ckpt_dir: Path, name: str, config: Callable[[Path], object]) -> Path:
     """The checkpoint ``config(out)`` compresses, made once per run; its ``CompressResult`` kept beside it."""
     from ptq_deploy.compress import CompressResult, compress

@@ -3,13 +3,12 @@ quantized checkpoint computes (per-document scores equal lm-eval's HF backend on
 checkpoint, within float tolerance), and it keeps the cell's names."""
 
 import pytest
+from conftest import austen_ppl_per_document, worst_relative_difference
 from safetensors import safe_open
 
 from ptq_deploy import checkpoint
 from ptq_deploy.checkpoint.dequantize import dequantize
-from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import UsageError
-from ptq_deploy.eval import EvalConfig, run_eval
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +29,10 @@ def test_dense_copy_scores_what_the_quantized_checkpoint_scores(compressed, tiny
 
     # float32 on both backends: the comparison is of what is computed, not of bf16 rounding (on an AVX-512
     # CPU dtype auto is bf16, and the two backends' own gap then reaches ~2e-3)
-    opts = dict(tasks=["austen_ppl"], limit=4, engine=EngineConfig(max_model_len=512, dtype="float32"), write=False)
-
     def per_doc(ckpt, backend):
-        res = run_eval(EvalConfig(checkpoint=str(ckpt), backend=backend, **opts))
-        return res, [ll for ll, _ in res.tasks["austen_ppl"].per_sample.values["word_perplexity"]]
+        return austen_ppl_per_document(ckpt, backend, max_model_len=512)
 
-    def worst_rel(a, b):
-        return max(abs(x - y) / abs(x) for x, y in zip(a, b))
+    worst_rel = worst_relative_difference
 
     hf_q, hf_quantized = per_doc(src, "hf")
     _, hf_dense = per_doc(dense, "hf")

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import COMPRESS_RESULTS
+from conftest import COMPRESS_RESULTS, austen_ppl_per_document, worst_relative_difference
 from report_synth import answers, cloze_task, documents, eval_result, ppl_task, put
 from safetensors.torch import load_file, save_file
 
@@ -156,24 +156,18 @@ def test_vllm_quantizes_a_dense_copys_activations_as_the_checkpoint_does(compres
     ~7e-6): a quantizer turns that float noise into rounding flips of whole FP4 steps. Measured on the 2-core AMX
     CPU: 7.9e-5 for NVFP4 (1.8e-5 for MXFP8), against 3.2e-4 (1.8e-4) without the activations quantized."""
     from ptq_deploy.checkpoint.dequantize import ACTIVATIONS_FILE, dequantize
-    from ptq_deploy.engine import EngineConfig
-    from ptq_deploy.eval import EvalConfig, run_eval
 
     src = compressed("NVFP4")
     dense = dequantize(src, tmp_path / "dense")
     plain = tmp_path / "plain"
     shutil.copytree(dense, plain)
     (plain / ACTIVATIONS_FILE).unlink()
-    # float32 on both backends, and documents within one window of the model's whole length on both (lm-eval cuts
-    # its rolling windows one token apart on the two): the comparison is of what is computed
-    opts = dict(tasks=["austen_ppl"], limit=4, engine=EngineConfig(max_model_len=1024, dtype="float32"), write=False)
-
+    # documents within one window of the model's whole length on both backends (lm-eval cuts its rolling windows
+    # one token apart on the two): the comparison is of what is computed
     def per_doc(ckpt, backend):
-        res = run_eval(EvalConfig(checkpoint=str(ckpt), backend=backend, **opts))
-        return res, [ll for ll, _ in res.tasks["austen_ppl"].per_sample.values["word_perplexity"]]
+        return austen_ppl_per_document(ckpt, backend, max_model_len=1024)
 
-    def worst_rel(a, b):
-        return max(abs(x - y) / abs(x) for x, y in zip(a, b))
+    worst_rel = worst_relative_difference
 
     (hf, on_checkpoint), (emulated, in_vllm), (unemulated, without) = (
         per_doc(src, "hf"), per_doc(dense, "vllm"), per_doc(plain, "vllm"))
