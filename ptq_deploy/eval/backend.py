@@ -19,12 +19,11 @@
 from __future__ import annotations
 
 import gc
-import json
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from ptq_deploy import engine
+from ptq_deploy import checkpoint, engine
 from ptq_deploy.checkpoint import ct_compat
 from ptq_deploy.engine.server import Server
 from ptq_deploy.errors import NotRunnableHere, PtqError, UsageError, one_line
@@ -78,7 +77,8 @@ def plan(cfg: EvalConfig, model_path: str, hw: HardwareInfo, llm=None) -> tuple[
         args = dict(pretrained=model_path, dtype=r.dtype, device="cuda" if hw.gpus else "cpu",
                     max_length=r.max_model_len, add_bos_token=cfg.add_bos_token, batch_size=batch,
                     **({"softmax_dtype": softmax} if softmax else {}))
-        if r.dtype == "float32" and _compressed_tensors(model_path):
+        if r.dtype == "float32" and Path(model_path).is_dir() \
+                and checkpoint.read(model_path).quantization.method == "compressed-tensors":
             args[DECOMPRESS] = True  # ``_open_lm`` loads it decompressed, in float32 throughout
         return settings, args
     settings = EvalSettings(backend="vllm", dtype=r.dtype, max_model_len=r.max_model_len,
@@ -88,14 +88,6 @@ def plan(cfg: EvalConfig, model_path: str, hw: HardwareInfo, llm=None) -> tuple[
                           "batch_size": cfg.batch_size}
     engine.apply_environment(r)
     return settings, engine.lm_eval_model_args(r, add_bos_token=cfg.add_bos_token, batch_size=cfg.batch_size)
-
-
-def _compressed_tensors(model_path: str) -> bool:
-    try:
-        config = json.loads((Path(model_path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
 
 
 def _decompressed_float32(args: dict[str, Any]) -> dict[str, Any]:

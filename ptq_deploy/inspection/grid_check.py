@@ -6,8 +6,6 @@ distinct values, each a declared level times the group's scale (``checkpoint.gri
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ptq_deploy.checkpoint import TensorEntry
 from ptq_deploy.checkpoint.grid import check_levels
 from ptq_deploy.compress.schemes import linear_targets
@@ -29,8 +27,7 @@ def verify_fake_quant(m: Module, t: dict[str, TensorEntry], ctx):
         return None, ([f"weight is {w.dtype}, not a dense (16/32-bit) tensor"], w.dtype)
     if len(w.shape) != 2 or w.shape[1] % fq.group_size:
         return None, ([f"group size {fq.group_size} does not divide weight shape {w.shape}"], w.dtype)
-    from safetensors import safe_open  # imports torch for "pt"
-
-    with safe_open(str(Path(ctx.path) / w.file), "pt") as f:
-        check = check_levels(f.get_tensor(w.name), fq)
-    return None, (check.problems, f"{fq.describe()}, stored {w.dtype}")
+    values = ctx.read(w)  # the file stays open for the next layer's weight
+    if values is None:
+        return None, ([f"weight cannot be read: {w.file} does not open"], w.dtype)
+    return None, (check_levels(values, fq).problems, f"{fq.describe()}, stored {w.dtype}")
