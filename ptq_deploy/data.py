@@ -41,6 +41,9 @@ class CalibrationInfo(BaseModel):
     seed: int
     sha256: str
     chat_template: bool
+    # AutoRound's samples, joined with EOS and cut into equal chunks (compress.worker.pack_equal_length):
+    # (chunks, tokens each); None where the samples were calibrated on as they are
+    packed: tuple[int, int] | None = None
 
 
 def _row_text(row: dict[str, Any], tokenizer) -> tuple[str, bool]:

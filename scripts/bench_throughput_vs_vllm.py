@@ -1,7 +1,7 @@
 """Compare ptq-deploy's offline throughput with ``vllm bench throughput`` on the same checkpoint,
 engine settings and workload, in the same run; write the ratio to perf_results/.
 
-    python scripts/bench_throughput_vs_vllm.py [--checkpoint DIR] [--rounds 5] [--num-prompts 32 --input-len 128 --output-len 64]
+    python scripts/bench_throughput_vs_vllm.py [--checkpoint DIR] [--rounds 5] [--pairs 10] [--num-prompts 32 --input-len 128 --output-len 64]
 
 Both sides run the same way, so that the only difference is the code that measures:
 - each round starts one fresh process per side (``vllm bench throughput`` exits after one timed pass,
@@ -19,6 +19,15 @@ Both sides run the same way, so that the only difference is the code that measur
 
 The figures are the per-round ratios ptq-deploy / vLLM (requests/s), with their spread over rounds and a
 95% t-interval of the mean; the target is a median within 0.98-1.02 on the same settings.
+
+Across processes, the round-to-round drift of a shared 2-core machine (one side's req/s moving by a third
+between rounds) is larger than the difference looked for. ``--pairs N`` therefore also times the two
+measuring codes on one engine in one process, alternating pass by pass: vLLM's own timed function
+(``vllm.benchmarks.throughput._run_vllm_requests``, what ``vllm bench throughput`` times, on the requests
+its random dataset gives) and perf's ``measure_throughput`` on perf's workload (the same prompts; checked),
+the prefix cache emptied before each pass of either (vLLM's tool warms up on other prompts, so its timed
+pass finds nothing cached). Each pair's ratio isolates what the two codes time; drift hits both passes of a
+pair alike.
 """
 
 from __future__ import annotations
@@ -62,6 +71,16 @@ class Round(BaseModel):
     ratio_same_settings: float  # ours / vllm --disable-log-stats
 
 
+class InProcess(BaseModel):
+    """Both measuring codes alternating on one engine (``--pairs``)."""
+
+    vllm_requests_per_s: list[float]  # _run_vllm_requests, pass by pass
+    ours_requests_per_s: list[float]  # perf's measure_throughput, one pass each
+    orders: list[str]
+    ratio: Summary  # per pair, ours / vllm
+    ratio_ci95: tuple[float, float]
+
+
 class BenchResult(BaseModel):
     schema_version: int = SCHEMA_VERSION
     kind: str = "bench-throughput-vs-vllm"
@@ -80,6 +99,7 @@ class BenchResult(BaseModel):
     ratio_same_settings: Summary | None = None  # per-round ratios vs --disable-log-stats (perf's engine setting)
     ratio_same_settings_ci95: tuple[float, float] | None = None
     ratio_first_pass_same_settings: Summary | None = None  # ours' first pass alone / vllm --disable-log-stats
+    in_process: InProcess | None = None  # --pairs: both measuring codes on one engine
     target: tuple[float, float] = (0.98, 1.02)
     meets_target: bool  # median same-settings ratio within the target
     vllm_command: list[str]
@@ -101,19 +121,6 @@ def vllm_side(cfg: engine.ResolvedEngine, a, stats: bool = True) -> tuple[dict, 
         return json.loads(out.read_text()), cmd
 
 
-def ours_side(a) -> dict:
-    """A fresh process running perf's throughput measurement; returns each timed pass's req/s."""
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "ours.json"
-        cmd = [sys.executable, __file__, "--side", "ours", "--side-output", str(out), "--checkpoint", a.checkpoint,
-               "--num-prompts", str(a.num_prompts), "--input-len", str(a.input_len), "--output-len", str(a.output_len),
-               "--iterations", str(a.iterations), "--max-model-len", str(a.max_model_len), "--seed", str(a.seed)]
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        if p.returncode != 0:
-            sys.exit(f"error: ptq-deploy side failed ({p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
-        return json.loads(out.read_text())
-
-
 def run_ours(ecfg: engine.EngineConfig, cfg: engine.ResolvedEngine, hw, a) -> None:
     llm, _ = engine.load(cfg.model, ecfg, hw)
     try:
@@ -128,6 +135,60 @@ def run_ours(ecfg: engine.EngineConfig, cfg: engine.ResolvedEngine, hw, a) -> No
         "total_tokens_per_s": statistics.median(t.total_tokens_per_s.median for t in passes)}))
 
 
+def run_pairs(ecfg: engine.EngineConfig, cfg: engine.ResolvedEngine, hw, a) -> None:
+    from vllm.benchmarks.datasets import RandomDataset
+    from vllm.benchmarks.throughput import _run_vllm_requests
+
+    llm, _ = engine.load(cfg.model, ecfg, hw)
+    try:
+        tok = workload.load_tokenizer(cfg.model)
+        samples = RandomDataset(random_seed=a.seed).sample(  # what `vllm bench throughput --dataset-name random` times
+            tokenizer=tok, num_requests=a.num_prompts, prefix_len=0, input_len=a.input_len,
+            output_len=a.output_len, range_ratio=0.0)
+        reqs = workload.build(tok, "random", a.num_prompts, a.input_len, a.output_len, cfg.seed)
+        if [s.prompt for s in samples] != [r.prompt for r in reqs]:
+            sys.exit("error: perf's random workload and vLLM's random dataset gave different prompts")
+
+        def vllm_pass() -> float:
+            offline.reset_prefix_cache(llm)
+            dt, _ = _run_vllm_requests(llm, samples, n=1, disable_detokenize=False, do_profile=False,
+                                       prequeue_requests=False, enable_lora=False)
+            return a.num_prompts / dt
+
+        def ours_pass() -> float:
+            return offline.measure_throughput(llm, reqs, 1, warmup=0).requests_per_s.median
+
+        vllm_pass(), ours_pass()  # warm-up: one pass of each
+        got: dict[str, list[float]] = {"vllm": [], "ours": []}
+        orders = []
+        for i in range(a.pairs):
+            order = ("vllm", "ours") if i % 2 == 0 else ("ours", "vllm")
+            for side in order:
+                got[side].append(vllm_pass() if side == "vllm" else ours_pass())
+            orders.append(",".join(order))
+            print(f"pair {i} ({orders[-1]}): vLLM's timing {got['vllm'][-1]:.3f} req/s, perf's "
+                  f"{got['ours'][-1]:.3f} req/s", file=sys.stderr, flush=True)
+    finally:
+        engine.shutdown(llm)
+    ratio = Summary.of([o / v for o, v in zip(got["ours"], got["vllm"])])
+    Path(a.side_output).write_text(InProcess(vllm_requests_per_s=got["vllm"], ours_requests_per_s=got["ours"],
+                                             orders=orders, ratio=ratio, ratio_ci95=ratio.ci95()).model_dump_json())
+
+
+def side_process(side: str, a) -> str:
+    """Run ``--side SIDE`` in a fresh process; returns what it wrote."""
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "side.json"
+        cmd = [sys.executable, __file__, "--side", side, "--side-output", str(out), "--checkpoint", a.checkpoint,
+               "--num-prompts", str(a.num_prompts), "--input-len", str(a.input_len), "--output-len", str(a.output_len),
+               "--iterations", str(a.iterations), "--pairs", str(a.pairs), "--max-model-len", str(a.max_model_len),
+               "--seed", str(a.seed)]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            sys.exit(f"error: the {side} side failed ({p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
+        return out.read_text()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="default: the embedded SmolLM2-135M (BF16)")
@@ -139,7 +200,9 @@ def main() -> None:
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output-dir", type=Path, default=Path("perf_results"))
-    ap.add_argument("--side", choices=["ours"], help=argparse.SUPPRESS)
+    ap.add_argument("--pairs", type=int, default=0, help="also time both measuring codes alternating on one engine, "
+                    "this many pairs (0: not)")
+    ap.add_argument("--side", choices=["ours", "pairs"], help=argparse.SUPPRESS)
     ap.add_argument("--side-output", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.checkpoint is None:
@@ -151,6 +214,13 @@ def main() -> None:
     cfg = engine.prepare(a.checkpoint, ecfg, hw)
     if a.side == "ours":
         return run_ours(ecfg, cfg, hw, a)
+    if a.side == "pairs":
+        return run_pairs(ecfg, cfg, hw, a)
+    in_process = InProcess.model_validate_json(side_process("pairs", a)) if a.pairs else None
+    if in_process:
+        lo, hi = in_process.ratio_ci95
+        print(f"in one process, ptq-deploy's timing / vLLM's: median {in_process.ratio.median:.3f} over {a.pairs} "
+              f"pairs (95% CI [{lo:.3f}, {hi:.3f}])", flush=True)
 
     rounds, cmd = [], []
     sides = ["vllm", "vllm-nostats", "ours"]
@@ -163,7 +233,7 @@ def main() -> None:
             elif side == "vllm-nostats":
                 got[side], _ = vllm_side(cfg, a, stats=False)
             else:
-                got["ours"] = ours_side(a)
+                got["ours"] = json.loads(side_process("ours", a))
         v, vn, o = got["vllm"], got["vllm-nostats"], got["ours"]
         med = statistics.median(o["passes_requests_per_s"])
         rnd = Round(order=",".join(order), vllm_requests_per_s=v["requests_per_second"],
@@ -189,7 +259,7 @@ def main() -> None:
                       ratio_same_settings=Summary.of(same), ratio_same_settings_ci95=Summary.of(same).ci95(),
                       ratio_first_pass_same_settings=Summary.of([x.ours_first_pass_requests_per_s
                                                                  / x.vllm_nostats_requests_per_s for x in rounds]),
-                      meets_target=0.98 <= statistics.median(same) <= 1.02, vllm_command=cmd,
+                      meets_target=0.98 <= statistics.median(same) <= 1.02, in_process=in_process, vllm_command=cmd,
                       env={k: os.environ[k] for k in ("OMP_NUM_THREADS", "VLLM_ENABLE_V1_MULTIPROCESSING",
                                                       "VLLM_CPU_KVCACHE_SPACE") if k in os.environ},
                       provenance=collect(hw))

@@ -273,19 +273,19 @@ SUITE_PERF = {"num_prompts": 4, "input_len": 16, "output_len": 8, "iterations": 
 @pytest.fixture(scope="session")
 def tiny_suite(tiny_model, quick_quant) -> dict:
     """An experiment on the tiny model: BF16, the fastest calibration-free scheme here and INT8-W8A16-RTN, every
-    step, small settings."""
+    step, small settings; an accuracy and a perplexity task (test_report reads its run)."""
     quant, opts = quick_quant
     return {"name": "tiny", "schemes": list(dict.fromkeys(["BF16", quant, "INT8-W8A16-RTN"])),
             "models": [{"name": "tiny", "source": str(tiny_model), "group_size": opts.get("group_size"),
                         "engine": {"max_model_len": 256}}],
             "compress": {"num_samples": 4, "max_seq_len": 32}, "perf": SUITE_PERF,
-            "eval": {"tasks": ["austen_ppl"], "limit": 4}}
+            "eval": {"tasks": ["austen_cloze", "austen_ppl"], "limit": 4}}
 
 
 @pytest.fixture(scope="session")
 def serial_run(tiny_suite, shared) -> Path:
-    """``tiny_suite`` run once per test run, serially in-process: its results dir (test_suite reads it,
-    test_lanes compares a ``--lanes 2`` run with it)."""
+    """``tiny_suite`` run once per test run, serially in-process: its results dir (test_suite and test_report read
+    it, test_lanes and test_ray compare their runs with it)."""
     from ptq_deploy.suite.execute import run
     from ptq_deploy.suite.experiment import Experiment
     from ptq_deploy.suite.plan import RunOptions

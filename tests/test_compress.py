@@ -158,3 +158,18 @@ print(json.dumps({"before": before, "peak": r.peak_rss_bytes}))
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 100 * 2**20 < got["peak"] < got["before"] - 2 * 2**30, got
     assert (tmp_path / "ck" / "config.json").is_file()
+
+
+def test_autoround_calibrates_on_equal_length_chunks_of_the_same_tokens():
+    """AutoRound's samples are never padded (worker.pack_equal_length says why): the shipped AutoRound recipe is
+    recognised, GPTQ's is not, and the chunks are the EOS-joined texts cut to one length."""
+    from ptq_deploy.compress import schemes
+    from ptq_deploy.compress.worker import pack_equal_length, uses_autoround
+
+    assert uses_autoround(schemes.get("INT4-W4A16-AUTOROUND").resolve(group_size=64).recipe)
+    assert not uses_autoround(schemes.get("INT4-W4A16").resolve(group_size=64).recipe)
+    ids = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10], [11]]  # lengths 3, 2, 5, 1: padded to 5 before
+    chunks = pack_equal_length(ids, 4, eos=0)
+    stream = [1, 2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 10, 0, 11, 0]
+    assert chunks == [stream[0:4], stream[4:8], stream[8:12]]  # the last 3 tokens fall short of a chunk
+    assert pack_equal_length([[1, 2]], 8, eos=None) == [[1, 2]]  # shorter than one chunk: one chunk of it all

@@ -9,10 +9,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import COMPRESS_RESULTS
 from report_synth import CLI_ENV, answers, cloze_task, documents, eval_result, ppl_task, put
 
-from ptq_deploy.engine import EngineConfig
 from ptq_deploy.errors import UsageError
 from ptq_deploy.report import build_report, compare_reports, render, write_comparison, write_report
 from ptq_deploy.report.leaderboard import pareto
@@ -20,36 +18,15 @@ from ptq_deploy.report.row import flat, to_frame
 from ptq_deploy.stats import Summary
 from ptq_deploy.suite.layout import result_file
 
-TASKS = ["austen_cloze", "austen_ppl"]
 INT4_REASON = "INT4-W4A16 needs the AVX-512 build of vLLM (CPU WNA16 kernels); this CPU has AVX2 only"
 
 
 # ---------------------------------------------------------------- real steps on the tiny model
 @pytest.fixture(scope="module")
-def real_results(tiny_model, compressed, quick_quant, engines, tmp_path_factory) -> Path:
-    """BF16 (the tiny model itself, no compress step) and the calibration-free scheme vLLM runs fastest here
-    (compressed through the product path): inspect, perf (offline) and eval (bundled tasks) on one shared engine
-    per checkpoint."""
-    from ptq_deploy.eval import EvalConfig, run_eval
-    from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
-    from ptq_deploy.perf import PerfConfig, run_perf
-
-    root = tmp_path_factory.mktemp("report") / "results"
-    root.mkdir()
-    (root / "experiment.yaml").write_text("name: report-test\nbaseline: BF16\n")
-    quant, opts = quick_quant
-    for cell, ckpt in (("BF16", tiny_model), (quant, compressed(quant, **opts))):
-        if str(ckpt) in COMPRESS_RESULTS:
-            put(root, "tiny", cell, "compress", COMPRESS_RESULTS[str(ckpt)])
-        put(root, "tiny", cell, "inspect", inspect_checkpoint(InspectConfig(checkpoint=ckpt)))
-        llm, info = engines.get(ckpt)
-        put(root, "tiny", cell, "perf", run_perf(PerfConfig(checkpoint=str(ckpt), num_prompts=4, input_len=16, output_len=8,
-                                                              iterations=2, warmup=0, serving=False, write=False),
-                                                   llm=llm, info=info))
-        put(root, "tiny", cell, "eval", run_eval(EvalConfig(checkpoint=str(ckpt), tasks=TASKS, limit=8, engine=EngineConfig(max_model_len=512),
-                                                             write=False), llm=llm))
-    engines.close()
-    return root
+def real_results(serial_run, tiny_suite) -> Path:
+    """The session's real run of ``tiny_suite`` (``serial_run``: BF16, the calibration-free scheme vLLM runs
+    fastest here, INT8-W8A16-RTN; compress, inspect, perf and eval through the suite), read, never re-run."""
+    return serial_run
 
 
 def _read(root: Path, cell: str, step: str, model: str = "tiny"):
@@ -94,7 +71,7 @@ def _synth_perf(base_perf, tok_s: float, weights: float):
 def results(real_results, tmp_path_factory) -> Path:
     """The real results plus a second model "synth" with controlled numbers and a not-runnable cell."""
     root = tmp_path_factory.mktemp("report-synth") / "results"
-    shutil.copytree(real_results, root)
+    shutil.copytree(real_results, root, ignore=shutil.ignore_patterns("checkpoints"))
     base_perf = _read(real_results, "BF16", "perf")
     for cell, (cloze, ppl, tok_s, weights, kv) in SYNTH.items():
         put(root, "synth", cell, "eval", _synth_eval(cell, cloze, ppl, kv), kv=kv)
@@ -126,35 +103,37 @@ def _lb(rep, model):
 
 
 # ---------------------------------------------------------------- tests
-def test_real_rows_have_every_figure(report, quick_quant):
+def test_real_rows_have_every_figure(report, quick_quant, tiny_suite):
+    tasks, limit, iterations = tiny_suite["eval"]["tasks"], tiny_suite["eval"]["limit"], tiny_suite["perf"]["iterations"]
     lb = _lb(report, "tiny")
-    assert [r.cell for r in lb.rows] == ["BF16", quick_quant[0]] and lb.baseline == "BF16"
-    base, quant = lb.rows
+    rows = {r.cell: r for r in lb.rows}
+    assert rows.keys() == set(tiny_suite["schemes"]) and lb.baseline == "BF16" and lb.rows[0].cell == "BF16"
+    base, quant = rows["BF16"], rows[quick_quant[0]]
     assert base.baseline and base.rank == 1 and base.verdict == "baseline" and base.worst_recovery_pct == 100
     assert base.quality == "baseline"
-    assert base.speedup == 1 and base.compress_s is None  # the tiny model stands as baseline: no compress step
-    assert set(base.tasks) == set(TASKS) and base.eval_backend == "vllm"
+    assert base.speedup == 1 and base.compress_s > 0  # the run's BF16 copy is its own compress step
+    assert set(base.tasks) == set(tasks) and base.eval_backend == "vllm"
     for r in (base, quant):
         assert r.status_text == "ok" and r.acc_avg is not None and r.acc_avg_stderr is not None
         assert r.ppl is not None and r.ppl > 1 and r.ppl_task == "austen_ppl"
-        assert r.throughput_tok_s > 0 and r.throughput_n == 2
+        assert r.throughput_tok_s > 0 and r.throughput_n == iterations
         assert r.ttft_p50_ms > 0 and r.tpot_p99_ms > 0 and r.latency_source == "offline, batch 1"
         assert r.weights_gb > 0 and r.memory_gb > 0 and r.roofline_pct is not None
     assert quant.compress_s > 0 and quant.weights_gb < base.weights_gb
-    for t in TASKS:  # every quality measure has a recovery with its interval, and an outcome
+    for t in tasks:  # every quality measure has a recovery with its interval, and an outcome
         ts = quant.tasks[t]
-        assert ts.method.startswith("paired bootstrap") and ts.n == 8
+        assert ts.method.startswith("paired bootstrap") and ts.n == limit
         assert ts.recovery_low_pct <= ts.recovery_pct <= ts.recovery_high_pct
         lo, hi = ts.recovery_low_pct, ts.recovery_high_pct  # the verdict and outcome follow from the interval
         assert ts.verdict == ("improved" if lo > 100 else "regressed" if hi < 100 else "not distinguishable") \
             or min(abs(lo - 100), abs(hi - 100)) < 0.01  # an edge the rounding to 4 digits decides
         assert ts.outcome == ("meets" if lo >= 99 else "fails" if hi < 99 else "inconclusive")
         assert ts.min_recovery_pct == 99
-    assert quant.worst_recovery_pct == min(quant.tasks[t].recovery_pct for t in TASKS)
+    assert quant.worst_recovery_pct == min(quant.tasks[t].recovery_pct for t in tasks)
     headers = [c.header for c in render.columns(lb)]
-    for t in TASKS:  # the table says how many documents each comparison pairs
+    for t in tasks:  # the table says how many documents each comparison pairs
         assert f"{t} {quant.tasks[t].metric} (n={quant.tasks[t].n})" in headers, headers
-    outcomes = {quant.tasks[t].outcome for t in TASKS}
+    outcomes = {quant.tasks[t].outcome for t in tasks}
     assert quant.ppl_delta is not None
     assert quant.quality == next(q for q in ("fails", "inconclusive", "meets") if q in outcomes)
     assert quant.speedup == pytest.approx(quant.throughput_tok_s / base.throughput_tok_s, rel=1e-3)
@@ -254,11 +233,12 @@ def test_every_markdown_number_equals_the_json(written):
     assert "![quality_vs_throughput](plots/quality_vs_throughput.png)" in md
 
 
-def test_csv_and_frame_match_the_json(written, report):
+def test_csv_and_frame_match_the_json(written, report, tiny_suite):
     import pandas as pd
 
     csv = pd.read_csv(written / "leaderboard.csv")
-    assert len(csv) == len(report.rows()) == 10
+    synth = len(SYNTH) + len(EVAL_ONLY) + 1  # + INT4-W4A16, not runnable
+    assert len(csv) == len(report.rows()) == len(tiny_suite["schemes"]) + synth
     for r, (_, c) in zip(report.rows(), csv.iterrows()):
         assert (c["model"], c["cell"], c["rank"]) == (r.model, r.cell, r.rank)
         for f in ("worst_recovery_pct", "throughput_tok_s", "weights_gb", "tasks.austen_cloze.value",

@@ -8,6 +8,7 @@ written to a temporary sibling directory and renamed into place only on success.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 
 from ptq_deploy import environments
 from ptq_deploy.checkpoint import CheckpointMetadata, model_name_of_source
+from ptq_deploy.checkpoint.architecture import module_tree
 from ptq_deploy.compress import schemes, worker
 from ptq_deploy.compress.config import CalibrationSettings as CalibrationSettings  # the package's API
 from ptq_deploy.compress.config import CompressConfig, WorkerJob, WorkerResult
@@ -74,25 +76,35 @@ def _scheme_for(cfg: CompressConfig) -> schemes.Scheme:
 
 
 def linear_input_sizes(source: ModelSource, trust_remote_code: bool = False) -> dict[str, int]:
-    """``{module name: in_features}`` of every nn.Linear, from the config alone (meta device); for a hub
-    model the hub cannot serve, from the copy of its config shipped in ``data/model_configs``."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    """``{module name: in_features}`` of every nn.Linear, from the config alone (``checkpoint.architecture``);
+    for a hub model the hub cannot serve, from the copy of its config shipped in ``data/model_configs``."""
     shipped = shipped_config(source.spec) if source.kind == "hub" else None
     offline = source.kind == "hub" and hub_unavailable(source.spec, source.revision or "main")
     if offline and shipped is None:
         raise UsageError(f"cannot read model config of {source.spec}: {offline}")
-    try:
-        config = (AutoConfig.for_model(**shipped) if offline else
-                  AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=trust_remote_code))
-    except Exception as e:
-        if shipped is None:
-            raise UsageError(f"cannot read model config of {source.spec}: {str(e).splitlines()[0]}") from None
-        config = AutoConfig.for_model(**shipped)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    return {n: m.in_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    config, path = shipped, None
+    if not offline:
+        try:
+            config, path = _config_of(source, trust_remote_code), source.path
+        except Exception as e:
+            if shipped is None:
+                raise UsageError(f"cannot read model config of {source.spec}: {str(e).splitlines()[0]}") from None
+    tree = module_tree(config, path, trust_remote_code)
+    if tree is None:
+        raise UsageError(f"transformers cannot build {config.get('architectures') or config.get('model_type')} "
+                         f"of {source.spec} from its config")
+    return tree.linear_input_sizes()
+
+
+def _config_of(source: ModelSource, trust_remote_code: bool) -> dict:
+    """config.json of a local model; a hub model's through transformers (its cache, else the hub)."""
+    local = Path(source.path) / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source.path, revision=source.revision,
+                                      trust_remote_code=trust_remote_code).to_dict()
 
 
 def plan(cfg: CompressConfig) -> CompressPlan:

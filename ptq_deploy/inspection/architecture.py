@@ -6,53 +6,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from ptq_deploy.checkpoint import TensorEntry
-
-
-class Module(BaseModel):
-    name: str
-    classes: list[str]  # MRO class names, for compressed-tensors class targets ("Linear")
-    in_features: int | None = None
-    out_features: int | None = None
-    tied_to: str | None = None
+from ptq_deploy.checkpoint.architecture import Module, module_tree
 
 
 def meta_modules(path: Path, config: dict[str, Any], trust_remote_code: bool) -> tuple[dict[str, Module], int] | None:
     """Module tree and parameter count of the architecture, built from config.json on the meta device."""
-    try:  # heavy; a runtime without transformers falls back to tensor names
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return None
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        if hasattr(cfg, "quantization_config"):
-            delattr(cfg, "quantization_config")
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
-    except Exception:
-        return None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    owner = {id(p): n for n, p in model.named_parameters()}  # first name wins: the stored one when tied
-    mods: dict[str, Module] = {}
-    for name, m in model.named_modules():
-        if not name:
-            continue
-        classes = [c.__name__ for c in type(m).__mro__ if issubclass(c, torch.nn.Module)]
-        mod = Module(name=name, classes=classes)
-        if isinstance(m, torch.nn.Linear):
-            mod.in_features, mod.out_features = m.in_features, m.out_features
-            stored = owner.get(id(m.weight))
-            if stored and stored != f"{name}.weight":
-                mod.tied_to = stored.rsplit(".", 1)[0]
-        mods[name] = mod
-    return mods, sum(p.numel() for p in model.parameters())
+    tree = module_tree(config, path, trust_remote_code)
+    return None if tree is None else (tree.modules, tree.param_count)
 
 
 def modules_from_tensors(tensors: dict[str, TensorEntry]) -> dict[str, Module]:
