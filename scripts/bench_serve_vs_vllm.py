@@ -1,7 +1,7 @@
 """Compare one point of perf's serving sweep with ``vllm bench serve`` at the same concurrency, against the
 same running ``vllm serve``; write the ratio to perf_results/.
 
-    python scripts/bench_serve_vs_vllm.py [--checkpoint DIR] [--rounds 5] [--concurrency 4]
+    python scripts/bench_serve_vs_vllm.py [--checkpoint DIR] [--rounds 5] [--pairs 8] [--concurrency 4]
         [--num-prompts 32 --input-len 128 --output-len 64]
 
 One server (``engine.server.Server``, the settings ``engine.resolve`` picks) serves both clients, so the
@@ -16,12 +16,19 @@ only difference is the client that measures:
 The figure is the per-round ratio ptq-deploy / vLLM of output tokens/s, with its spread over rounds and a
 95% t-interval of the mean; the target is a median within 0.98-1.02. TTFT / TPOT medians of both sides
 are recorded beside it.
+
+On a 2-core machine the client shares the cores with the server's two processes, so a fresh client process
+and a client inside a process that already holds a tokenizer and threads do not load the server alike.
+``--pairs N`` therefore also runs vLLM's client in this process (``vllm.benchmarks.serve.main`` with the
+flags of ``vllm bench serve`` above), alternating with perf's, on the same server: each pair's ratio
+compares the two clients under the same conditions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -55,6 +62,16 @@ class Round(BaseModel):
     ratio: float  # ours / vllm, output tok/s
 
 
+class InProcess(BaseModel):
+    """vLLM's client in this process, alternating with perf's on the same server (``--pairs``)."""
+
+    pairs: list[Round]
+    ratio: Summary  # per pair, output tok/s
+    ratio_ci95: tuple[float, float]
+    ttft_ratio: Summary
+    tpot_ratio: Summary
+
+
 class BenchResult(BaseModel):
     schema_version: int = SCHEMA_VERSION
     kind: str = "bench-serve-vs-vllm"
@@ -72,27 +89,52 @@ class BenchResult(BaseModel):
     tpot_ratio: Summary
     target: tuple[float, float] = (0.98, 1.02)
     meets_target: bool
+    in_process: InProcess | None = None  # --pairs
     vllm_command: list[str]
+    env: dict[str, str] = {}  # the thread and core settings both sides ran under
     provenance: Provenance
 
 
 def vllm_side(srv: Server, a) -> tuple[Side, list[str]]:
     with tempfile.TemporaryDirectory() as d:
-        cmd = [*vllm_cli.command(), "bench", "serve", "--backend", "openai", "--base-url", srv.base_url,
-               "--endpoint", "/v1/completions", "--model", srv.cfg.model, "--dataset-name", "random",
-               "--random-input-len", str(a.input_len), "--random-output-len", str(a.output_len),
-               "--random-range-ratio", "0", "--num-prompts", str(a.num_prompts), "--max-concurrency",
-               str(a.concurrency), "--request-rate", "inf", "--ignore-eos", "--seed", str(a.seed),
-               "--num-warmups", "0", "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el",
-               "--save-result", "--result-dir", d, "--result-filename", "vllm.json"]
+        cmd = [*vllm_cli.command(), "bench", "serve", *vllm_flags(srv, a, d)]
         srv.reset_prefix_cache()
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             sys.exit(f"error: vllm bench serve failed ({p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
-        r = json.loads((Path(d) / "vllm.json").read_text())
+        return _side(json.loads((Path(d) / "vllm.json").read_text())), cmd
+
+
+def vllm_flags(srv: Server, a, result_dir: str) -> list[str]:
+    return ["--backend", "openai", "--base-url", srv.base_url, "--endpoint", "/v1/completions", "--model", srv.cfg.model,
+            "--dataset-name", "random", "--random-input-len", str(a.input_len), "--random-output-len", str(a.output_len),
+            "--random-range-ratio", "0", "--num-prompts", str(a.num_prompts), "--max-concurrency", str(a.concurrency),
+            "--request-rate", "inf", "--ignore-eos", "--seed", str(a.seed), "--num-warmups", "0", "--disable-tqdm",
+            "--percentile-metrics", "ttft,tpot,itl,e2el", "--save-result", "--result-dir", result_dir,
+            "--result-filename", "vllm.json"]
+
+
+def _side(r: dict) -> Side:
     return Side(output_tokens_per_s=r["output_throughput"], requests_per_s=r["request_throughput"],
-                median_ttft_ms=r["median_ttft_ms"], median_tpot_ms=r["median_tpot_ms"],
-                completed=r["completed"]), cmd
+                median_ttft_ms=r["median_ttft_ms"], median_tpot_ms=r["median_tpot_ms"], completed=r["completed"])
+
+
+def vllm_in_process(srv: Server, a) -> Side:
+    """vLLM's own client, run here as ``vllm bench serve`` runs it (its parser, its defaults, its main)."""
+    import contextlib
+    import io
+
+    from vllm.benchmarks.serve import add_cli_args, main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    with tempfile.TemporaryDirectory() as d:
+        parser = FlexibleArgumentParser()
+        add_cli_args(parser)
+        args = parser.parse_args(vllm_flags(srv, a, d))
+        srv.reset_prefix_cache()
+        with contextlib.redirect_stdout(io.StringIO()):
+            main(args)
+        return _side(json.loads((Path(d) / "vllm.json").read_text()))
 
 
 def ours_side(srv: Server, reqs, tokenizer, a) -> Side:
@@ -109,6 +151,8 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=0, help="also alternate vLLM's client run in this process with perf's, "
+                    "this many pairs (0: not)")
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output-dir", type=Path, default=Path("perf_results"))
@@ -122,8 +166,16 @@ def main() -> None:
     cfg = engine.prepare(a.checkpoint, ecfg, hw)
     tokenizer = workload.load_tokenizer(cfg.model)
     reqs = workload.build(tokenizer, "random", a.num_prompts, a.input_len, a.output_len, a.seed)
-    rounds, cmd = [], []
+    rounds, cmd, pairs = [], [], []
     with sigterm_as_interrupt(), Server(cfg) as srv:
+        for i in range(a.pairs):
+            order = ["vllm", "ours"] if i % 2 == 0 else ["ours", "vllm"]
+            got = {side: (vllm_in_process(srv, a) if side == "vllm" else ours_side(srv, reqs, tokenizer, a))
+                   for side in order}
+            o, v = got["ours"], got["vllm"]
+            pairs.append(Round(order=",".join(order), ours=o, vllm=v, ratio=o.output_tokens_per_s / v.output_tokens_per_s))
+            print(f"pair {i} ({pairs[-1].order}, one process): vLLM's client {v.output_tokens_per_s:.1f} tok/s, "
+                  f"perf's {o.output_tokens_per_s:.1f} tok/s, ratio {pairs[-1].ratio:.3f}", flush=True)
         for r in range(a.rounds):
             order = ["vllm", "ours"] if r % 2 == 0 else ["ours", "vllm"]
             got = {}
@@ -139,15 +191,28 @@ def main() -> None:
                   f"{o.output_tokens_per_s:.1f} tok/s, ratio {rnd.ratio:.3f}", flush=True)
     ratios = [x.ratio for x in rounds]
     ratio = Summary.of(ratios)
+    in_process = None
+    if pairs:
+        pr = Summary.of([x.ratio for x in pairs])
+        in_process = InProcess(pairs=pairs, ratio=pr, ratio_ci95=pr.ci95(),
+                               ttft_ratio=Summary.of([x.ours.median_ttft_ms / x.vllm.median_ttft_ms for x in pairs]),
+                               tpot_ratio=Summary.of([x.ours.median_tpot_ms / x.vllm.median_tpot_ms for x in pairs]))
     out = BenchResult(checkpoint=a.checkpoint, settings=cfg, concurrency=a.concurrency, num_prompts=a.num_prompts,
                       input_len=a.input_len, output_len=a.output_len, seed=a.seed, rounds=rounds, ratio=ratio,
                       ratio_ci95=ratio.ci95(),
                       ttft_ratio=Summary.of([x.ours.median_ttft_ms / x.vllm.median_ttft_ms for x in rounds]),
                       tpot_ratio=Summary.of([x.ours.median_tpot_ms / x.vllm.median_tpot_ms for x in rounds]),
-                      meets_target=0.98 <= ratio.median <= 1.02, vllm_command=cmd, provenance=collect(hw))
+                      meets_target=0.98 <= ratio.median <= 1.02, in_process=in_process, vllm_command=cmd,
+                      env={k: os.environ[k] for k in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND",
+                                                      "VLLM_CPU_KVCACHE_SPACE") if k in os.environ},
+                      provenance=collect(hw))
     path = a.output_dir / f"bench_serve_vs_vllm_{Path(a.checkpoint).name}_{file_stamp()}.json"
     atomic_write_json(path, out)
     lo, hi = out.ratio_ci95
+    if in_process:
+        lo_p, hi_p = in_process.ratio_ci95
+        print(f"in one process, perf's client / vLLM's: median {in_process.ratio.median:.3f} over {a.pairs} pairs "
+              f"(95% CI [{lo_p:.3f}, {hi_p:.3f}])")
     print(f"ratio ptq-deploy / vllm bench serve (output tok/s, concurrency {a.concurrency}): median "
           f"{ratio.median:.3f} over {len(rounds)} rounds (95% CI [{lo:.3f}, {hi:.3f}]) -> {path}")
 
