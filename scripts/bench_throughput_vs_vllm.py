@@ -10,8 +10,9 @@ Both sides run the same way, so that the only difference is the code that measur
 - the engine is built from the settings ``engine.resolve_settings`` picks (dtype, eager,
   max_model_len, seed, KV-cache space), in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``);
 - prompts are vLLM's ``RandomDataset`` for the same seed, temperature 1 / ``ignore_eos``, one warm-up
-  pass of the workload before timing; ptq-deploy's side is ``perf``'s own ``measure_throughput``
-  (median of ``--iterations`` timed passes, prefix cache emptied before each; its first pass is kept too).
+  pass of the workload before timing; ptq-deploy's side is ``perf``'s own ``measure_throughput`` under its
+  memory sampler, as ``perf`` runs it (median of ``--iterations`` timed passes, prefix cache emptied before
+  each; its first pass is kept too).
 - vLLM's side runs twice per round: as ``vllm bench throughput`` runs by default (``EngineArgs`` with the
   engine's per-step stats logging on), and with ``--disable-log-stats`` (what ``LLM()``, and so perf, runs
   with by default): the first ratio is what a user comparing the two tools sees, the second compares the
@@ -50,6 +51,7 @@ from pydantic import BaseModel  # noqa: E402
 
 from ptq_deploy import engine  # noqa: E402
 from ptq_deploy.engine import vllm_cli  # noqa: E402
+from ptq_deploy.engine.memory import PeakSampler  # noqa: E402
 from ptq_deploy.hardware import detect  # noqa: E402
 from ptq_deploy.perf import offline, workload  # noqa: E402
 from ptq_deploy.provenance import Provenance, collect  # noqa: E402
@@ -126,8 +128,11 @@ def run_ours(ecfg: engine.EngineConfig, cfg: engine.ResolvedEngine, hw, a) -> No
     try:
         tok = workload.load_tokenizer(cfg.model)
         reqs = workload.build(tok, "random", a.num_prompts, a.input_len, a.output_len, cfg.seed)
-        # perf's measure_throughput, one pass per call so that each pass is kept (the first after the warm-up)
-        passes = [offline.measure_throughput(llm, reqs, 1, warmup=1 if i == 0 else 0) for i in range(a.iterations)]
+        # perf's measure_throughput under perf's memory sampler, one pass per call so that each pass is kept
+        passes = []
+        for i in range(a.iterations):
+            with PeakSampler():
+                passes.append(offline.measure_throughput(llm, reqs, 1, warmup=1 if i == 0 else 0))
     finally:
         engine.shutdown(llm)
     Path(a.side_output).write_text(json.dumps({
@@ -156,7 +161,8 @@ def run_pairs(ecfg: engine.EngineConfig, cfg: engine.ResolvedEngine, hw, a) -> N
             return a.num_prompts / dt
 
         def ours_pass() -> float:
-            return offline.measure_throughput(llm, reqs, 1, warmup=0).requests_per_s.median
+            with PeakSampler():  # as perf's runner times it
+                return offline.measure_throughput(llm, reqs, 1, warmup=0).requests_per_s.median
 
         vllm_pass(), ours_pass()  # warm-up: one pass of each
         got: dict[str, list[float]] = {"vllm": [], "ours": []}

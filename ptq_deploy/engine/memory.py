@@ -12,6 +12,7 @@ import os
 import re
 import resource
 import threading
+import time
 
 from pydantic import BaseModel
 
@@ -36,10 +37,14 @@ def tree_pids(pid: int | None = None) -> list[int]:
 
 def tree_rss(pid: int | None = None) -> int:
     """RSS of ``pid`` (default: this process) plus all its descendants, in bytes."""
+    return rss_of(tree_pids(pid))
+
+
+def rss_of(pids: list[int]) -> int:
     import psutil
 
     total = 0
-    for q in tree_pids(pid):
+    for q in pids:
         try:
             total += psutil.Process(q).memory_info().rss
         except psutil.Error:
@@ -102,19 +107,27 @@ class PeakSampler:
 
     ``high_water_mark`` (this process only): also the kernel's peak RSS where it rose during the block, which
     catches a spike between samples; it covers the whole process life, so a peak reached earlier (an
-    in-process run before this one) is not counted."""
+    in-process run before this one) is not counted.
+
+    The sampler runs beside what perf times (an in-process engine's Python loop, or the serving client on the
+    cores the server uses), so a sample must cost next to nothing: finding the descendants scans every
+    process on the machine (~1 ms of CPU; 2% of a core at 20 samples/s), so the tree is found again only every
+    ``refresh_s``; each sample reads the known processes' RSS."""
 
     def __init__(self, pid: int | None = None, interval_s: float = 0.05, gpu: bool = False,
-                 high_water_mark: bool = False):
+                 high_water_mark: bool = False, refresh_s: float = 1.0):
         self.pid, self.interval, self.gpu, self.high_water_mark = pid, interval_s, gpu, high_water_mark
+        self.refresh_s, self._pids, self._pids_at = refresh_s, [], float("-inf")
         self._maxrss0 = 0
         self.peak_rss, self.peak_gpu, self.n = 0, None, 0
         self.first_rss, self.first_gpu = 0, None
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self):
-        rss = tree_rss(self.pid)
+    def _sample(self, refresh: bool = False):
+        if refresh or time.monotonic() - self._pids_at >= self.refresh_s:
+            self._pids, self._pids_at = tree_pids(self.pid), time.monotonic()
+        rss = rss_of(self._pids)
         g = nvml.memory_used() if self.gpu else None
         if self.n == 0:
             self.first_rss, self.first_gpu = rss, g
@@ -138,7 +151,7 @@ class PeakSampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join(timeout=5)
-        self._sample()
+        self._sample(refresh=True)
         if self.high_water_mark and (maxrss := resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) > self._maxrss0:
             self.peak_rss = max(self.peak_rss, maxrss * 1024)  # KiB on Linux
         return False

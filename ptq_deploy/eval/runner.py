@@ -106,6 +106,29 @@ def _task_manager(paths: tuple[str, ...], include_defaults: bool):
         return TaskManager(include_path=list(paths), include_defaults=include_defaults)
 
 
+def _lm_eval_task_names(tm=None) -> set[str] | None:
+    """lm-eval's own task names (its index takes ~20 s to build): kept per lm-eval release under
+    ``<home>/lm-eval-tasks``, so that a mistyped name is refused without building the index again. With ``tm``
+    (built with lm-eval's defaults) the names are taken from it and kept; else the kept ones, or None."""
+    from importlib.metadata import version
+
+    from ptq_deploy.results.io import atomic_write_text
+    from ptq_deploy.settings import settings
+
+    kept = settings().home / "lm-eval-tasks" / f"lm-eval-{version('lm_eval')}.json"
+    if tm is None:
+        try:
+            return set(json.loads(kept.read_text()))
+        except (OSError, ValueError):
+            return None
+    names = set(tm.all_tasks)
+    try:
+        atomic_write_text(kept, json.dumps(sorted(names)), force=True)
+    except OSError:
+        pass
+    return names
+
+
 def task_manager(cfg: EvalConfig):
     """lm-eval's TaskManager over the bundled tasks, ``--include-path`` dirs and (when needed) its own."""
     for p in cfg.include_path:
@@ -113,11 +136,16 @@ def task_manager(cfg: EvalConfig):
             raise UsageError(f"--include-path {p} is not a directory")
     paths = tuple(str(p) for p in cfg.task_paths())
     tm = _task_manager(paths, include_defaults=False)  # ours + --include-path: indexed in well under a second
-    if not all(t in tm.all_tasks for t in cfg.tasks):
+    missing = [t for t in cfg.tasks if t not in tm.all_tasks and not (t.endswith((".yaml", ".yml")) and Path(t).is_file())]
+    if not missing:
+        return tm
+    known = _lm_eval_task_names()  # lm-eval's own names, kept from the last time its index was built
+    if known is None or any(t in known for t in missing):
         tm = _task_manager(paths, include_defaults=True)  # lm-eval's own ~thousands of YAMLs: ~20 s here
-    for t in cfg.tasks:
-        if t not in tm.all_tasks and not (t.endswith((".yaml", ".yml")) and Path(t).is_file()):
-            close = difflib.get_close_matches(t, tm.all_tasks, n=3)
+        known = _lm_eval_task_names(tm)
+    for t in missing:
+        if t not in tm.all_tasks:
+            close = difflib.get_close_matches(t, sorted({*tm.all_tasks, *known}), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UsageError(f"unknown task '{t}'{hint} (bundled offline tasks: {', '.join(BUNDLED_TASKS)}; "
                              f"add your own task directories with --include-path)")
