@@ -1,10 +1,10 @@
 """A model's module tree from its config alone, built by transformers on the meta device and kept on disk.
 
 Building the tree imports transformers' model classes: seconds in every process that asks (compress's plan,
-``inspect``, ``run``'s group-size checks), though the tree depends only on the config and the transformers
+``run``'s group-size checks, ``inspect``), though the tree depends only on the config and the transformers
 release. So a tree is kept under ``<home>/architectures`` by a digest of both and read back by later processes:
-a command that only plans, inspects or refuses then never imports them. A config with remote code is never
-kept (its code can change under the same config).
+a command that only plans or refuses then never imports them. A config with remote code is never kept (its
+code can change under the same config).
 """
 
 from __future__ import annotations
