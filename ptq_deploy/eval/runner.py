@@ -17,6 +17,7 @@ import math
 import os
 import time
 from contextlib import contextmanager, nullcontext
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -32,6 +33,8 @@ from ptq_deploy.hardware import detect
 from ptq_deploy.models import _HUB_ID, DEFAULT_ALIASES, resolve
 from ptq_deploy.provenance import collect, git_revision
 from ptq_deploy.results import Identity
+from ptq_deploy.results.io import atomic_write_text
+from ptq_deploy.settings import settings
 from ptq_deploy.timeutil import timestamp
 from ptq_deploy.ui import status
 
@@ -110,12 +113,7 @@ def _lm_eval_task_names(tm=None) -> set[str] | None:
     """lm-eval's own task names (its index takes ~20 s to build): kept per lm-eval release under
     ``<home>/lm-eval-tasks``, so that a mistyped name is refused without building the index again. With ``tm``
     (built with lm-eval's defaults) the names are taken from it and kept; else the kept ones, or None."""
-    from importlib.metadata import version
-
-    from ptq_deploy.results.io import atomic_write_text
-    from ptq_deploy.settings import settings
-
-    kept = settings().home / "lm-eval-tasks" / f"lm-eval-{version('lm_eval')}.json"
+    kept = settings().home / "lm-eval-tasks" / f"lm-eval-{package_version('lm_eval')}.json"
     if tm is None:
         try:
             return set(json.loads(kept.read_text()))
