@@ -135,8 +135,9 @@ def _compress(job: WorkerJob) -> WorkerResult:
             packed = ""
             if uses_autoround(job.recipe):
                 ids = pack_equal_length(ids, cal.max_seq_len, tokenizer.eos_token_id)
-                calib_info = calib_info.model_copy(update={"packed": (len(ids), len(ids[0]) if ids else 0)})
-                packed = f", packed into {len(ids)} x {len(ids[0]) if ids else 0} tokens for AutoRound"
+                shape = (len(ids), len(ids[0]) if ids else 0)
+                calib_info = calib_info.model_copy(update={"packed": shape})
+                packed = f", packed into {shape[0]} x {shape[1]} tokens for AutoRound"
             dataset = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]})
             console.print(f"calibration: {calib_info.num_samples} samples from {cal.dataset}, "
                           f"{sum(map(len, ids))} tokens (max {cal.max_seq_len}/sample){packed}")

@@ -134,15 +134,16 @@ def task_manager(cfg: EvalConfig):
             raise UsageError(f"--include-path {p} is not a directory")
     paths = tuple(str(p) for p in cfg.task_paths())
     tm = _task_manager(paths, include_defaults=False)  # ours + --include-path: indexed in well under a second
-    missing = [t for t in cfg.tasks if t not in tm.all_tasks and not (t.endswith((".yaml", ".yml")) and Path(t).is_file())]
-    if not missing:
+    absent = [t for t in cfg.tasks if t not in tm.all_tasks]
+    if not absent:
         return tm
+    yaml_file = {t for t in absent if t.endswith((".yaml", ".yml")) and Path(t).is_file()}
     known = _lm_eval_task_names()  # lm-eval's own names, kept from the last time its index was built
-    if known is None or any(t in known for t in missing):
+    if known is None or any(t in known or t in yaml_file for t in absent):
         tm = _task_manager(paths, include_defaults=True)  # lm-eval's own ~thousands of YAMLs: ~20 s here
         known = _lm_eval_task_names(tm)
-    for t in missing:
-        if t not in tm.all_tasks:
+    for t in absent:
+        if t not in tm.all_tasks and t not in yaml_file:
             close = difflib.get_close_matches(t, sorted({*tm.all_tasks, *known}), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UsageError(f"unknown task '{t}'{hint} (bundled offline tasks: {', '.join(BUNDLED_TASKS)}; "
