@@ -173,3 +173,31 @@ def test_autoround_calibrates_on_equal_length_chunks_of_the_same_tokens():
     stream = [1, 2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 10, 0, 11, 0]
     assert chunks == [stream[0:4], stream[4:8], stream[8:12]]  # the last 3 tokens fall short of a chunk
     assert pack_equal_length([[1, 2]], 8, eos=None) == [[1, 2]]  # shorter than one chunk: one chunk of it all
+
+
+def test_compressions_share_one_warm_server_that_measurements_leave_out(tiny_model, tmp_path):
+    """A process's compressions run in children forked from one compress-environment server (its libraries
+    imported once); the server is no part of the process tree perf measures, and a server that died is replaced."""
+    import os
+    import signal
+
+    import psutil
+
+    from ptq_deploy.compress import _Server
+    from ptq_deploy.engine import memory
+
+    def run(scheme: str, name: str, **opts):
+        return compress(CompressConfig(model=str(tiny_model), scheme=scheme, output=tmp_path / name, **opts))
+
+    first = run("FP8-W8A8", "a")
+    server = _Server._current.proc.pid
+    assert server in {c.pid for c in psutil.Process().children()} and server not in memory.tree_pids()
+    second = run("INT4-W4A16-RTN", "b", group_size=64)
+    assert _Server._current.proc.pid == server  # the second job was forked from the same server
+    assert first.peak_rss_bytes > 0 and second.peak_rss_bytes > 0
+    assert second.checkpoint.scheme == "INT4-W4A16-RTN" and (tmp_path / "b" / "config.json").is_file()
+    os.kill(server, signal.SIGKILL)
+    psutil.Process(server).wait(timeout=10)
+    third = run("FP8-W8A8", "c")
+    assert _Server._current.proc.pid != server and (tmp_path / "c" / "config.json").is_file()
+    assert third.checkpoint.scheme == "FP8-W8A8"

@@ -1,17 +1,21 @@
 """compress: a Hugging Face causal LM -> a vLLM-loadable compressed-tensors checkpoint.
 
 ``compress(CompressConfig) -> CompressResult``. The heavy lifting (llmcompressor ``oneshot``, or
-``fakequant`` for the quality-only POT / APOT schemes) runs in the compress environment: in-process when llmcompressor is importable here, otherwise in that
-environment's interpreter as a subprocess whose progress streams to this terminal. The output is
-written to a temporary sibling directory and renamed into place only on success.
+``fakequant`` for the quality-only POT / APOT schemes) runs in the compress environment: in-process when
+llmcompressor is importable here, otherwise in a child of that environment's compress server (``_Server``: one
+per process, its libraries imported once), whose progress streams to this terminal. The output is written to a
+temporary sibling directory and renamed into place only on success.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +27,7 @@ from ptq_deploy.checkpoint.architecture import module_tree
 from ptq_deploy.compress import schemes, worker
 from ptq_deploy.compress.config import CalibrationSettings as CalibrationSettings  # the package's API
 from ptq_deploy.compress.config import CompressConfig, WorkerJob, WorkerResult
+from ptq_deploy.engine import memory
 from ptq_deploy.errors import PtqError, UsageError
 from ptq_deploy.models import DEFAULT_MODEL, ModelSource, hub_unavailable, resolve, shipped_config
 from ptq_deploy.results import Identity, ResultEnvelope, check_output_dir, replace_dir, temp_sibling
@@ -175,16 +180,76 @@ def _run_worker(job: WorkerJob, python: str | None) -> WorkerResult:
     with tempfile.TemporaryDirectory(prefix="ptq-compress-") as tmp:
         job_file, res_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_file.write_text(job.model_dump_json())
+        env = environments.subprocess_env()
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spin-waiting threads on a busy CPU
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
-            env = environments.subprocess_env()
-            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spin-waiting threads on a busy CPU
-            env.setdefault("TOKENIZERS_PARALLELISM", "false")
-            proc = subprocess.run([py, "-m", "ptq_deploy.compress", str(job_file), str(res_file)],
-                                  env=env, preexec_fn=environments.die_with_parent)  # no orphan if we are killed
+            code = _Server.get(str(py), env).run(job_file, res_file)
         except KeyboardInterrupt:
+            _Server.close()
             raise PtqError("compression interrupted; nothing was written to the output", exit_code=130) from None
         if res_file.exists():
             return WorkerResult.model_validate_json(res_file.read_text())
-        return WorkerResult(ok=False, exit_code=proc.returncode or 1,
-                            error=f"compress worker exited with code {proc.returncode} without a result "
+        return WorkerResult(ok=False, exit_code=code or 1,
+                            error=f"compress worker exited with code {code} without a result "
                                   f"(killed? out of memory? try a smaller --num-samples/--max-seq-len)")
+
+
+class _Server:
+    """The compress environment's ``python -m ptq_deploy.compress --serve``: it imports llmcompressor and its
+    libraries once (~8 s on the 2-core CPU) and runs each job in a forked child, so a run's second compression
+    starts at once. One per process, kept while its interpreter and environment stay the same; it dies with
+    this process and holds no memory a measurement here counts (``memory.exclude``)."""
+
+    _current: "_Server | None" = None
+    _lock = threading.Lock()
+
+    def __init__(self, python: str, env: dict[str, str]):
+        self.key = (python, env)
+        self.status_r, status_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen([python, "-m", "ptq_deploy.compress", "--serve", str(status_w)],
+                                         stdin=subprocess.PIPE, text=True, env=env, pass_fds=(status_w,),
+                                         preexec_fn=environments.die_with_parent)  # no orphan if we are killed
+        finally:
+            os.close(status_w)
+        memory.exclude(self.proc.pid)
+
+    @classmethod
+    def get(cls, python: str, env: dict[str, str]) -> "_Server":
+        with cls._lock:
+            cur = cls._current
+            if cur is None or cur.key != (python, env) or cur.proc.poll() is not None:
+                cls.close()
+                cls._current = cls(python, env)
+            return cls._current
+
+    @classmethod
+    def close(cls) -> None:
+        cur, cls._current = cls._current, None
+        if cur is not None:
+            with contextlib.suppress(Exception):
+                cur.proc.kill()
+                cur.proc.wait(timeout=10)
+            with contextlib.suppress(OSError):
+                os.close(cur.status_r)
+
+    def run(self, job_file: Path, res_file: Path) -> int:
+        """The job's exit code (its child's), once it has ended."""
+        with self._lock:
+            try:
+                self.proc.stdin.write(f"{job_file}\t{res_file}\n")
+                self.proc.stdin.flush()
+                line = b""
+                while not line.endswith(b"\n"):
+                    chunk = os.read(self.status_r, 64)
+                    if not chunk:  # the server itself died
+                        break
+                    line += chunk
+            except BrokenPipeError:
+                line = b""
+            if not line:
+                code = self.proc.wait()
+                _Server.close()
+                return code or 1
+            return int(line)

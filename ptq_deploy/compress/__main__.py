@@ -1,4 +1,5 @@
-"""``python -m ptq_deploy.compress JOB.json RESULT.json``: the compress worker, in the compress environment."""
+"""``python -m ptq_deploy.compress JOB.json RESULT.json | --serve FD``: the compress worker, in the compress
+environment."""
 
 import sys
 

@@ -1,8 +1,9 @@
 """The compress-environment side of ``compress``: llmcompressor ``oneshot`` (or ``fakequant`` for POT /
 APOT) on a resolved job.
 
-Run as ``python -m ptq_deploy.compress JOB.json RESULT.json`` by the CLI, or in-process via
-:func:`run` when llmcompressor is importable. Writes the checkpoint into ``job.work_dir``; the
+Run by the CLI as ``python -m ptq_deploy.compress --serve FD`` (:func:`serve`: the compress libraries imported
+once, then one forked child per job), as ``python -m ptq_deploy.compress JOB.json RESULT.json`` (one job), or
+in-process via :func:`run` when llmcompressor is importable. Writes the checkpoint into ``job.work_dir``; the
 caller renames it into place.
 """
 
@@ -210,10 +211,53 @@ def run(job: WorkerJob) -> WorkerResult:
         return WorkerResult(ok=False, exit_code=1, error=f"{type(e).__name__}: {msg} (traceback: {log})")
 
 
+# what a job imports, imported once by the serving process (~8 s here) so that its forked children start warm
+PRELOAD = ("torch", "transformers", "datasets", "compressed_tensors", "llmcompressor", "ptq_deploy.data",
+           "ptq_deploy.provenance", "ptq_deploy.ui")
+
+
+def serve(status_fd: int) -> int:
+    """Read ``JOB.json<TAB>RESULT.json`` lines on stdin; run each job in a child forked from this process (which
+    has imported ``PRELOAD``), one at a time, and write the child's exit code as a line to ``status_fd``.
+
+    A child is a fresh process for all a job measures (its own peak RSS, CUDA state, OpenMP threads: none ran
+    here) but skips the imports. Ctrl-C reaches the child (the job ends "interrupted"), not this loop; the
+    child dies with this process, this process with the one that started it (``PR_SET_PDEATHSIG``)."""
+    import importlib
+    import signal
+
+    from ptq_deploy.environments import die_with_parent
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for line in sys.stdin:
+        job_file, res_file = line.rstrip("\n").split("\t")
+        pid = os.fork()
+        if pid == 0:  # the job's process
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                die_with_parent()
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the job list is not the job's to read
+                code = main([job_file, res_file])
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        os.write(status_fd, f"{os.waitstatus_to_exitcode(status)}\n".encode())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--serve":
+        return serve(int(argv[1]))
     if len(argv) != 2:
-        print("usage: python -m ptq_deploy.compress JOB.json RESULT.json", file=sys.stderr)
+        print("usage: python -m ptq_deploy.compress JOB.json RESULT.json | --serve FD", file=sys.stderr)
         return 2
     job = WorkerJob.model_validate_json(Path(argv[0]).read_text())
     res = run(job)

@@ -8,6 +8,7 @@ KV cache where it logs one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -24,15 +25,30 @@ GPU_PROCESS = "engine's own: NVML per-process GPU memory of the engine's process
 GPU_DELTA = "engine's own: GPU memory used, delta over before loading (NVML lists no process of ours)"
 
 
+_EXCLUDED: set[int] = set()
+
+
+def exclude(pid: int) -> None:
+    """Leave ``pid`` and its descendants out of every process tree measured here: a helper process that is not
+    part of what is measured (the compress environment's server, idle while perf runs)."""
+    _EXCLUDED.add(pid)
+
+
 def tree_pids(pid: int | None = None) -> list[int]:
-    """``pid`` (default: this process) and all its descendants."""
+    """``pid`` (default: this process) and all its descendants, less the excluded ones."""
     import psutil
 
     try:
         p = psutil.Process(pid or os.getpid())
-        return [p.pid, *(c.pid for c in p.children(recursive=True))]
+        pids = [p.pid, *(c.pid for c in p.children(recursive=True))]
     except psutil.Error:
         return []
+    left_out = set()
+    for q in _EXCLUDED.intersection(pids):
+        left_out.add(q)
+        with contextlib.suppress(psutil.Error):
+            left_out.update(c.pid for c in psutil.Process(q).children(recursive=True))
+    return [q for q in pids if q not in left_out]
 
 
 def tree_rss(pid: int | None = None) -> int:
