@@ -183,8 +183,10 @@ def _run_worker(job: WorkerJob, python: str | None) -> WorkerResult:
         env = environments.subprocess_env()
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spin-waiting threads on a busy CPU
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env_file = Path(tmp) / "env.json"
+        env_file.write_text(json.dumps(env))
         try:
-            code = _Server.get(str(py), env).run(job_file, res_file)
+            code = _Server.get(str(py), env).run(job_file, res_file, env_file)
         except KeyboardInterrupt:
             _Server.close()
             raise PtqError("compression interrupted; nothing was written to the output", exit_code=130) from None
@@ -195,17 +197,27 @@ def _run_worker(job: WorkerJob, python: str | None) -> WorkerResult:
                                   f"(killed? out of memory? try a smaller --num-samples/--max-seq-len)")
 
 
+# environment variables the compress libraries read when they are imported (the server's), not when a job runs (a
+# child's, which gets the caller's whole environment of the moment): a change to one starts a new server
+IMPORT_TIME_ENV = ("PYTHON", "LD_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "CUDA_", "OMP_", "MKL_", "KMP_",
+                   "TOKENIZERS_")
+
+
 class _Server:
     """The compress environment's ``python -m ptq_deploy.compress --serve``: it imports llmcompressor and its
     libraries once (~8 s on the 2-core CPU) and runs each job in a forked child, so a run's second compression
-    starts at once. One per process, kept while its interpreter and environment stay the same; it dies with
-    this process and holds no memory a measurement here counts (``memory.exclude``)."""
+    starts at once. One per process, kept while its interpreter and import-time environment stay the same; it
+    dies with this process and holds no memory a measurement here counts (``memory.exclude``)."""
 
     _current: "_Server | None" = None
     _lock = threading.Lock()
 
+    @staticmethod
+    def _key(python: str, env: dict[str, str]) -> tuple:
+        return python, sorted((k, v) for k, v in env.items() if k.startswith(IMPORT_TIME_ENV))
+
     def __init__(self, python: str, env: dict[str, str]):
-        self.key = (python, env)
+        self.key = self._key(python, env)
         self.status_r, status_w = os.pipe()
         try:
             self.proc = subprocess.Popen([python, "-m", "ptq_deploy.compress", "--serve", str(status_w)],
@@ -219,7 +231,7 @@ class _Server:
     def get(cls, python: str, env: dict[str, str]) -> "_Server":
         with cls._lock:
             cur = cls._current
-            if cur is None or cur.key != (python, env) or cur.proc.poll() is not None:
+            if cur is None or cur.key != cls._key(python, env) or cur.proc.poll() is not None:
                 cls.close()
                 cls._current = cls(python, env)
             return cls._current
@@ -234,11 +246,11 @@ class _Server:
             with contextlib.suppress(OSError):
                 os.close(cur.status_r)
 
-    def run(self, job_file: Path, res_file: Path) -> int:
+    def run(self, job_file: Path, res_file: Path, env_file: Path) -> int:
         """The job's exit code (its child's), once it has ended."""
         with self._lock:
             try:
-                self.proc.stdin.write(f"{job_file}\t{res_file}\n")
+                self.proc.stdin.write(f"{job_file}\t{res_file}\t{env_file}\n")
                 self.proc.stdin.flush()
                 line = b""
                 while not line.endswith(b"\n"):

@@ -9,6 +9,7 @@ caller renames it into place.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -217,8 +218,9 @@ PRELOAD = ("torch", "transformers", "datasets", "compressed_tensors", "llmcompre
 
 
 def serve(status_fd: int) -> int:
-    """Read ``JOB.json<TAB>RESULT.json`` lines on stdin; run each job in a child forked from this process (which
-    has imported ``PRELOAD``), one at a time, and write the child's exit code as a line to ``status_fd``.
+    """Read ``JOB.json<TAB>RESULT.json<TAB>ENV.json`` lines on stdin; run each job in a child forked from this
+    process (which has imported ``PRELOAD``), one at a time, with the caller's environment of the moment
+    (``ENV.json``), and write the child's exit code as a line to ``status_fd``.
 
     A child is a fresh process for all a job measures (its own peak RSS, CUDA state, OpenMP threads: none ran
     here) but skips the imports. Ctrl-C reaches the child (the job ends "interrupted"), not this loop; the
@@ -232,7 +234,7 @@ def serve(status_fd: int) -> int:
         importlib.import_module(name)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for line in sys.stdin:
-        job_file, res_file = line.rstrip("\n").split("\t")
+        job_file, res_file, env_file = line.rstrip("\n").split("\t")
         pid = os.fork()
         if pid == 0:  # the job's process
             code = 1
@@ -240,6 +242,8 @@ def serve(status_fd: int) -> int:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 die_with_parent()
                 os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the job list is not the job's to read
+                os.environ.clear()
+                os.environ.update(json.loads(Path(env_file).read_text()))
                 code = main([job_file, res_file])
             except BaseException:
                 traceback.print_exc()
