@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -218,13 +218,13 @@ class _Server:
 
     def __init__(self, python: str, env: dict[str, str]):
         self.key = self._key(python, env)
-        self.status_r, status_w = os.pipe()
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.proc = subprocess.Popen([python, "-m", "ptq_deploy.compress", "--serve", str(status_w)],
-                                         stdin=subprocess.PIPE, text=True, env=env, pass_fds=(status_w,),
+            self.proc = subprocess.Popen([python, "-m", "ptq_deploy.compress", "--serve", str(theirs.fileno())],
+                                         stdin=subprocess.DEVNULL, env=env, pass_fds=(theirs.fileno(),),
                                          preexec_fn=environments.die_with_parent)  # no orphan if we are killed
         finally:
-            os.close(status_w)
+            theirs.close()
         memory.exclude(self.proc.pid)
 
     @classmethod
@@ -243,25 +243,19 @@ class _Server:
             with contextlib.suppress(Exception):
                 cur.proc.kill()
                 cur.proc.wait(timeout=10)
-            with contextlib.suppress(OSError):
-                os.close(cur.status_r)
+            cur.sock.close()
 
     def run(self, job_file: Path, res_file: Path, env_file: Path) -> int:
-        """The job's exit code (its child's), once it has ended."""
+        """The job's exit code (its child's), once it has ended; the child writes to this process's stdout and
+        stderr as they are now (a run's step log, when the step redirects them)."""
         with self._lock:
             try:
-                self.proc.stdin.write(f"{job_file}\t{res_file}\t{env_file}\n")
-                self.proc.stdin.flush()
-                line = b""
-                while not line.endswith(b"\n"):
-                    chunk = os.read(self.status_r, 64)
-                    if not chunk:  # the server itself died
-                        break
-                    line += chunk
-            except BrokenPipeError:
-                line = b""
-            if not line:
+                socket.send_fds(self.sock, [f"{job_file}\t{res_file}\t{env_file}".encode()], [1, 2])
+                reply = self.sock.recv(64)
+            except OSError:  # the server itself died
+                reply = b""
+            if not reply:
                 code = self.proc.wait()
                 _Server.close()
                 return code or 1
-            return int(line)
+            return int(reply)

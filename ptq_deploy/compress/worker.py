@@ -212,36 +212,46 @@ def run(job: WorkerJob) -> WorkerResult:
         return WorkerResult(ok=False, exit_code=1, error=f"{type(e).__name__}: {msg} (traceback: {log})")
 
 
-# what a job imports, imported once by the serving process (~8 s here) so that its forked children start warm
-PRELOAD = ("torch", "transformers", "datasets", "compressed_tensors", "llmcompressor", "ptq_deploy.data",
-           "ptq_deploy.provenance", "ptq_deploy.ui")
+# what a job imports, imported once by the serving process (~8 s here) so that its forked children start warm; not
+# ptq_deploy.ui, whose consoles take their width and colours from the terminal of the moment (a child's)
+PRELOAD = ("torch", "transformers", "datasets", "compressed_tensors", "llmcompressor", "rich.console",
+           "rich.progress", "ptq_deploy.data", "ptq_deploy.provenance")
 
 
-def serve(status_fd: int) -> int:
-    """Read ``JOB.json<TAB>RESULT.json<TAB>ENV.json`` lines on stdin; run each job in a child forked from this
-    process (which has imported ``PRELOAD``), one at a time, with the caller's environment of the moment
-    (``ENV.json``), and write the child's exit code as a line to ``status_fd``.
+def serve(sock_fd: int) -> int:
+    """Take jobs on the socket ``sock_fd`` (``JOB.json<TAB>RESULT.json<TAB>ENV.json``, with the caller's stdout and
+    stderr attached); run each in a child forked from this process (which has imported ``PRELOAD``), one at a
+    time, writing to those two and with the caller's environment of the moment (``ENV.json``); answer each with
+    the child's exit code. Ends when the caller closes its end.
 
     A child is a fresh process for all a job measures (its own peak RSS, CUDA state, OpenMP threads: none ran
     here) but skips the imports. Ctrl-C reaches the child (the job ends "interrupted"), not this loop; the
     child dies with this process, this process with the one that started it (``PR_SET_PDEATHSIG``)."""
     import importlib
     import signal
+    import socket
 
     from ptq_deploy.environments import die_with_parent
 
+    sock = socket.socket(fileno=sock_fd)
     for name in PRELOAD:
         importlib.import_module(name)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for line in sys.stdin:
-        job_file, res_file, env_file = line.rstrip("\n").split("\t")
+    while True:
+        msg, fds, _, _ = socket.recv_fds(sock, 65536, 2)
+        if not msg:
+            return 0
+        job_file, res_file, env_file = msg.decode().split("\t")
         pid = os.fork()
         if pid == 0:  # the job's process
             code = 1
             try:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 die_with_parent()
-                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the job list is not the job's to read
+                sock.close()
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(fds[0], 1)
+                os.dup2(fds[1], 2)
                 os.environ.clear()
                 os.environ.update(json.loads(Path(env_file).read_text()))
                 code = main([job_file, res_file])
@@ -251,9 +261,10 @@ def serve(status_fd: int) -> int:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        for fd in fds:
+            os.close(fd)
         _, status = os.waitpid(pid, 0)
-        os.write(status_fd, f"{os.waitstatus_to_exitcode(status)}\n".encode())
-    return 0
+        sock.send(str(os.waitstatus_to_exitcode(status)).encode())
 
 
 def main(argv: list[str] | None = None) -> int:
