@@ -180,6 +180,58 @@ def test_vllm_quantizes_a_dense_copys_activations_as_the_checkpoint_does(compres
 
 
 @pytest.mark.integration
+def test_each_emulated_layer_computes_what_the_checkpoints_layer_computes(compressed, tmp_path, monkeypatch):
+    """The emulation is exact, layer by layer: given one input, every Linear vLLM builds from NVFP4's dense copy
+    (q/k/v and gate/up fused, as vLLM loads them), its input quantized by the plugin (``engine.emulation``),
+    returns what the real checkpoint's layers return in transformers (compressed-tensors' quantized forward, as
+    the HF backend loads it) to the matmul's float rounding (measured on the 2-core AMX CPU: bit for bit on the
+    fused q/k/v and gate/up, 1.1e-6 of the output's scale on down_proj, whose 512 inputs vLLM's CPU gemm sums in
+    another order); with 16-bit activations it is tens of percent off. Whole-model scores of the
+    two backends still differ (the test above): their inputs to each layer differ by float noise, which the
+    4-bit quantizer turns into rounding flips."""
+    from safetensors.torch import load_file
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+
+    from ptq_deploy.checkpoint.dequantize import ACTIVATIONS_FILE, dequantize
+    from ptq_deploy.engine import emulation
+    from ptq_deploy.eval.backend import _decompressed_float32
+
+    src = compressed("NVFP4")
+    dense = dequantize(src, tmp_path / "dense")
+    hf = _decompressed_float32({"pretrained": str(src)})["pretrained"]
+    weights = load_file(str(dense / "model.safetensors"))
+    emulation.register()  # what vLLM's plugin loader does in every vLLM process
+    monkeypatch.setenv(emulation.ENV, str(dense / ACTIVATIONS_FILE))
+    x = torch.randn(64, hf.config.hidden_size, generator=torch.Generator().manual_seed(0)) * 3
+    groups = {"self_attn.qkv_proj": ("self_attn", "q_proj", "k_proj", "v_proj"),
+              "self_attn.o_proj": ("self_attn", "o_proj"),
+              "mlp.gate_up_proj": ("mlp", "gate_proj", "up_proj"), "mlp.down_proj": ("mlp", "down_proj")}
+    checked = 0
+    for i, block in enumerate(hf.model.layers):
+        for fused, (parent, *parts) in groups.items():
+            theirs = [getattr(getattr(block, parent), part) for part in parts]
+            w = torch.cat([weights[f"model.layers.{i}.{parent}.{part}.weight"].float() for part in parts])
+            assert torch.equal(w, torch.cat([m.weight.data for m in theirs]))  # the copy's weights are theirs
+            with set_current_vllm_config(VllmConfig()):
+                method = UnquantizedLinearMethod()
+            layer = torch.nn.Module()
+            layer.weight = torch.nn.Parameter(w.clone(), requires_grad=False)
+            layer.prefix = f"model.layers.{i}.{fused}"
+            method.process_weights_after_loading(layer)
+            xin = x if w.shape[1] == x.shape[1] else 3 * torch.randn(64, w.shape[1], generator=torch.Generator())
+            with torch.no_grad():
+                emulated = method.apply(layer, xin)
+                checkpoint = torch.cat([m(xin) for m in theirs], dim=-1)
+                sixteen_bit = torch.nn.functional.linear(xin, w)
+            off = (emulated - checkpoint).abs().max() / checkpoint.abs().max()
+            assert off < 1e-5, (layer.prefix, off)
+            assert (sixteen_bit - checkpoint).abs().max() > 0.05 * checkpoint.abs().max(), layer.prefix
+            checked += 1
+    assert checked == 4 * len(hf.model.layers)
+
+
+@pytest.mark.integration
 def test_a_row_whose_activations_ran_16_bit_is_never_ranked(tiny_model, compressed, tmp_path):
     """Report on real compress / inspect results with synthetic scores: MXFP4 scored on its dense copy (activations
     16-bit) looks best on every count yet sits with the quality-only rows, saying why; NVFP4 scored with its

@@ -13,6 +13,7 @@ from report_synth import CLI_ENV, answers, cloze_task, documents, eval_result, p
 
 from ptq_deploy.errors import UsageError
 from ptq_deploy.report import build_report, compare_reports, render, write_comparison, write_report
+from ptq_deploy.report.fmt import num
 from ptq_deploy.report.leaderboard import pareto
 from ptq_deploy.report.row import flat, to_frame
 from ptq_deploy.stats import Summary
@@ -325,6 +326,11 @@ def test_cli_report_and_compare(cli, results, tmp_path):
             env=CLI_ENV)
     assert p.returncode == 0, p.stderr
     assert "recommendation:" in p.stdout and "FP8-W8A8: the fastest" in p.stdout.replace("\n", " ")
+    real = next(lb for lb in build_report(results).leaderboards if lb.model == "tiny")
+    measured = [r for r in real.rows if r.throughput_tok_s is not None]
+    assert measured and all(r.throughput_n == 1 for r in measured)  # one iteration: no spread to show
+    for r in measured:  # the console leaderboard carries each measured throughput (not a synth figure)
+        assert re.search(rf"│\s*{re.escape(num(r.throughput_tok_s))}\s*│", p.stdout), r.cell
     assert {f.name for f in (tmp_path / "r").iterdir()} >= {"leaderboard.md", "report.json", "leaderboard.csv",
                                                            "report.html", "plots"}
     p = cli("report", str(results), str(results), "-o", str(tmp_path / "c"), "--format", "md,json", env=CLI_ENV)
