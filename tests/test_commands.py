@@ -25,7 +25,7 @@ from ptq_deploy.inspection import InspectConfig, inspect_checkpoint
 from ptq_deploy.kvcache.result import KVResult
 from ptq_deploy.perf.result import PerfResult
 from ptq_deploy.report import build_report
-from ptq_deploy.report.fmt import num
+from ptq_deploy.report.render import interval
 from ptq_deploy.suite import layout
 from ptq_deploy.tiny import build_tiny
 
@@ -177,7 +177,8 @@ def test_kv_run_report(user):
     assert re.search(r"^walk: 6 steps done, 0 failed, results in results/walk \(\d+ s\)$", out, re.M)
     out = ok(user.home, "report", "results/walk")
     board = build_report(root).leaderboards[0]
-    for r in board.rows:  # the console leaderboard carries each row's measured perplexity
+    for r in board.rows:  # the console leaderboard carries each row's measured recovery
         row = next(ln for ln in out.splitlines() if re.search(rf"│\s*{re.escape(r.scheme)}\b", ln))
-        assert r.tasks["austen_ppl"].value is not None and f"{num(r.tasks['austen_ppl'].value)}" in row, row
+        shown = interval(r.worst_recovery_pct, r.worst_recovery_low_pct, r.worst_recovery_high_pct)
+        assert r.worst_recovery_pct is not None and f"│ {shown} " in row, row
     assert (root / "report" / "leaderboard.md").is_file()
