@@ -184,9 +184,9 @@ def test_each_emulated_layer_computes_what_the_checkpoints_layer_computes(compre
     """The emulation is exact, layer by layer: given one input, every Linear vLLM builds from NVFP4's dense copy
     (q/k/v and gate/up fused, as vLLM loads them), its input quantized by the plugin (``engine.emulation``),
     returns what the real checkpoint's layers return in transformers (compressed-tensors' quantized forward, as
-    the HF backend loads it) to the matmul's float rounding (measured on the 2-core AMX CPU: bit for bit on the
-    fused q/k/v and gate/up, 1.1e-6 of the output's scale on down_proj, whose 512 inputs vLLM's CPU gemm sums in
-    another order); with 16-bit activations it is tens of percent off. Whole-model scores of the
+    the HF backend loads it) to the matmul's float rounding (on the 2-core AMX CPU, 2026-12-06: bit for bit on
+    the fused q/k/v and gate/up, 1.1e-6 of the output's scale on down_proj, whose 512 inputs vLLM's CPU gemm sums
+    in another order); with 16-bit activations it is tens of percent off. Whole-model scores of the
     two backends still differ (the test above): their inputs to each layer differ by float noise, which the
     4-bit quantizer turns into rounding flips."""
     from safetensors.torch import load_file
