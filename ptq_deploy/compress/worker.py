@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ptq_deploy.compress.config import WorkerJob, WorkerResult
 from ptq_deploy.engine.memory import PeakSampler
+from ptq_deploy.environments import die_with_parent
 from ptq_deploy.errors import PtqError
 
 
@@ -230,8 +231,6 @@ def serve(sock_fd: int) -> int:
     import importlib
     import signal
     import socket
-
-    from ptq_deploy.environments import die_with_parent
 
     sock = socket.socket(fileno=sock_fd)
     for name in PRELOAD:
