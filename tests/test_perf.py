@@ -227,14 +227,17 @@ def _wait_for_tree(root_pid: int, n: int, timeout: float = 240) -> dict[int, flo
                 seen.setdefault(p.pid, p.create_time())
         except psutil.Error:
             break
-        if any(_engine_core(pid) for pid in seen) and len(seen) >= n:
+        if any(_engine_core(_name(pid)) for pid in seen) and len(seen) >= n:
             return seen
         time.sleep(0.3)
     return seen
 
 
-def _engine_core(pid: int) -> bool:
-    return any(mark in _name(pid) for mark in ("EngineCore", "spawn_main"))
+ENGINE_CORE = ("EngineCore", "spawn_main")  # its name once started, its command line while it imports
+
+
+def _engine_core(name: str) -> bool:
+    return any(mark in name for mark in ENGINE_CORE)
 
 
 def _name(pid: int) -> str:
@@ -282,7 +285,7 @@ def test_crashed_server_leaves_no_orphans(engine_model):
             srv.check_alive()
             time.sleep(600)  # healthy before the crash: wait for it to die
     t.join(timeout=5)
-    assert any("EngineCore" in n or "spawn_main" in n for n in names), names  # the engine core that would be orphaned
+    assert any(_engine_core(n) for n in names), names  # the engine core that would have been orphaned
     time.sleep(0.5)
     assert _alive(seen) == [] and srv.descendants_alive() == []
 
