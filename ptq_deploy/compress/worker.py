@@ -219,6 +219,29 @@ PRELOAD = ("torch", "transformers", "datasets", "compressed_tensors", "llmcompre
            "rich.progress", "ptq_deploy.data", "ptq_deploy.provenance")
 
 
+CUDA_ERROR_NOT_INITIALIZED = 3
+
+
+def cuda_driver_initialized() -> bool:
+    """Whether this process has initialized the CUDA driver (``cuInit``), after which a forked child cannot use
+    CUDA. Asked of the driver without initializing it: ``cuDeviceGetCount`` answers CUDA_ERROR_NOT_INITIALIZED
+    before ``cuInit``. False where there is no driver."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return cuda.cuDeviceGetCount(ctypes.byref(ctypes.c_int())) != CUDA_ERROR_NOT_INITIALIZED
+
+
+def _fresh_child() -> None:  # a job's own interpreter: Ctrl-C reaches it (this loop ignores it), dies with us
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    die_with_parent()
+
+
 def serve(sock_fd: int) -> int:
     """Take jobs on the socket ``sock_fd`` (``JOB.json<TAB>RESULT.json<TAB>ENV.json``, with the caller's stdout and
     stderr attached); run each in a child forked from this process (which has imported ``PRELOAD``), one at a
@@ -227,20 +250,37 @@ def serve(sock_fd: int) -> int:
 
     A child is a fresh process for all a job measures (its own peak RSS, CUDA state, OpenMP threads: none ran
     here) but skips the imports. Ctrl-C reaches the child (the job ends "interrupted"), not this loop; the
-    child dies with this process, this process with the one that started it (``PR_SET_PDEATHSIG``)."""
+    child dies with this process, this process with the one that started it (``PR_SET_PDEATHSIG``).
+
+    CUDA does not survive a fork: torch is asked about GPUs through NVML while the libraries load, and if the CUDA
+    driver was initialized all the same (:func:`cuda_driver_initialized`), each job runs in a fresh interpreter."""
     import importlib
     import signal
     import socket
+    import subprocess
 
     sock = socket.socket(fileno=sock_fd)
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # torch.cuda.is_available() without cuInit
     for name in PRELOAD:
         importlib.import_module(name)
+    fork = not cuda_driver_initialized()
+    if not fork:
+        print("[ptq-deploy] the compress libraries initialized CUDA on import: each compression starts a fresh "
+              "interpreter", file=sys.stderr, flush=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         msg, fds, _, _ = socket.recv_fds(sock, 65536, 2)
         if not msg:
             return 0
         job_file, res_file, env_file = msg.decode().split("\t")
+        if not fork:
+            code = subprocess.run([sys.executable, "-m", "ptq_deploy.compress", job_file, res_file],
+                                  stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[1],
+                                  env=json.loads(Path(env_file).read_text()), preexec_fn=_fresh_child).returncode
+            for fd in fds:
+                os.close(fd)
+            sock.send(str(code).encode())
+            continue
         pid = os.fork()
         if pid == 0:  # the job's process
             code = 1

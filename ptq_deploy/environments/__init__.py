@@ -296,7 +296,20 @@ def interpreter_info(python: str, timeout: float = 60) -> dict:
 
 def _target(args: argparse.Namespace) -> bundle_resolve.Target:
     return bundle_resolve.Target(accel=args.accel, python=args.target_python, glibc=args.glibc,
-                               torch_present=args.torch_present, exclude=tuple(args.exclude))
+                               torch_present=args.torch_present,
+                               exclude=tuple(args.exclude) + tuple(_names(args.exclude_from)),
+                               drop=tuple(args.drop))
+
+
+def _names(path: Path | None) -> list[str]:
+    """The package names in a file: one or more per line, split on commas and blanks, ``#`` comments."""
+    if path is None:
+        return []
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise BundleError(f"cannot read {path}: {e.strerror}") from None
+    return [n for line in text.splitlines() for n in line.split("#")[0].replace(",", " ").split()]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -319,7 +332,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--torch-present", metavar="VERSION",
                    help="torch VERSION is installed on the host: leave it and what only it needs out")
     t.add_argument("--exclude", action="append", default=[], metavar="NAME",
-                   help="leave NAME (and what only it needs) out as well; repeatable")
+                   help="the host has NAME: leave it (and what only it needs) out as well; repeatable")
+    t.add_argument("--exclude-from", type=Path, metavar="FILE",
+                   help="the host's packages, names in a file (commas, blanks or lines; # comments): --exclude each")
+    t.add_argument("--drop", action="append", default=[], metavar="NAME",
+                   help="an optional dependency the host lacks and the work does not import: leave it (and what "
+                        "only it needs) out, installed nowhere; repeatable")
     t.add_argument("--resolver-python", metavar="PATH",
                    help="an interpreter of the host's Python version to run pip's resolver in")
     t.add_argument("--no-project", dest="project", action="store_false",

@@ -99,10 +99,13 @@ def write_lock(path: Path, role: str, target: Target, pkgs: dict[str, Pkg], drop
     """Write the resolved set as a complete lock (the project itself and left-out packages excluded)."""
     lines = [f"# Complete lock for environment '{role}' on {target.describe()}: install with pip --no-deps.",
              f"# Resolved by pip for that target: {command}"]
-    if dropped:
-        lines += textwrap.wrap("Left out (present on the host already): " + ", ".join(
-            sorted(f"{pkgs[n].name}=={pkgs[n].version}" for n in dropped)), 100,
-            initial_indent="# ", subsequent_indent="#   ", break_on_hyphens=False)
+    optional = dropped - left_out(pkgs, target.host_roots())
+    for label, names in (("Left out (present on the host already)", dropped - optional),
+                         ("Left out (optional, not imported by this work; installed nowhere)", optional)):
+        if names:
+            lines += textwrap.wrap(f"{label}: " + ", ".join(
+                sorted(f"{pkgs[n].name}=={pkgs[n].version}" for n in names)), 100,
+                initial_indent="# ", subsequent_indent="#   ", break_on_hyphens=False)
     lines += sorted([f"{p.name}=={p.version}" for n, p in pkgs.items() if n not in dropped and n != norm(PROJECT)]
                     + [f"{spec}  # {UNRESOLVED}: installed without its dependencies" for spec in unresolved],
                     key=str.lower)
@@ -138,9 +141,13 @@ def build(out: Path, target: Target, locks: dict[str, Path], python: str, root: 
                         "origin": meta["origin"]})
     for stray in set(p.name for p in wheels.iterdir()) - set(files):
         (wheels / stray).unlink()
+    # the host's packages these roles resolved to: what the host must have (setup checks them there)
+    resolved = {norm(spec.split("==")[0]) for r in roles.values() for spec in r["left_out"]}
     manifest = {"format": FORMAT, "kind": "ptq-deploy-bundle",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "pip_version": pip_version(python), "target": {**asdict(target), "exclude": list(target.exclude)},
+                "pip_version": pip_version(python),
+                "target": {**asdict(target), "exclude": [n for n in target.exclude if norm(n) in resolved],
+                           "drop": list(target.drop)},
                 "roles": roles, "files": entries, "total_bytes": sum(e["size"] for e in entries)}
     write_manifest(out, manifest)
     return manifest

@@ -39,8 +39,10 @@ class Target:
 
     ``torch_present`` (a version) means torch is installed there already: it and whatever only torch
     needs are left out, and each venv sees it through ``--system-site-packages``. ``exclude`` names
-    more packages to leave out the same way. The architecture is this machine's: pip evaluates
-    environment markers for the machine it runs on.
+    more packages the host has, left out the same way. ``drop`` names optional dependencies the host
+    lacks and the work does not import (vLLM's FlashInfer, say), left out with what only they need and
+    not installed anywhere. The architecture is this machine's: pip evaluates environment markers for
+    the machine it runs on.
     """
 
     accel: str
@@ -48,6 +50,7 @@ class Target:
     glibc: str
     torch_present: str | None = None
     exclude: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()
     arch: str = field(default_factory=platform.machine)
 
     def platforms(self) -> list[str]:
@@ -65,8 +68,11 @@ class Target:
             args += ["--platform", tag]
         return args
 
-    def left_out_roots(self) -> set[str]:
+    def host_roots(self) -> set[str]:
         return {norm(n) for n in self.exclude} | ({"torch"} if self.torch_present else set())
+
+    def left_out_roots(self) -> set[str]:
+        return self.host_roots() | {norm(n) for n in self.drop}
 
     def describe(self) -> str:
         torch = f", torch {self.torch_present} present" if self.torch_present else ""

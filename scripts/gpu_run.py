@@ -1,0 +1,333 @@
+"""The product's GPU work on a lent machine, as one command that keeps what it measured (docs/gpu.md).
+
+    # there, once the bundle's parts are in /tmp/ptq-bundle (docs/gpu.md gives the calls that carry them):
+    python3 scripts/gpu_run.py --bundle /tmp/ptq-bundle --out "$OUT" --budget-s 540
+    # here, a dry run on this CPU: the managed environments stand in for the bundle's, a smaller matrix
+    python3 scripts/gpu_run.py --stand-in --out /tmp/gpu-out --budget-s 1500 --schemes FP8-W8A8,INT8-W8A8
+
+The steps, each a product command or vLLM's own, each cut off when the budget runs out (interrupted like Ctrl-C,
+so ``run`` keeps every step it finished); a step that no longer fits is recorded as skipped:
+
+1. install: ``environments setup --from-bundle`` (every part verified and joined, no index), ``pip check``;
+2. the experiment's first cells (``--first``: BF16 and FP8-W8A8, with and without the fp8 KV cache): ``run``;
+3. ``vllm bench latency`` (batch 1) and ``vllm bench throughput`` on those checkpoints, with the perf step's
+   engine settings and workload: perf's figures over vLLM's (speed over speed; the target is >= 0.98);
+4. the rest of the matrix: ``run`` again (finished steps are skipped);
+5. CUDA graphs on the first cells' checkpoints, while the budget lasts: ``ptq-deploy perf --no-enforce-eager``
+   and the same two ``vllm bench`` commands without ``--enforce-eager``, the ratio again;
+6. ``report``.
+
+The matrix runs eager (``smollm2-135m-gpu``: every row alike, each engine up in seconds); CUDA graphs cost a
+torch.compile per checkpoint, so only step 5's cells get them. Everything lands in ``--out`` as it happens:
+``log.txt`` (every command's output), ``record.json`` (host, settings, steps, ratios; rewritten after each step),
+``results.tar.gz`` (the results dir without checkpoints, refreshed every 30 s) and ``report.txt``.
+Stdlib only: it starts on the host's bare interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ptq_deploy import environments  # noqa: E402  (stdlib only)
+
+# what the product and lm-eval load on a GPU: checked once installed, before any cell (vllm._C needs the driver)
+IMPORTS = ("vllm.entrypoints.llm", "vllm.v1.engine.core", "vllm.v1.worker.gpu_worker", "vllm.v1.worker.gpu_model_runner",
+           "vllm.v1.attention.backends.flash_attn", "vllm.model_executor.models.llama",
+           "vllm.model_executor.layers.quantization.compressed_tensors.compressed_tensors",
+           "vllm.entrypoints.openai.api_server", "vllm.benchmarks.latency", "vllm.benchmarks.throughput",
+           "lm_eval.models.vllm_causallms", "lm_eval.models.huggingface", "ptq_deploy.cli", "ptq_deploy.perf.offline",
+           "ptq_deploy.perf.serving", "ptq_deploy.eval.backend", "ptq_deploy.inspection.runtime")
+RESERVE_S = 30.0  # kept back for the report and the last copy of the results
+MIN_STEP_S = 20.0  # a step with less left than this is skipped, not started
+INTERRUPT_GRACE_S = 20.0  # after Ctrl-C, before SIGKILL
+
+
+class Session:
+    """The budget, the log and the record of one invocation; every step goes through :meth:`step`."""
+
+    def __init__(self, out: Path, budget_s: float, settings: dict, copy: Path | None = None):
+        self.out, self.copy, self.t0, self.budget_s = out, copy, time.monotonic(), budget_s
+        out.mkdir(parents=True, exist_ok=True)
+        self.log = (out / "log.txt").open("a", buffering=1)
+        self.record = {"kind": "gpu-run", "schema_version": 1, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                       time.gmtime()), "budget_s": budget_s, "settings": settings, "host": {}, "steps": [],
+                       "bench": {}}
+        self.lock = threading.Lock()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+    def say(self, msg: str) -> None:
+        line = f"[gpu-run {self.elapsed():6.1f}s] {msg}"
+        print(line, flush=True)
+        self.log.write(line + "\n")
+
+    def save(self) -> None:
+        with self.lock:
+            for path in (self.out / "record.json", *([self.copy] if self.copy else [])):
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text(json.dumps(self.record, indent=1, default=str) + "\n")
+                os.replace(tmp, path)
+
+    def step(self, name: str, cmd: list[str], env: dict | None = None, limit_s: float | None = None,
+             capture: Path | None = None) -> dict:
+        """Run ``cmd`` within what is left of the budget (and ``limit_s``); its output goes to the log (and to
+        ``capture``). Returns the step's entry in the record."""
+        allowed = self.left() - RESERVE_S
+        if limit_s is not None:
+            allowed = min(allowed, limit_s)
+        entry = {"name": name, "cmd": shlex.join(cmd), "started_s": round(self.elapsed(), 1)}
+        self.record["steps"].append(entry)
+        if allowed < MIN_STEP_S:
+            entry.update(status="skipped", reason=f"budget: {self.left():.0f} s left, {RESERVE_S:.0f} s kept back")
+            self.say(f"{name}: skipped ({entry['reason']})")
+            self.save()
+            return entry
+        self.say(f"{name}: {entry['cmd']} (at most {allowed:.0f} s)")
+        self.log.write(f"$ {entry['cmd']}\n")
+        t = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                text=True, errors="replace", env=env, cwd=ROOT, start_new_session=True)
+        lines: list[str] = []
+
+        def pump() -> None:
+            for line in proc.stdout:
+                self.log.write(line)
+                lines.append(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            rc, cut = proc.wait(timeout=allowed), False
+        except subprocess.TimeoutExpired:
+            cut = True
+            os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: run records what it finished
+            try:
+                rc = proc.wait(timeout=INTERRUPT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                rc = proc.wait()
+        reader.join(timeout=10)
+        if capture is not None:
+            capture.write_text("".join(lines))
+        entry.update(status="cut off at the budget" if cut else ("ok" if rc == 0 else "failed"), rc=rc,
+                     wall_s=round(time.monotonic() - t, 1), tail="".join(lines[-8:])[-2000:])
+        self.say(f"{name}: {entry['status']} (rc {rc}, {entry['wall_s']} s)")
+        self.save()
+        return entry
+
+
+def archive(results: Path, out: Path) -> None:
+    """``results`` without checkpoints as ``out/results.tar.gz``, replaced whole."""
+    if not results.exists():
+        return
+    tmp = out / "results.tar.gz.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(results, arcname=results.name,
+                filter=lambda ti: None if "/checkpoints" in ti.name or ti.name.endswith(".safetensors") else ti)
+    os.replace(tmp, out / "results.tar.gz")
+
+
+def keep_archiving(results: Path, out: Path, stop: threading.Event) -> None:
+    while not stop.wait(30):
+        try:
+            archive(results, out)
+        except Exception as e:  # a file replaced under tar: the next round takes it
+            print(f"[gpu-run] archive: {e}", file=sys.stderr)
+
+
+def host_facts() -> dict:
+    git = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                         text=True)
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    facts = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
+             "git": {"rev": rev or None, "dirty": bool(git.stdout.strip()) if git.returncode == 0 else None}}
+    try:
+        facts["nvidia_smi"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.memory,pcie.link.gen.max",
+             "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        facts["nvidia_smi"] = f"not run: {e}"
+    try:
+        from importlib import metadata
+
+        facts["torch"] = metadata.version("torch")
+    except Exception:
+        facts["torch"] = None
+    return facts
+
+
+def perf_result(results: Path, model: str, cell: str) -> dict | None:
+    path = results / "results" / model / cell / "perf.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def bench_commands(perf: dict, vllm: list[str], out: Path, tag: str, eager: bool,
+                   warmups: bool) -> dict[str, list[str]]:
+    """``vllm bench latency`` (batch 1) and ``throughput`` with the engine settings and workload ``perf`` ran
+    (per-step stats off, as in perf's ``LLM()``). ``warmups``: this vLLM's throughput benchmark takes
+    ``--num-warmups`` (0.20's does not: its one timed pass is then also its first)."""
+    eng, wl = perf["engine"], perf["workload"]
+    st = eng["settings"]
+    common = ["--model", eng["model"], "--dtype", eng["dtype"], "--max-model-len", str(st["max_model_len"]),
+              "--gpu-memory-utilization", str(st["gpu_memory_utilization"]), "--seed", str(st["seed"]),
+              "--kv-cache-dtype", eng["kv_cache_dtype"], "--disable-log-stats"] + (["--enforce-eager"] if eager else [])
+    return {
+        "latency": [*vllm, "bench", "latency", *common, "--input-len", str(wl["input_len"]), "--output-len",
+                    str(wl["output_len"]), "--batch-size", "1", "--num-iters-warmup", "3", "--num-iters", "10",
+                    "--output-json", str(out / f"{tag}_latency.json")],
+        "throughput": [*vllm, "bench", "throughput", *common, "--dataset-name", "random", "--random-input-len",
+                       str(wl["input_len"]), "--random-output-len", str(wl["output_len"]), "--num-prompts",
+                       str(wl["num_prompts"]), *(["--num-warmups", str(wl["num_prompts"])] if warmups else []),
+                       "--output-json", str(out / f"{tag}_throughput.json")],
+    }
+
+
+def takes_warmups(python: str) -> bool:
+    """Whether the vLLM of ``python``'s environment has ``bench throughput --num-warmups`` (read from its source)."""
+    env = Path(python).absolute().parent.parent if Path(python).parent.name == "bin" else None  # the venv, not its base
+    for src in (env.glob("lib/python*/site-packages/vllm/benchmarks/throughput.py") if env else ()):
+        return "--num-warmups" in src.read_text()
+    return False
+
+
+def bench_env(perf: dict, env: dict) -> dict:
+    """The variables the perf step's engine ran with (on a CPU: in-process, its KV-cache space; the product's
+    vLLM cache everywhere, so a CUDA-graph run reuses the compile perf made), for vLLM's benchmark."""
+    st = perf["engine"]["settings"]
+    extra = {"VLLM_CACHE_ROOT": str(environments.home() / "vllm-cache")}
+    if not st.get("gpus"):
+        extra |= {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": str(st["cpu_kvcache_space_gib"])}
+    return {**env, **extra}
+
+
+def ratios(perf: dict, bench_dir: Path, tag: str) -> dict:
+    """perf's speed over ``vllm bench``'s on the same checkpoint and settings: batch-1 latency and throughput."""
+    got: dict = {}
+    lat_file, thr_file = bench_dir / f"{tag}_latency.json", bench_dir / f"{tag}_throughput.json"
+    if lat_file.exists() and (perf.get("latency") or {}).get("batch1_e2e"):
+        ours, theirs = perf["latency"]["batch1_e2e"], json.loads(lat_file.read_text())
+        got["batch1_latency"] = {"perf_mean_s": ours["mean"], "perf_n": ours["n"], "perf_stdev_s": ours["stdev"],
+                                 "vllm_bench_avg_s": theirs["avg_latency"], "vllm_bench_n": len(theirs["latencies"]),
+                                 "speed_ratio": theirs["avg_latency"] / ours["mean"]}
+    if thr_file.exists() and (perf.get("throughput") or {}).get("requests_per_s"):
+        ours, theirs = perf["throughput"]["requests_per_s"], json.loads(thr_file.read_text())
+        got["throughput"] = {"perf_median_req_s": ours["median"], "perf_n": ours["n"],
+                             "vllm_bench_req_s": theirs["requests_per_second"],
+                             "speed_ratio": ours["median"] / theirs["requests_per_second"]}
+    return got
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, help="the bundle's directory (manifest.json, parts/) on this host")
+    ap.add_argument("--stand-in", action="store_true",
+                    help="a dry run: use the managed environments (make setup) instead of installing a bundle")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-out")))
+    ap.add_argument("--budget-s", type=float, default=540.0, help="seconds for everything, install included")
+    ap.add_argument("--record", type=Path, help="also keep the record here (a dry run's, under perf_results/)")
+    ap.add_argument("--install-only", action="store_true", help="stop after the install and the import check")
+    ap.add_argument("--experiment", default="smollm2-135m-gpu", help="a bundled experiment's name or a YAML file")
+    ap.add_argument("--model", default="smollm2-135m", help="the experiment's model (its name in the results)")
+    ap.add_argument("--results-dir", type=Path, default=Path("/tmp/ptq-gpu-run/results"))
+    ap.add_argument("--schemes", default=None, help="only these schemes (comma-separated; the baseline is added)")
+    ap.add_argument("--first", default="FP8-W8A8", help="the schemes run (with the baseline) and benched first")
+    args = ap.parse_args()
+    if bool(args.bundle) == args.stand_in:
+        ap.error("give --bundle DIR (on the GPU host) or --stand-in (a dry run with the managed environments)")
+
+    s = Session(args.out, args.budget_s, {k: str(v) for k, v in vars(args).items()}, args.record)
+    s.record["host"] = host_facts()
+    s.say(f"host: {s.record['host']}")
+    s.save()
+    env = environments.subprocess_env()  # children run this checkout
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    if args.bundle:
+        if s.step("install", [sys.executable, "-m", "ptq_deploy.environments", "setup", "--from-bundle",
+                              str(args.bundle)], env=env)["status"] != "ok":
+            return 1
+    py = str(environments.env_python("runtime"))
+    s.record["runtime_python"] = py
+    for role in environments.ROLES:
+        s.step(f"pip check ({role})", [str(environments.env_python(role)), "-m", "pip", "check"], env=env,
+               limit_s=60, capture=args.out / f"pip-check-{role}.txt")
+
+    s.step("imports", [py, "-c", "import importlib; [importlib.import_module(m) for m in " + repr(IMPORTS) + "]"],
+           env=env, limit_s=180)
+    if args.install_only:
+        s.record["ended_s"] = round(s.elapsed(), 1)
+        s.save()
+        return 0
+    cli, vllm = [py, "-m", "ptq_deploy.cli"], [py, "-m", "ptq_deploy.engine.vllm_cli"]
+    warmups = takes_warmups(py)
+    s.record["vllm_bench_throughput_warmups"] = warmups
+    results, bench_dir = args.results_dir, args.results_dir / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    threading.Thread(target=keep_archiving, args=(results, args.out, stop), daemon=True).start()
+    run = [*cli, "run", args.experiment, "--results-dir", str(results)]
+    only = [x for x in (args.schemes or "").split(",") if x]
+    first = [x for x in args.first.split(",") if x and (not only or x in only)]
+    try:
+        s.step("run: first cells", [*run, *(a for x in first for a in ("--include-schemes", x))], env=env)
+        model = args.model
+        cells = ["BF16", *first]
+        for cell in cells:  # 3: vLLM's own benchmarks, the perf step's settings
+            perf = perf_result(results, model, cell)
+            if perf is None:
+                s.say(f"bench {cell}: no perf result to match")
+                continue
+            for kind, cmd in bench_commands(perf, vllm, bench_dir, f"{cell}_eager", True, warmups).items():
+                s.step(f"vllm bench {kind} {cell} (eager)", cmd, env=bench_env(perf, env))
+            s.record["bench"][f"{cell} eager"] = ratios(perf, bench_dir, f"{cell}_eager")
+            s.save()
+        s.step("run: the rest", [*run, *(a for x in only for a in ("--include-schemes", x))], env=env)
+        for cell in cells:  # 5: CUDA graphs where the budget lasts
+            perf = perf_result(results, model, cell)
+            if perf is None or not perf["engine"]["settings"].get("gpus"):
+                s.say(f"CUDA graphs {cell}: not run ({'no perf result' if perf is None else 'no GPU'})")
+                continue
+            out = results / "perf-cuda-graphs" / cell
+            w = perf["workload"]
+            st = s.step(f"perf {cell} (CUDA graphs)", [
+                *cli, "perf", perf["engine"]["model"], "--no-enforce-eager", "--no-serving", "--dtype",
+                perf["engine"]["dtype"], "--max-model-len", str(perf["engine"]["settings"]["max_model_len"]),
+                "--num-prompts", str(w["num_prompts"]), "--input-len", str(w["input_len"]), "--output-len",
+                str(w["output_len"]), "--latency-ci", "0.02", "--output-dir", str(out)], env=env)
+            graphs = sorted(out.glob("*.json")) if st.get("status") == "ok" else []
+            if graphs:
+                gperf = json.loads(graphs[-1].read_text())
+                for kind, cmd in bench_commands(gperf, vllm, bench_dir, f"{cell}_graphs", False, warmups).items():
+                    s.step(f"vllm bench {kind} {cell} (CUDA graphs)", cmd, env=bench_env(gperf, env))
+                s.record["bench"][f"{cell} graphs"] = ratios(gperf, bench_dir, f"{cell}_graphs")
+                s.save()
+    finally:
+        stop.set()
+        s.budget_s += RESERVE_S  # the reserve is the report's
+        s.step("report", [*cli, "report", str(results)], env=env, capture=args.out / "report.txt")
+        archive(results, args.out)
+        s.record["ended_s"] = round(s.elapsed(), 1)
+        s.save()
+        s.say(f"done: {', '.join(f'{k}: ' + json.dumps(v) for k, v in s.record['bench'].items())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
