@@ -1,4 +1,9 @@
-"""Tiny random causal LMs with a real (trained) tokenizer, for tests and smoke checks without a hub."""
+"""Random causal LMs without a hub: tiny ones with a real (trained) tokenizer, for tests and smoke checks, and
+any shipped config's shape at full size (``build_from_config``: speed, memory and kernels are the real model's,
+quality is none), for the GPU's roofline checks.
+
+    python -m ptq_deploy.tiny --config CONFIG.json --tokenizer DIR --out DIR [--device cuda] [--shrink]
+"""
 
 from __future__ import annotations
 
@@ -42,3 +47,55 @@ def build_tiny(out: Path, arch: Arch = "llama") -> Path:
 
 def build_tiny_llama(out: Path) -> Path:
     return build_tiny(out, "llama")
+
+
+def build_from_config(config: Path, out: Path, tokenizer: Path, device: str = "cpu", shrink: bool = False) -> Path:
+    """A model of ``config``'s architecture and shape (a shipped ``config.json``) with random weights, initialised
+    on ``device`` in the config's dtype and saved as safetensors with ``tokenizer``'s files (a smaller vocabulary
+    than the model's is fine: its ids are all valid). ``shrink``: two layers of width 256, the same architecture
+    and vocabulary, for a dry run on a CPU."""
+    import json
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = json.loads(Path(config).read_text())
+    if shrink:
+        heads = 4
+        cfg.update(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=heads,
+                   num_key_value_heads=min(cfg.get("num_key_value_heads", heads), heads), head_dim=64)
+    hf_config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    dtype = getattr(torch, str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").replace("torch.", ""))
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    model.save_pretrained(out)
+    for f in Path(tokenizer).iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens_map", "vocab", "merges", "chat_template")):
+            shutil.copy2(f, Path(out) / f.name)
+    return Path(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m ptq_deploy.tiny", description=build_from_config.__doc__.split(".")[0])
+    ap.add_argument("--config", type=Path, required=True, help="a config.json (ptq_deploy/data/model_configs/)")
+    ap.add_argument("--tokenizer", type=Path, required=True, help="a directory with a tokenizer's files")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", default="cpu", help="where the weights are initialised (cuda: seconds for 8B)")
+    ap.add_argument("--shrink", action="store_true", help="two layers of width 256 (a dry run)")
+    args = ap.parse_args(argv)
+    import time
+
+    t = time.perf_counter()
+    out = build_from_config(args.config, args.out, args.tokenizer, args.device, args.shrink)
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    print(f"[ptq-deploy] random {args.config.stem} -> {out}: {size / 1e9:.2f} GB of weights in "
+          f"{time.perf_counter() - t:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

