@@ -62,9 +62,9 @@ def build_from_config(config: Path, out: Path, tokenizer: Path, device: str = "c
 
     cfg = json.loads(Path(config).read_text())
     if shrink:
-        heads = 4
+        heads, kv = 4, cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
         cfg.update(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=heads,
-                   num_key_value_heads=min(cfg.get("num_key_value_heads", heads), heads), head_dim=64)
+                   num_key_value_heads=max(1, heads * kv // cfg["num_attention_heads"]), head_dim=64)  # its GQA
     hf_config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     dtype = getattr(torch, str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").replace("torch.", ""))
     torch.manual_seed(0)

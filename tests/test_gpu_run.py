@@ -87,3 +87,32 @@ def test_the_gpu_experiment_plans_every_scheme_with_and_without_vllms_fp8_cache(
     compress = {s.cell: s.key for s in steps if s.step == "compress"}
     assert all(compress[n] != compress[f"{n}+kv-fp8"] for n in quantized)  # the fp8 cells carry calibrated scales
     assert exp.models[0].engine.enforce_eager and (exp.compress.num_samples, exp.compress.max_seq_len) == (64, 512)
+
+
+def test_a_random_model_of_a_shipped_config_keeps_its_architecture(tmp_path):
+    """``python -m ptq_deploy.tiny --config ... --shrink``: the 8B job's model at two layers, as its dry run builds
+    it; the architecture, vocabulary, attention layout and RoPE scaling are the config's."""
+    import subprocess
+
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    from ptq_deploy import environments
+    from ptq_deploy.models import resolve
+
+    config = ROOT / "ptq_deploy" / "data" / "model_configs" / "meta-llama--Llama-3.1-8B.json"
+    out = tmp_path / "m"
+    subprocess.run([sys.executable, "-m", "ptq_deploy.tiny", "--config", str(config), "--tokenizer",
+                    resolve("default").path, "--out", str(out), "--shrink"], check=True,
+                   env=environments.subprocess_env(), capture_output=True)
+    want, got = json.loads(config.read_text()), AutoConfig.from_pretrained(out)
+    assert got.architectures == want["architectures"] and got.vocab_size == want["vocab_size"]
+    assert got.num_hidden_layers == 2
+    assert got.num_attention_heads // got.num_key_value_heads == want["num_attention_heads"] // want["num_key_value_heads"]
+    assert got.rope_parameters["rope_type"] == want["rope_scaling"]["rope_type"]
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        emb = f.get_tensor("model.embed_tokens.weight")
+        assert emb.shape == (want["vocab_size"], 256) and emb.dtype == torch.bfloat16
+        assert 0.015 < emb.float().std().item() < 0.025  # random, at the config's initializer_range (0.02)
+    assert (out / "tokenizer.json").exists()
