@@ -278,22 +278,25 @@ def test_setup_from_bundle_installs_from_parts_with_no_index(bundle_copy, tmp_pa
 
 @pytest.mark.network
 def test_left_out_packages_come_from_the_host_interpreter(tmp_path, monkeypatch):
-    """(network: PyPI) ``--exclude packaging`` stands for the host's torch: the venv uses this
-    interpreter's packaging (pytest needs it, so it is here) and the bundle's six."""
-    import packaging
+    """(network: PyPI) ``--exclude six`` stands for the host's torch: python-dateutil needs six, so the bundle leaves
+    it out and the host must have it; the venv uses this interpreter's six and the bundle's python-dateutil. A
+    package the locks never reach (``--exclude not-needed-here``) is not asked of the host."""
+    import six
 
     monkeypatch.setenv("PTQ_DEPLOY_HOME", str(tmp_path / "home"))
     lock, out = tmp_path / "lock.txt", tmp_path / "b"
-    lock.write_text("six==1.16.0\n")
-    assert environments.main(["bundle", "--accel", "cpu", "--no-project", "--exclude", "packaging", "--glibc",
-                      platform.libc_ver()[1], "--runtime-lock", str(lock), "--compress-lock", str(lock),
-                      "-o", str(out)]) == 0
-    assert bundle.load_manifest(out)["roles"]["runtime"]["wheels"] == ["six-1.16.0-py2.py3-none-any.whl"]
+    lock.write_text("python-dateutil==2.8.2\n")  # not the version this interpreter has
+    assert environments.main(["bundle", "--accel", "cpu", "--no-project", "--exclude", "six", "--exclude",
+                              "not-needed-here", "--glibc", platform.libc_ver()[1], "--runtime-lock", str(lock),
+                              "--compress-lock", str(lock), "-o", str(out)]) == 0
+    man = bundle.load_manifest(out)
+    assert man["roles"]["runtime"]["wheels"] == ["python_dateutil-2.8.2-py2.py3-none-any.whl"]
+    assert man["target"]["exclude"] == ["six"]
     assert environments.main(["setup", "--from-bundle", str(out), "--role", "runtime"]) == 0
     py = environments.env_python("runtime", "cpu")
-    files = subprocess.run([str(py), "-c", "import packaging, six; print(packaging.__file__); print(six.__file__)"],
+    files = subprocess.run([str(py), "-c", "import dateutil, six; print(six.__file__); print(dateutil.__file__)"],
                            capture_output=True, text=True, check=True).stdout.split()
-    assert Path(files[0]).resolve() == Path(packaging.__file__).resolve()
+    assert Path(files[0]).resolve() == Path(six.__file__).resolve()
     assert Path(files[1]).resolve().is_relative_to(environments.env_dir("runtime", "cpu").resolve())
 
 
