@@ -390,6 +390,8 @@ def main() -> int:
     s.record["host"] = host_facts()
     s.say(f"host: {s.record['host']}")
     s.save()
+    if args.bundle:  # the environments the bundle installs (cuda: what this host's driver would pick anyway)
+        os.environ.setdefault("PTQ_DEPLOY_ACCEL", json.loads((args.bundle / "manifest.json").read_text())["target"]["accel"])
     env = environments.subprocess_env()  # children run this checkout
     env.setdefault("HF_HUB_OFFLINE", "1")
     if args.bundle:
