@@ -7,6 +7,10 @@ quality is none), for the GPU's roofline checks.
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -54,10 +58,7 @@ def build_from_config(config: Path, out: Path, tokenizer: Path, device: str = "c
     on ``device`` in the config's dtype and saved as safetensors with ``tokenizer``'s files (a smaller vocabulary
     than the model's is fine: its ids are all valid). ``shrink``: two layers of width 256, the same architecture
     and vocabulary, for a dry run on a CPU."""
-    import json
-    import shutil
-
-    import torch
+    import torch  # heavy: only where a model is built
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = json.loads(Path(config).read_text())
@@ -78,8 +79,6 @@ def build_from_config(config: Path, out: Path, tokenizer: Path, device: str = "c
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m ptq_deploy.tiny", description=build_from_config.__doc__.split(".")[0])
     ap.add_argument("--config", type=Path, required=True, help="a config.json (ptq_deploy/data/model_configs/)")
     ap.add_argument("--tokenizer", type=Path, required=True, help="a directory with a tokenizer's files")
@@ -87,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="where the weights are initialised (cuda: seconds for 8B)")
     ap.add_argument("--shrink", action="store_true", help="two layers of width 256 (a dry run)")
     args = ap.parse_args(argv)
-    import time
-
     t = time.perf_counter()
     out = build_from_config(args.config, args.out, args.tokenizer, args.device, args.shrink)
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))

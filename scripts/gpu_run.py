@@ -1,27 +1,20 @@
-"""The product's GPU work on a lent machine, as one command that keeps what it measured (docs/gpu.md).
+"""The product's GPU work on a lent machine, as one budgeted command that keeps what it measured (docs/gpu.md).
 
-    # there, once the bundle's parts are in /tmp/ptq-bundle (docs/gpu.md gives the calls that carry them):
-    python3 scripts/gpu_run.py --bundle /tmp/ptq-bundle --out "$OUT" --budget-s 540
-    # here, a dry run on this CPU: the managed environments stand in for the bundle's, a smaller matrix
-    python3 scripts/gpu_run.py --stand-in --out /tmp/gpu-out --budget-s 1500 --schemes FP8-W8A8,INT8-W8A8
+    # there, once the bundle's parts are in /tmp/ptq-bundle (scripts/gpu_stage.py prints the calls):
+    python3 scripts/gpu_run.py --bundle /tmp/ptq-bundle --out "$OUT" --budget-s 520 [--job llama-8b]
+    # here, a dry run on this CPU with the managed environments standing in for the bundle's:
+    python3 scripts/gpu_run.py --stand-in --experiment scripts/gpu_run_standin.yaml --schemes INT8-W8A8,INT4-W4A16-RTN \
+        --first INT8-W8A8 --out /tmp/gpu-out --budget-s 1500
 
-The steps, each a product command or vLLM's own, each cut off when the budget runs out (interrupted like Ctrl-C,
-so ``run`` keeps every step it finished); a step that no longer fits is recorded as skipped:
-
-1. install: ``environments setup --from-bundle`` (every part verified and joined, no index), ``pip check``;
-2. the experiment's first cells (``--first``: BF16 and FP8-W8A8, with and without the fp8 KV cache): ``run``;
-3. ``vllm bench latency`` (batch 1) and ``vllm bench throughput`` on those checkpoints, with the perf step's
-   engine settings and workload: perf's figures over vLLM's (speed over speed; the target is >= 0.98);
-4. the rest of the matrix: ``run`` again (finished steps are skipped);
-5. CUDA graphs on the first cells' checkpoints, while the budget lasts: ``ptq-deploy perf --no-enforce-eager``
-   and the same two ``vllm bench`` commands without ``--enforce-eager``, the ratio again;
-6. ``report``.
-
-The matrix runs eager (``smollm2-135m-gpu``: every row alike, each engine up in seconds); CUDA graphs cost a
-torch.compile per checkpoint, so only step 5's cells get them. Everything lands in ``--out`` as it happens:
-``log.txt`` (every command's output), ``record.json`` (host, settings, steps, ratios; rewritten after each step),
-``results.tar.gz`` (the results dir without checkpoints, refreshed every 30 s) and ``report.txt``.
-Stdlib only: it starts on the host's bare interpreter.
+Every step is a product command or vLLM's own, run through :meth:`Session.step`: a step that no longer fits the
+budget is skipped, one that outruns it is interrupted like Ctrl-C (``run`` keeps every step it finished), and each
+is recorded. First the install (``setup --from-bundle``), ``pip check`` and an import check; then the job:
+``ready`` (the ``smollm2-135m-gpu`` matrix, eager: its first cells, ``vllm bench`` on them with perf's settings,
+the rest, ``inspect --runtime``, CUDA graphs on the first cells) or ``llama-8b`` (Llama-3.1-8B's shape with random
+weights, four schemes with the load sweep, ``vllm bench`` on each); ``report`` last. ``--out`` receives, as it
+goes: ``log.txt``, ``record.json`` (host, settings, steps, perf-over-vLLM ratios), ``results.tar.gz`` (the results
+dir without checkpoints, every 30 s), ``report.txt``, ``pip-check-*.txt``. Stdlib only: it starts on the host's
+bare interpreter.
 """
 
 from __future__ import annotations
@@ -134,15 +127,19 @@ class Session:
         return entry
 
 
+ARCHIVING = threading.Lock()  # the periodic copy and the last one write the same file
+
+
 def archive(results: Path, out: Path) -> None:
     """``results`` without checkpoints as ``out/results.tar.gz``, replaced whole."""
     if not results.exists():
         return
-    tmp = out / "results.tar.gz.tmp"
-    with tarfile.open(tmp, "w:gz") as tar:
-        tar.add(results, arcname=results.name,
-                filter=lambda ti: None if "/checkpoints" in ti.name or ti.name.endswith(".safetensors") else ti)
-    os.replace(tmp, out / "results.tar.gz")
+    with ARCHIVING:
+        tmp = out / "results.tar.gz.tmp"
+        with tarfile.open(tmp, "w:gz") as tar:
+            tar.add(results, arcname=results.name,
+                    filter=lambda ti: None if "/checkpoints" in ti.name or ti.name.endswith(".safetensors") else ti)
+        os.replace(tmp, out / "results.tar.gz")
 
 
 def keep_archiving(results: Path, out: Path, stop: threading.Event) -> None:

@@ -205,3 +205,28 @@ def test_compressions_share_one_warm_server_that_measurements_leave_out(tiny_mod
     third = run("FP8-W8A8", "c")
     assert _Server._current.proc.pid != server and (tmp_path / "c" / "config.json").is_file()
     assert third.checkpoint.scheme == "FP8-W8A8"
+
+
+def test_a_server_whose_imports_initialized_cuda_starts_each_job_fresh(tiny_model, tmp_path, monkeypatch, capfd):
+    """CUDA does not survive a fork: where the driver answers that it was initialized (a stand-in ``libcuda.so.1``
+    whose ``cuDeviceGetCount`` succeeds, as it does only after ``cuInit``), the server runs each job in a fresh
+    interpreter instead of a forked child, and the job still writes its checkpoint."""
+    import shutil
+    import subprocess
+
+    from ptq_deploy.compress import _Server, worker
+
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler for the stand-in driver library")
+    lib = tmp_path / "driver"
+    lib.mkdir()
+    (lib / "cuda.c").write_text("int cuDeviceGetCount(int *n) { *n = 1; return 0; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib / "libcuda.so.1"), str(lib / "cuda.c")], check=True)
+    assert not worker.cuda_driver_initialized()  # this machine: no driver
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(lib))  # an import-time variable: a new server, which loads the stand-in
+    try:
+        r = compress(CompressConfig(model=str(tiny_model), scheme="FP8-W8A8", output=tmp_path / "a"))
+    finally:
+        _Server.close()
+    assert r.checkpoint.scheme == "FP8-W8A8" and (tmp_path / "a" / "config.json").is_file()
+    assert "each compression starts a fresh interpreter" in capfd.readouterr().err
