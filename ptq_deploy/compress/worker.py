@@ -9,8 +9,11 @@ caller renames it into place.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -226,8 +229,6 @@ def cuda_driver_initialized() -> bool:
     """Whether this process has initialized the CUDA driver (``cuInit``), after which a forked child cannot use
     CUDA. Asked of the driver without initializing it: ``cuDeviceGetCount`` answers CUDA_ERROR_NOT_INITIALIZED
     before ``cuInit``. False where there is no driver."""
-    import ctypes
-
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
     except OSError:
@@ -236,8 +237,6 @@ def cuda_driver_initialized() -> bool:
 
 
 def _fresh_child() -> None:  # a job's own interpreter: Ctrl-C reaches it (this loop ignores it), dies with us
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     die_with_parent()
 
@@ -255,9 +254,7 @@ def serve(sock_fd: int) -> int:
     CUDA does not survive a fork: torch is asked about GPUs through NVML while the libraries load, and if the CUDA
     driver was initialized all the same (:func:`cuda_driver_initialized`), each job runs in a fresh interpreter."""
     import importlib
-    import signal
     import socket
-    import subprocess
 
     sock = socket.socket(fileno=sock_fd)
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # torch.cuda.is_available() without cuInit
