@@ -176,16 +176,13 @@ def perf_result(results: Path, model: str, cell: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def bench_commands(perf: dict, vllm: list[str], out: Path, tag: str, eager: bool,
+def bench_commands(perf: dict, flags: list[str], vllm: list[str], out: Path, tag: str,
                    warmups: bool) -> dict[str, list[str]]:
-    """``vllm bench latency`` (batch 1) and ``throughput`` with the engine settings and workload ``perf`` ran
-    (per-step stats off, as in perf's ``LLM()``). ``warmups``: this vLLM's throughput benchmark takes
-    ``--num-warmups`` (0.20's does not: its one timed pass is then also its first)."""
-    eng, wl = perf["engine"], perf["workload"]
-    st = eng["settings"]
-    common = ["--model", eng["model"], "--dtype", eng["dtype"], "--max-model-len", str(st["max_model_len"]),
-              "--gpu-memory-utilization", str(st["gpu_memory_utilization"]), "--seed", str(st["seed"]),
-              "--kv-cache-dtype", eng["kv_cache_dtype"], "--disable-log-stats"] + (["--enforce-eager"] if eager else [])
+    """``vllm bench latency`` (batch 1) and ``throughput`` on ``perf``'s checkpoint and workload, with ``flags`` (its
+    engine's, from :func:`perf_engine`) and per-step stats off, as in perf's ``LLM()``. ``warmups``: this vLLM's
+    throughput benchmark takes ``--num-warmups`` (0.20's does not: its one timed pass is then also its first)."""
+    wl = perf["workload"]
+    common = ["--model", perf["engine"]["model"], *flags, "--disable-log-stats"]
     return {
         "latency": [*vllm, "bench", "latency", *common, "--input-len", str(wl["input_len"]), "--output-len",
                     str(wl["output_len"]), "--batch-size", "1", "--num-iters-warmup", "3", "--num-iters", "10",
@@ -197,22 +194,28 @@ def bench_commands(perf: dict, vllm: list[str], out: Path, tag: str, eager: bool
     }
 
 
+# the perf step's engine as `vllm serve` flags and the variables it ran with, by the product's own engine.args
+ENGINE = ("import json, sys; from ptq_deploy.engine.args import environment, serve_flags; "
+          "from ptq_deploy.engine.config import ResolvedEngine; r = ResolvedEngine.model_validate(json.loads(sys.argv[1])); "
+          "print(json.dumps({'flags': serve_flags(r), 'env': environment(r, in_process=True)}))")
+
+
+def perf_engine(py: str, perf: dict, env: dict) -> tuple[list[str], dict]:
+    """``perf``'s engine for vLLM's benchmarks: the flags equal to its ``LLM()`` arguments and its variables (on a
+    CPU: in-process, its KV-cache space; everywhere: the product's vLLM cache, so a CUDA-graph run reuses the
+    compile perf made). Asked of the runtime environment: one road from settings to vLLM."""
+    out = subprocess.run([py, "-c", ENGINE, json.dumps(perf["engine"]["settings"])], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    got = json.loads(out)
+    return got["flags"], {**env, **got["env"]}
+
+
 def takes_warmups(python: str) -> bool:
     """Whether the vLLM of ``python``'s environment has ``bench throughput --num-warmups`` (read from its source)."""
     env = Path(python).absolute().parent.parent if Path(python).parent.name == "bin" else None  # the venv, not its base
     for src in (env.glob("lib/python*/site-packages/vllm/benchmarks/throughput.py") if env else ()):
         return "--num-warmups" in src.read_text()
     return False
-
-
-def bench_env(perf: dict, env: dict) -> dict:
-    """The variables the perf step's engine ran with (on a CPU: in-process, its KV-cache space; the product's
-    vLLM cache everywhere, so a CUDA-graph run reuses the compile perf made), for vLLM's benchmark."""
-    st = perf["engine"]["settings"]
-    extra = {"VLLM_CACHE_ROOT": str(environments.home() / "vllm-cache")}
-    if not st.get("gpus"):
-        extra |= {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": str(st["cpu_kvcache_space_gib"])}
-    return {**env, **extra}
 
 
 def ratios(perf: dict, bench_dir: Path, tag: str) -> dict:
@@ -244,10 +247,11 @@ class Tools:
         self.bench.mkdir(parents=True, exist_ok=True)
 
 
-def bench_pair(s: Session, t: Tools, perf: dict, tag: str, eager: bool) -> None:
+def bench_pair(s: Session, t: Tools, perf: dict, tag: str) -> None:
     """vLLM's two benchmarks on ``perf``'s checkpoint and settings; the ratios into the record."""
-    for kind, cmd in bench_commands(perf, t.vllm, t.bench, tag, eager, t.warmups).items():
-        s.step(f"vllm bench {kind} {tag}", cmd, env=bench_env(perf, t.env))
+    flags, env = perf_engine(t.py, perf, t.env)
+    for kind, cmd in bench_commands(perf, flags, t.vllm, t.bench, tag, t.warmups).items():
+        s.step(f"vllm bench {kind} {tag}", cmd, env=env)
     s.record["bench"][tag] = ratios(perf, t.bench, tag)
     s.save()
 
@@ -276,7 +280,7 @@ def ready(s: Session, t: Tools, args: argparse.Namespace) -> None:
         if perf is None:
             s.say(f"bench {cell}: no perf result to match")
             continue
-        bench_pair(s, t, perf, f"{cell}_eager", eager=True)
+        bench_pair(s, t, perf, f"{cell}_eager")
     s.step("run: the rest", [*run, *(a for x in only for a in ("--include-schemes", x))], env=t.env)
     runtime_kernels(s, t, args.model)
     for cell in cells:
@@ -292,7 +296,7 @@ def ready(s: Session, t: Tools, args: argparse.Namespace) -> None:
             str(w["output_len"]), "--latency-ci", "0.02", "--output-dir", str(out)], env=t.env)
         graphs = sorted(out.glob("*.json")) if st.get("status") == "ok" else []
         if graphs:
-            bench_pair(s, t, json.loads(graphs[-1].read_text()), f"{cell}_graphs", eager=False)
+            bench_pair(s, t, json.loads(graphs[-1].read_text()), f"{cell}_graphs")
 
 
 LLAMA_8B = ROOT / "ptq_deploy" / "data" / "model_configs" / "meta-llama--Llama-3.1-8B.json"
@@ -354,7 +358,7 @@ def llama_8b(s: Session, t: Tools, args: argparse.Namespace) -> None:
         for cell in cells:
             perf = perf_result(t.results, name, cell)
             if perf is not None:
-                bench_pair(s, t, perf, cell, eager=not gpu)
+                bench_pair(s, t, perf, cell)
     runtime_kernels(s, t, name)  # each loads the model again: last
 
 

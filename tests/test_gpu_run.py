@@ -43,26 +43,36 @@ def test_a_step_is_cut_off_at_the_budget_and_one_that_no_longer_fits_is_skipped(
     assert "started" in log and "interrupted" in log and "never" not in log
 
 
-def test_vllm_benchmarks_get_the_perf_steps_settings_and_workload(gpu_run, tmp_path):
+def test_vllm_benchmarks_get_the_perf_steps_engine_and_workload(gpu_run, tmp_path):
+    """The flags and variables come from the product's own ``engine.args`` in the runtime environment (one road from
+    settings to vLLM): the flags equal to the perf engine's ``LLM()`` arguments, its in-process variables."""
+    from ptq_deploy import environments
+    from ptq_deploy.engine.args import llm_kwargs
+    from ptq_deploy.engine.config import ResolvedEngine
+
     perf = json.loads(PERF.read_text())
-    eng, wl = perf["engine"], perf["workload"]
-    cmds = gpu_run.bench_commands(perf, ["vllm"], tmp_path, "BF16_eager", eager=True, warmups=False)
+    wl = perf["workload"]
+    flags, env = gpu_run.perf_engine(sys.executable, perf, environments.subprocess_env())
+    kwargs = llm_kwargs(ResolvedEngine.model_validate(perf["engine"]["settings"]))
+    assert flags[flags.index("--max-model-len") + 1] == str(kwargs["max_model_len"])
+    assert ("--enforce-eager" in flags) == kwargs["enforce_eager"] and "--model" not in flags
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # this record's engine ran in-process, on a CPU
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == str(perf["engine"]["settings"]["cpu_kvcache_space_gib"])
+    cmds = gpu_run.bench_commands(perf, flags, ["vllm"], tmp_path, "BF16_eager", warmups=False)
 
     def flag(cmd, name):
         return cmd[cmd.index(name) + 1]
 
     for kind, cmd in cmds.items():
-        assert cmd[:3] == ["vllm", "bench", kind]
-        assert flag(cmd, "--model") == eng["model"] and flag(cmd, "--dtype") == eng["dtype"]
-        assert int(flag(cmd, "--max-model-len")) == eng["settings"]["max_model_len"]
-        assert "--enforce-eager" in cmd and "--disable-log-stats" in cmd and "--num-warmups" not in cmd
+        assert cmd[:3] == ["vllm", "bench", kind] and flag(cmd, "--model") == perf["engine"]["model"]
+        assert cmd[5:5 + len(flags)] == flags and "--disable-log-stats" in cmd and "--num-warmups" not in cmd
     lat, thr = cmds["latency"], cmds["throughput"]
     assert (int(flag(lat, "--input-len")), int(flag(lat, "--output-len")), flag(lat, "--batch-size")) == \
         (wl["input_len"], wl["output_len"], "1")
     assert (int(flag(thr, "--random-input-len")), int(flag(thr, "--random-output-len")),
             int(flag(thr, "--num-prompts"))) == (wl["input_len"], wl["output_len"], wl["num_prompts"])
-    graphs = gpu_run.bench_commands(perf, ["vllm"], tmp_path, "g", eager=False, warmups=True)["throughput"]
-    assert "--enforce-eager" not in graphs and int(flag(graphs, "--num-warmups")) == wl["num_prompts"]
+    warm = gpu_run.bench_commands(perf, flags, ["vllm"], tmp_path, "g", warmups=True)["throughput"]
+    assert int(flag(warm, "--num-warmups")) == wl["num_prompts"]
 
     # vLLM's answers, half as fast as perf measured: perf over vLLM is 2 for both (speed over speed)
     (tmp_path / "BF16_eager_latency.json").write_text(json.dumps(
