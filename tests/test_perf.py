@@ -57,7 +57,10 @@ def check_offline(r: PerfResult, cfg: PerfConfig):
     # two independent clocks: the timed passes fit in the run's wall time, and the batch latency
     # (latency benchmark) and the throughput pass time the same batch of requests
     assert thr.elapsed.mean * cfg.iterations + lat.batch_e2e.mean * cfg.iterations < r.wall_time_s
-    assert 1 / 3 < lat.batch_e2e.min / thr.elapsed.min < 3  # fastest of each: least disturbed by a busy box
+    # Both time the same llm.generate call on the same batch, so they differ only by what else the box runs: a
+    # second test worker on these 2 cores made one sample 3.3x another (CI, 2026-12-06). The bound catches a clock
+    # or unit mix-up (1000x), not noise.
+    assert 1 / 10 < lat.batch_e2e.min / thr.elapsed.min < 10
     gpus = bool(detect().gpus)
     m = r.memory
     assert m.peak_rss_bytes >= m.rss_after_load_bytes > 0 and m.rss_samples > 1
